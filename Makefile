@@ -1,0 +1,36 @@
+# `make demo` and `make test` are all a newcomer needs; both install into .venv first.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: install demo test soak bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	@echo "installing DeepNode and its dependencies (llama-cpp-python builds from source the first time: ~10 min)"
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
+
+# pytest exits 5 when it collects no test; make treats that, like any failure, as an error.
+test: install
+	$(PY) -m pytest -q
+
+soak: install
+	$(PY) -m pytest -q -m soak
+
+bench: install
+	$(PY) bench/chain_ingest.py
+
+lint: install
+	$(VENV)/bin/ruff check dn tests bench
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache *.egg-info

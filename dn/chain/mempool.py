@@ -1,0 +1,66 @@
+"""Transactions accepted but not yet in a block, ordered by sender nonce.
+
+The mempool keeps a view of the state with every pending transaction applied, so a sender's
+second transaction is checked against the balance and nonce its first one leaves. It accepts only
+the next nonce of a sender (a gap is refused with its own reason rather than parked), which keeps
+acceptance order a valid block order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from dn.chain.genesis import Genesis
+from dn.chain.state import Overlay, StateReader, apply_tx
+from dn.chain.types import Tx
+from dn.errors import InvalidTx
+
+MAX_PENDING = 200_000
+
+
+class Mempool:
+    def __init__(self, genesis: Genesis, proposer: str, base: StateReader) -> None:
+        self.genesis = genesis
+        self.proposer = proposer
+        self._txs: dict[str, Tx] = {}
+        self._view = Overlay(base)
+
+    def __len__(self) -> int:
+        return len(self._txs)
+
+    def __contains__(self, tx_id: object) -> bool:
+        return tx_id in self._txs
+
+    def get(self, tx_id: str) -> Tx | None:
+        return self._txs.get(tx_id)
+
+    def pending_nonce(self, address: str) -> int:
+        acct = self._view.get("acct:" + address)
+        return int(acct["nonce"]) if acct else 0
+
+    def add(self, tx: Tx) -> None:
+        """Accept `tx` or raise InvalidTx with the rule it breaks."""
+        if tx.id in self._txs:
+            raise InvalidTx("transaction is already pending", reason="duplicate")
+        if len(self._txs) >= MAX_PENDING:
+            raise InvalidTx("the mempool is full; try again shortly", reason="mempool-full")
+        apply_tx(self._view, tx, self.genesis, self.proposer)  # atomic: sets only on success
+        self._txs[tx.id] = tx
+
+    def pending(self, limit: int | None = None) -> list[Tx]:
+        txs = list(self._txs.values())
+        return txs if limit is None else txs[:limit]
+
+    def reset(self, base: StateReader, drop: Iterable[str] = ()) -> list[Tx]:
+        """Rebase on a new state after a block; return the transactions that no longer apply."""
+        for tx_id in drop:
+            self._txs.pop(tx_id, None)
+        survivors, self._txs = list(self._txs.values()), {}
+        self._view = Overlay(base)
+        dropped = []
+        for tx in survivors:
+            try:
+                self.add(tx)
+            except InvalidTx:
+                dropped.append(tx)
+        return dropped

@@ -1,0 +1,1 @@
+"""The `dn` command line: thin Typer shells over the library."""

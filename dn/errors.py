@@ -1,0 +1,162 @@
+"""Every error DeepNode raises on purpose, in one tree.
+
+    DNError                      exit 1, HTTP 400
+    ├── InputError               bad user input (a malformed address, amount, option)   exit 2
+    │   ├── InvalidAddress
+    │   └── InvalidAmount
+    ├── EncodingError            a value that canonical JSON refuses (floats, huge ints)
+    ├── WalletError              keystore problems                                      exit 3
+    │   ├── WalletNotFound                                                              HTTP 404
+    │   ├── WalletExists
+    │   ├── WrongPassword
+    │   ├── KeystoreCorrupt      tampered, truncated or unreadable keystore
+    │   └── KeystoreInsecure     a keystore readable by others
+    ├── ChainError               chain data problems                                    exit 4
+    │   ├── InvalidTx            carries a short machine-readable `reason`              HTTP 422
+    │   ├── InvalidBlock         carries a `reason`                                     HTTP 422
+    │   ├── GenesisError
+    │   └── StoreError           the SQLite store is missing or damaged                 HTTP 500
+    ├── NotFound                 no such block, transaction, account, wallet            HTTP 404
+    ├── NodeError                a node that cannot be reached or answered badly        exit 5
+    └── PayloadTooLarge                                                                 HTTP 413
+
+The CLI maps these to a message and an exit code in `dn/cli/main.py`; the HTTP API maps them to a
+status and a JSON body in `dn/node/api.py`. Nothing else catches them to print.
+"""
+
+from __future__ import annotations
+
+
+class DNError(Exception):
+    """Base of every deliberate DeepNode error."""
+
+    exit_code = 1
+    http_status = 400
+    reason = "error"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if reason is not None:
+            self.reason = reason
+
+    def to_json(self) -> dict[str, str]:
+        return {"error": type(self).__name__, "reason": self.reason, "message": self.message}
+
+
+class InputError(DNError):
+    """The user gave a value we cannot use."""
+
+    exit_code = 2
+    reason = "bad-input"
+
+
+class InvalidAddress(InputError):
+    """Not a valid `dn1…` address (wrong prefix, checksum, length or characters)."""
+
+    reason = "bad-address"
+
+
+class InvalidAmount(InputError):
+    """Negative, too large, too precise or not a number."""
+
+    reason = "bad-amount"
+
+
+class EncodingError(DNError):
+    """A value canonical JSON does not allow (floats, integers out of range, unknown types)."""
+
+    reason = "bad-encoding"
+
+
+class WalletError(DNError):
+    """Something is wrong with a wallet or its keystore file."""
+
+    exit_code = 3
+    reason = "wallet"
+
+
+class WalletNotFound(WalletError):
+    """No wallet of that name in `$DN_HOME/wallets/`."""
+
+    http_status = 404
+    reason = "wallet-not-found"
+
+
+class WalletExists(WalletError):
+    """A wallet of that name exists already; we never overwrite one."""
+
+    reason = "wallet-exists"
+
+
+class WrongPassword(WalletError):
+    """The password does not open this keystore."""
+
+    reason = "wrong-password"
+
+
+class KeystoreCorrupt(WalletError):
+    """The keystore was changed, truncated or is not a keystore at all."""
+
+    reason = "keystore-corrupt"
+
+
+class KeystoreInsecure(WalletError):
+    """The keystore or its folder can be read by other users."""
+
+    reason = "keystore-insecure"
+
+
+class ChainError(DNError):
+    """Chain data that breaks the rules."""
+
+    exit_code = 4
+    http_status = 422
+    reason = "chain"
+
+
+class InvalidTx(ChainError):
+    """A transaction that is rejected; `reason` names the rule it broke."""
+
+    reason = "invalid-tx"
+
+
+class InvalidBlock(ChainError):
+    """A block that is rejected; `reason` names the rule it broke."""
+
+    reason = "invalid-block"
+
+
+class GenesisError(ChainError):
+    """A genesis file that is malformed or does not match the chain."""
+
+    reason = "bad-genesis"
+
+
+class StoreError(ChainError):
+    """The chain store is missing, locked or damaged."""
+
+    http_status = 500
+    reason = "store"
+
+
+class NotFound(DNError):
+    """No such block, transaction, account or object."""
+
+    http_status = 404
+    reason = "not-found"
+
+
+class NodeError(DNError):
+    """A node could not be reached, or answered with an error."""
+
+    exit_code = 5
+    http_status = 502
+    reason = "node"
+
+
+class PayloadTooLarge(DNError):
+    """A request body above the node's limit."""
+
+    http_status = 413
+    reason = "too-large"

@@ -1,0 +1,1 @@
+"""A node: chain, mempool, block production, HTTP API, client."""

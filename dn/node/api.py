@@ -1,0 +1,157 @@
+"""The node's HTTP JSON API (FastAPI). Node-to-node and wallet routes live under `/dn/v1/`.
+
+Every error is JSON `{"error", "reason", "message"}` with a 4xx/5xx status, mapped from the error
+tree in exactly one place (`_dn_error`). Request bodies above `max_body` get 413 before they are
+read in full: the guard looks at Content-Length first and counts streamed chunks otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dn.chain.types import Block
+from dn.errors import DNError, InputError, NotFound, PayloadTooLarge
+from dn.node.node import Node
+
+MAX_BODY = 8 * 1024 * 1024
+MAX_BATCH = 10_000
+MAX_BLOCKS_PER_PAGE = 100
+
+
+class BodyLimit:
+    """ASGI middleware: refuse bodies over `limit` bytes with 413, without reading them in full."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = self.limit + 1
+                if declared > self.limit:
+                    await self._reject(send)
+                    return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise PayloadTooLarge(f"request body above {self.limit} bytes")
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except PayloadTooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        body = json.dumps(
+            PayloadTooLarge(f"request body above {self.limit} bytes").to_json()
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _dn_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DNError)
+    return JSONResponse(exc.to_json(), status_code=exc.http_status)
+
+
+def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    err = InputError(f"{where}: {first.get('msg')}", reason="bad-request")
+    return JSONResponse(err.to_json(), status_code=422)
+
+
+async def _json_body(request: Request) -> Any:
+    raw = await request.body()
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InputError("request body is not valid JSON", reason="malformed-json") from None
+
+
+def _block_json(block: Block) -> dict[str, Any]:
+    return {**block.to_json(), "height": block.height}
+
+
+def create_app(node: Node, *, max_body: int = MAX_BODY) -> FastAPI:
+    app = FastAPI(title="DeepNode node", version="1", docs_url="/dn/v1/docs", redoc_url=None)
+    app.add_exception_handler(DNError, _dn_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_middleware(BodyLimit, limit=max_body)
+
+    @app.get("/dn/v1/status")
+    async def status() -> dict[str, Any]:
+        return node.status()
+
+    @app.get("/dn/v1/genesis")
+    async def genesis() -> dict[str, Any]:
+        return node.genesis.doc
+
+    @app.post("/dn/v1/txs", response_model=None)
+    async def submit(request: Request) -> Any:
+        body = await _json_body(request)
+        if isinstance(body, list):
+            if len(body) > MAX_BATCH:
+                raise InputError(f"at most {MAX_BATCH} transactions per request", reason="batch")
+            results = node.submit(body)
+            return {"accepted": sum(r["accepted"] for r in results), "results": results}
+        result = node.submit([body])[0]
+        if not result["accepted"]:
+            return JSONResponse({k: v for k, v in result.items() if k != "accepted"}, 422)
+        return result
+
+    @app.get("/dn/v1/txs/{tx_id}")
+    async def get_tx(tx_id: str) -> dict[str, Any]:
+        return node.tx_status(tx_id)
+
+    @app.get("/dn/v1/blocks")
+    async def blocks(
+        start: int = Query(0, alias="from", ge=0),
+        limit: int = Query(20, ge=1, le=MAX_BLOCKS_PER_PAGE),
+    ) -> dict[str, Any]:
+        found = node.store.blocks(start, limit)
+        return {"height": node.tip.height, "blocks": [_block_json(b) for b in found]}
+
+    @app.get("/dn/v1/blocks/{ref}")
+    async def block(ref: str) -> dict[str, Any]:
+        key: int | str = int(ref) if ref.isdigit() else ref.lower()
+        found = node.store.block(key)
+        if found is None:
+            raise NotFound(f"no block {ref}")
+        return _block_json(found)
+
+    @app.get("/dn/v1/accounts/{address}")
+    async def get_account(address: str) -> dict[str, Any]:
+        return node.account(address)
+
+    return app

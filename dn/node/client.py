@@ -1,0 +1,102 @@
+"""A small synchronous HTTP client for a node's `/dn/v1/` API (httpx).
+
+Errors come back as the same typed exceptions the node raised: the JSON body names the error class
+and reason, so `InvalidTx("...", reason="nonce-gap")` on the node is `InvalidTx` here too.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from dn import errors
+from dn.errors import DNError, NodeError
+
+DEFAULT_TIMEOUT = 30.0
+
+
+def _error_from(response: httpx.Response) -> DNError:
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    message = str(body.get("message") or f"node answered HTTP {response.status_code}")
+    cls = getattr(errors, str(body.get("error", "")), None)
+    if not (isinstance(cls, type) and issubclass(cls, DNError)):
+        cls = NodeError
+    return cls(message, reason=body.get("reason"))
+
+
+class NodeClient:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> NodeClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, "/dn/v1" + path, **kwargs)
+        except httpx.TransportError as exc:
+            raise NodeError(
+                f"cannot reach a node at {self.url} ({type(exc).__name__}); "
+                "is 'dn node start' running, and is --node right?"
+            ) from None
+        if response.status_code >= 400:
+            raise _error_from(response)
+        try:
+            return response.json()
+        except ValueError:
+            raise NodeError(f"{self.url} answered with something that is not JSON") from None
+
+    def status(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/status"))
+
+    def genesis(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/genesis"))
+
+    def account(self, address: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/accounts/{address}"))
+
+    def submit(self, tx: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._request("POST", "/txs", json=tx))
+
+    def submit_many(self, txs: list[dict[str, Any]]) -> dict[str, Any]:
+        return dict(self._request("POST", "/txs", json=txs))
+
+    def tx(self, tx_id: str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/txs/{tx_id}"))
+
+    def block(self, ref: int | str) -> dict[str, Any]:
+        return dict(self._request("GET", f"/blocks/{ref}"))
+
+    def blocks(self, start: int = 0, limit: int = 20) -> dict[str, Any]:
+        return dict(self._request("GET", "/blocks", params={"from": start, "limit": limit}))
+
+    def wait_for_tx(self, tx_id: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Poll until the transaction is in a block; NodeError if it is not within `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.tx(tx_id)
+            if found["status"] == "included":
+                return found
+            if time.monotonic() > deadline:
+                raise NodeError(f"transaction {tx_id} was not included within {timeout:.0f} s")
+            time.sleep(0.1)

@@ -1,0 +1,107 @@
+"""Running nodes: each node's HTTP server and block producer as tasks on one asyncio loop.
+
+Signals are handled here, not by uvicorn (which re-raises SIGINT after shutting down, turning a
+clean Ctrl-C into an error exit): SIGINT or SIGTERM asks every node on the loop to stop, and each
+closes its store after its last request. Several nodes can share one loop (the devnet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Iterator
+
+import uvicorn
+
+from dn.errors import NodeError
+from dn.node.api import create_app
+from dn.node.node import Node, now_ms
+
+log = logging.getLogger("dn.node")
+TICK_S = 0.05
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # the loop owner handles signals for every server at once
+
+
+class NodeService:
+    """One node served on host:port, with its block producer."""
+
+    def __init__(self, node: Node, host: str, port: int) -> None:
+        self.node = node
+        self.host = host
+        self.port = port
+        config = uvicorn.Config(
+            create_app(node), host=host, port=port, log_level="warning", lifespan="off"
+        )
+        self.server = _Server(config)
+        self._stop = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self._stop.set()
+
+    async def _produce(self) -> None:
+        while not self._stop.is_set():
+            at = now_ms()
+            if self.node.due(at):
+                block = self.node.produce(at)
+                log.info("block %d %s, %d txs", block.height, block.hash[:12], len(block.txs))
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), TICK_S)
+
+    async def run(self) -> None:
+        producer = asyncio.create_task(self._produce())
+        try:
+            await self.server.serve()
+        except SystemExit:
+            raise NodeError(
+                f"could not listen on {self.host}:{self.port}: is the port in use?"
+            ) from None
+        finally:
+            self._stop.set()
+            await producer
+            self.node.close()
+
+
+async def serve_all(services: list[NodeService]) -> None:
+    """Run the services until SIGINT/SIGTERM, then stop them all and wait for them."""
+    loop = asyncio.get_running_loop()
+
+    def stop_all() -> None:
+        for service in services:
+            service.stop()
+
+    async def guarded(service: NodeService) -> None:
+        try:
+            await service.run()
+        except BaseException:
+            stop_all()  # one node failing (a port in use) takes the others down with it
+            raise
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop_all)
+    try:
+        results = await asyncio.gather(*(guarded(s) for s in services), return_exceptions=True)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+
+
+def run_foreground(node: Node, host: str, port: int) -> None:
+    async def main() -> None:
+        await serve_all([NodeService(node, host, port)])
+
+    asyncio.run(main())

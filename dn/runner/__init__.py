@@ -1,0 +1,1 @@
+"""The llama.cpp runner (arrives with the models-and-queries issue)."""

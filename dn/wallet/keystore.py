@@ -1,0 +1,238 @@
+"""Password-sealed keystore files.
+
+A keystore is versioned JSON::
+
+    {"version": 1, "address": "dn1…",
+     "kdf": {"name": "argon2id", "opslimit": 3, "memlimit": 268435456, "salt": "<16 bytes hex>"},
+     "cipher": {"name": "xsalsa20poly1305", "nonce": "<24 bytes hex>", "ciphertext": "<hex>"}}
+
+The key is Argon2id of the password with a fresh random salt per file (never one salt for all
+users), the seed is sealed with SecretBox under a fresh nonce, and the whole header (address and
+KDF parameters) is bound to the ciphertext by being part of what is checked after opening. Files
+are written atomically (temp file, fsync, rename) with mode 0600 in a 0700 folder, and a keystore
+that others can read is refused.
+
+`KDF_FAST` is for devnet wallets only (documented in the README); real wallets default to
+`KDF_MODERATE`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import nacl.exceptions
+import nacl.pwhash
+import nacl.secret
+import nacl.utils
+
+from dn.config import private_dir, wallets_dir
+from dn.encoding import is_address
+from dn.errors import (
+    InputError,
+    KeystoreCorrupt,
+    KeystoreInsecure,
+    WalletExists,
+    WalletNotFound,
+    WrongPassword,
+)
+from dn.wallet.keys import Keypair
+
+VERSION = 1
+_ARGON = nacl.pwhash.argon2id
+
+
+@dataclass(frozen=True)
+class KdfParams:
+    opslimit: int
+    memlimit: int
+
+
+KDF_MODERATE = KdfParams(_ARGON.OPSLIMIT_MODERATE, _ARGON.MEMLIMIT_MODERATE)
+KDF_FAST = KdfParams(_ARGON.OPSLIMIT_MIN, _ARGON.MEMLIMIT_MIN)  # devnet only
+KDF_PRESETS = {"moderate": KDF_MODERATE, "fast": KDF_FAST}
+# A file asking for more than this is refused rather than letting it hog the machine.
+MAX_OPSLIMIT = _ARGON.OPSLIMIT_SENSITIVE
+MAX_MEMLIMIT = _ARGON.MEMLIMIT_SENSITIVE
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise InputError(
+            f"invalid wallet name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)"
+        )
+    return name
+
+
+def _derive(password: str, salt: bytes, kdf: KdfParams) -> bytes:
+    return _ARGON.kdf(
+        nacl.secret.SecretBox.KEY_SIZE,
+        password.encode("utf-8"),
+        salt,
+        opslimit=kdf.opslimit,
+        memlimit=kdf.memlimit,
+    )
+
+
+def seal(keypair: Keypair, password: str, kdf: KdfParams = KDF_MODERATE) -> dict[str, object]:
+    salt = nacl.utils.random(_ARGON.SALTBYTES)
+    nonce = nacl.utils.random(nacl.secret.SecretBox.NONCE_SIZE)
+    box = nacl.secret.SecretBox(_derive(password, salt, kdf))
+    ciphertext = box.encrypt(keypair.seed(), nonce).ciphertext
+    return {
+        "version": VERSION,
+        "address": keypair.address,
+        "kdf": {
+            "name": "argon2id",
+            "opslimit": kdf.opslimit,
+            "memlimit": kdf.memlimit,
+            "salt": salt.hex(),
+        },
+        "cipher": {
+            "name": "xsalsa20poly1305",
+            "nonce": nonce.hex(),
+            "ciphertext": ciphertext.hex(),
+        },
+    }
+
+
+def _hex(obj: dict[str, object], key: str, size: int | None) -> bytes:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        raise KeystoreCorrupt(f"keystore field {key!r} is missing")
+    try:
+        raw = bytes.fromhex(value)
+    except ValueError:
+        raise KeystoreCorrupt(f"keystore field {key!r} is not hex") from None
+    if size is not None and len(raw) != size:
+        raise KeystoreCorrupt(f"keystore field {key!r} has the wrong length")
+    return raw
+
+
+def unseal(doc: object, password: str) -> Keypair:
+    """Open a keystore document; WrongPassword, KeystoreCorrupt on any mismatch."""
+    if not isinstance(doc, dict) or set(doc) != {"version", "address", "kdf", "cipher"}:
+        raise KeystoreCorrupt("not a DeepNode keystore")
+    if doc["version"] != VERSION:
+        raise KeystoreCorrupt(f"unsupported keystore version {doc['version']!r}")
+    kdf, cipher, address = doc["kdf"], doc["cipher"], doc["address"]
+    if not isinstance(kdf, dict) or set(kdf) != {"name", "opslimit", "memlimit", "salt"}:
+        raise KeystoreCorrupt("keystore KDF section is malformed")
+    if not isinstance(cipher, dict) or set(cipher) != {"name", "nonce", "ciphertext"}:
+        raise KeystoreCorrupt("keystore cipher section is malformed")
+    if kdf["name"] != "argon2id" or cipher["name"] != "xsalsa20poly1305":
+        raise KeystoreCorrupt("keystore names an unknown KDF or cipher")
+    ops, mem = kdf["opslimit"], kdf["memlimit"]
+    if not (isinstance(ops, int) and isinstance(mem, int)) or isinstance(ops, bool):
+        raise KeystoreCorrupt("keystore KDF parameters are not integers")
+    if not (
+        _ARGON.OPSLIMIT_MIN <= ops <= MAX_OPSLIMIT and _ARGON.MEMLIMIT_MIN <= mem <= MAX_MEMLIMIT
+    ):
+        raise KeystoreCorrupt(
+            f"keystore KDF parameters out of range (opslimit {ops}, memlimit {mem}); "
+            f"at most {MAX_OPSLIMIT} and {MAX_MEMLIMIT} are accepted"
+        )
+    if not isinstance(address, str) or not is_address(address):
+        raise KeystoreCorrupt("keystore address is not a valid address")
+    salt = _hex(kdf, "salt", _ARGON.SALTBYTES)
+    nonce = _hex(cipher, "nonce", nacl.secret.SecretBox.NONCE_SIZE)
+    ciphertext = _hex(cipher, "ciphertext", 32 + nacl.secret.SecretBox.MACBYTES)
+    box = nacl.secret.SecretBox(_derive(password, salt, KdfParams(ops, mem)))
+    try:
+        seed = box.decrypt(ciphertext, nonce)
+    except nacl.exceptions.CryptoError:
+        # Salt, nonce, parameters and ciphertext all feed the check, so a tampered file and a
+        # wrong password look the same here; say both.
+        raise WrongPassword("wrong password (or the keystore file was altered)") from None
+    keypair = Keypair.from_seed(seed)
+    if keypair.address != address:
+        raise KeystoreCorrupt("keystore address does not match its key: the file was altered")
+    return keypair
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class Keystore:
+    """The wallets in one folder (`$DN_HOME/wallets` unless told otherwise)."""
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder if folder is not None else wallets_dir()
+
+    def path(self, name: str) -> Path:
+        return self.folder / f"{check_name(name)}.json"
+
+    def names(self) -> list[str]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(p.stem for p in self.folder.glob("*.json") if not p.name.startswith("."))
+
+    def exists(self, name: str) -> bool:
+        return self.path(name).exists()
+
+    def save(
+        self, name: str, keypair: Keypair, password: str, kdf: KdfParams = KDF_MODERATE
+    ) -> Path:
+        path = self.path(name)
+        if path.exists():
+            raise WalletExists(f"wallet {name!r} exists already; pick another name")
+        private_dir(self.folder)
+        doc = seal(keypair, password, kdf)
+        _atomic_write(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+        return path
+
+    def create(self, name: str, password: str, kdf: KdfParams = KDF_MODERATE) -> Keypair:
+        keypair = Keypair.generate()
+        self.save(name, keypair, password, kdf)
+        return keypair
+
+    def _read(self, name: str) -> dict[str, object]:
+        path = self.path(name)
+        if not path.exists():
+            raise WalletNotFound(f"no wallet named {name!r} in {self.folder}")
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            raise KeystoreInsecure(
+                f"{path} can be read by other users (mode {mode:o}); run 'chmod 600 {path}'"
+            )
+        try:
+            doc = json.loads(path.read_bytes())
+        except (ValueError, UnicodeDecodeError):
+            raise KeystoreCorrupt(f"{path} is not valid JSON: the file is damaged") from None
+        if not isinstance(doc, dict):
+            raise KeystoreCorrupt(f"{path} is not a DeepNode keystore")
+        return doc
+
+    def address(self, name: str) -> str:
+        """The wallet's address, read without the password (it is stored in the clear)."""
+        address = self._read(name).get("address")
+        if not isinstance(address, str) or not is_address(address):
+            raise KeystoreCorrupt(f"wallet {name!r} has no valid address")
+        return address
+
+    def load(self, name: str, password: str) -> Keypair:
+        return unseal(self._read(name), password)
