@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from decimal import Decimal, InvalidOperation
+import re
+from decimal import Decimal
 from typing import Any
 
 from dn.errors import EncodingError, InvalidAddress, InvalidAmount
@@ -23,6 +24,7 @@ DECIMALS = 9
 MAX_AMOUNT = 2**63 - 1  # amounts are < 2^63 units
 ADDRESS_HRP = "dn"
 
+_DECIMAL_RE = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+", re.ASCII)
 _INT_MIN = -(2**63)
 _INT_MAX = 2**63 - 1
 
@@ -71,18 +73,18 @@ def hash_hex(value: Any) -> str:
 
 
 def merkle_root(leaves: list[bytes]) -> bytes:
-    """Binary SHA-256 Merkle root; an odd node is paired with itself; empty list hashes b''.
+    """Binary SHA-256 Merkle root; empty list hashes b''.
 
     Leaves and inner nodes are domain-separated (0x00 / 0x01 prefix) so a leaf can never pose as
-    an inner node.
+    an inner node, and an odd last node moves up a level unpaired rather than paired with itself,
+    so [a, b, c] and [a, b, c, c] have different roots (Bitcoin's CVE-2012-2459).
     """
     if not leaves:
         return sha256(b"")
     level = [sha256(b"\x00" + leaf) for leaf in leaves]
     while len(level) > 1:
-        if len(level) % 2:
-            level.append(level[-1])
-        level = [sha256(b"\x01" + level[i] + level[i + 1]) for i in range(0, len(level), 2)]
+        paired = [sha256(b"\x01" + level[i] + level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        level = paired + ([level[-1]] if len(level) % 2 else [])
     return level[0]
 
 
@@ -203,18 +205,15 @@ def check_amount(value: Any, *, allow_zero: bool = False, what: str = "amount") 
 def parse_dn(text: str, *, allow_zero: bool = False, what: str = "amount") -> int:
     """Parse a DN amount like '1.5' (at most 9 decimals) into base units."""
     raw = text.strip()
-    try:
-        dec = Decimal(raw)
-    except InvalidOperation:
-        raise InvalidAmount(f"{what} {text!r} is not a number") from None
-    if not dec.is_finite() or "e" in raw.lower() or raw.startswith("+"):
-        raise InvalidAmount(f"{what} {text!r} is not a plain decimal number")
+    if raw.startswith("-") and _DECIMAL_RE.fullmatch(raw[1:]):
+        raise InvalidAmount(f"{what} must not be negative")
+    if not _DECIMAL_RE.fullmatch(raw):
+        raise InvalidAmount(f"{what} {text!r} is not a plain decimal number like 1.5")
+    dec = Decimal(raw)
     exponent = dec.as_tuple().exponent
     if isinstance(exponent, int) and -exponent > DECIMALS:
         raise InvalidAmount(f"{what} {text!r} has more than {DECIMALS} decimals")
     units = int(dec * UNITS_PER_DN)
-    if dec < 0:
-        raise InvalidAmount(f"{what} must not be negative")
     return check_amount(units, allow_zero=allow_zero, what=what)
 
 

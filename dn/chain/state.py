@@ -4,6 +4,7 @@ State is a flat map from string keys to JSON values (never mutated in place, onl
 
     acct:<address>   {"balance": units, "nonce": n}
     supply           {"genesis": units, "emitted": units, "burned": units}
+    signers          [address, …]  the latest proposers (only with two or more validators)
 
 Later kinds add their own prefixes (model:, stake:, miner:, validator:, task:, …); the store keeps
 any key, so adding rules never reshapes it.
@@ -24,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from dn.chain import consensus
 from dn.chain.genesis import Genesis
 from dn.chain.types import Block, Header, Tx, txs_root
 from dn.encoding import hash_hex
@@ -32,6 +34,7 @@ from dn.wallet.keys import Keypair
 
 ACCT = "acct:"
 SUPPLY = "supply"
+SIGNERS = "signers"  # proposers of the latest blocks, for the floor(n/2)+1 signing rule
 BPS = 10_000
 # Kinds whose state rules exist today; the others parse but are refused until their issue lands.
 ENABLED_KINDS = frozenset({"transfer"})
@@ -187,8 +190,24 @@ def apply_tx(state: Overlay, tx: Tx, genesis: Genesis, proposer: str) -> None:
 
 def expected_difficulty(genesis: Genesis, height: int, proposer: str) -> int:
     """2 for the in-turn proposer `validators[height % n]`, 1 for any other validator."""
-    validators = genesis.validators
-    return 2 if validators[height % len(validators)] == proposer else 1
+    return consensus.difficulty(genesis.validators, height, proposer)
+
+
+def _check_signer(state: StateReader, proposer: str, genesis: Genesis) -> list[str]:
+    recent = state.get(SIGNERS) or []
+    n = len(genesis.validators)
+    if not consensus.may_sign(recent, proposer, n):
+        raise InvalidBlock(
+            f"{proposer} signed one of the last {consensus.recent_window(n)} blocks",
+            reason="signed-recently",
+        )
+    return list(recent)
+
+
+def _record_signer(state: Overlay, recent: list[str], proposer: str, genesis: Genesis) -> None:
+    n = len(genesis.validators)
+    if consensus.recent_window(n):
+        state.set(SIGNERS, consensus.remember(recent, proposer, n))
 
 
 def check_header(
@@ -232,6 +251,7 @@ def apply_block(
     check_header(header, parent, parent_hash, genesis, now_ms)
     if not block.signature_valid():
         raise InvalidBlock("block signature does not match the proposer", reason="bad-signature")
+    recent = _check_signer(state, header.proposer, genesis)
     if len(block.txs) > genesis.param("max_block_txs"):
         raise InvalidBlock("too many transactions in the block", reason="too-many-txs")
     if txs_root(list(block.txs)) != header.txs_root:
@@ -246,6 +266,7 @@ def apply_block(
             apply_tx(overlay, tx, genesis, header.proposer)
         except InvalidTx as exc:
             raise InvalidBlock(f"tx {i} ({tx.id[:12]}): {exc.message}", reason="bad-tx") from None
+    _record_signer(overlay, recent, header.proposer, genesis)
     if state_root(parent.state_root, overlay.changes) != header.state_root:
         raise InvalidBlock("state_root does not match the state", reason="bad-state-root")
     return Applied(block, overlay.changes)
@@ -261,6 +282,7 @@ def build_block(
     genesis: Genesis,
 ) -> tuple[Applied, list[tuple[Tx, InvalidTx]]]:
     """Make the next block from `candidates` (in order), leaving out those that no longer apply."""
+    recent = _check_signer(state, keypair.address, genesis)
     overlay = Overlay(state)
     included: list[Tx] = []
     rejected: list[tuple[Tx, InvalidTx]] = []
@@ -276,6 +298,7 @@ def build_block(
             continue
         overlay.merge(trial)
         included.append(tx)
+    _record_signer(overlay, recent, keypair.address, genesis)
     height = parent.height + 1
     header = Header(
         chain_id=genesis.chain_id,

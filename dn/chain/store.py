@@ -8,7 +8,7 @@ One file per node, WAL journal, `synchronous=FULL`. Tables:
     canonical(height, hash)             the chosen chain, an index over blocks
     state(key, value)                   the state at the canonical tip
     state_undo(block_hash, key, old)    the value each block replaced, for reorgs: append-only
-    mempool(id, raw, seq)               accepted transactions not yet in a block
+    mempool(id, raw)                    accepted transactions not yet in a block, by rowid
 
 Triggers refuse UPDATE and DELETE on the append-only tables. A block, its transactions, its state
 changes, its undo records and the mempool clean-up commit in one SQLite transaction, so after any
@@ -64,7 +64,7 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
         {"block_hash": str, "key": str, "old": str}, not_null={"block_hash"}
     )
     db.table("state_undo").create_index(["block_hash"])
-    db.table("mempool").create({"id": str, "raw": str, "seq": int}, pk="id")
+    db.table("mempool").create({"id": str, "raw": str}, pk="id")  # rowid = arrival order
     for table in APPEND_ONLY:
         for op in ("UPDATE", "DELETE"):
             db.execute(
@@ -221,6 +221,19 @@ class Store:
                 f"SELECT key, value FROM state WHERE key IN ({marks})", part
             ):
                 old[key] = value
+        try:
+            self._commit(block, changes, keys, old, tip_td)
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not store block {block.height}: {exc}") from None
+
+    def _commit(
+        self,
+        block: Block,
+        changes: dict[str, Any],
+        keys: list[str],
+        old: dict[str, str | None],
+        tip_td: int,
+    ) -> None:
         with self._transaction():
             self._insert_block(block, tip_td + block.header.difficulty)
             self.conn.execute(
@@ -329,8 +342,7 @@ class Store:
             return
         with self._transaction():
             self.conn.executemany(
-                "INSERT OR IGNORE INTO mempool(id, raw, seq) VALUES "
-                "(?, ?, (SELECT coalesce(max(seq), 0) + 1 FROM mempool))",
+                "INSERT OR IGNORE INTO mempool(id, raw) VALUES (?, ?)",
                 [(tx.id, _dumps(tx.to_json())) for tx in txs],
             )
 
@@ -342,7 +354,7 @@ class Store:
     def mempool_txs(self) -> list[Tx]:
         return [
             Tx.from_json(json.loads(raw))
-            for (raw,) in self.conn.execute("SELECT raw FROM mempool ORDER BY seq")
+            for (raw,) in self.conn.execute("SELECT raw FROM mempool ORDER BY rowid")
         ]
 
     # --- checks ----------------------------------------------------------------------------

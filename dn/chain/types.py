@@ -32,7 +32,10 @@ MAX_TX_BYTES = 16 * 1024
 
 
 def _address(value: str) -> str:
-    pubkey_from_address(value)
+    try:
+        pubkey_from_address(value)
+    except DNError as exc:
+        raise ValueError(exc.message) from None  # pydantic reports ValueErrors as field errors
     return value
 
 

@@ -1,1 +1,1 @@
-"""Proof-of-Work-Relevance: suites, scoring and consensus math (arrives with the validators issue)."""
+"""Proof-of-Work-Relevance: suites, scoring, consensus math (the validators issue)."""

@@ -7,8 +7,9 @@ A keystore is versioned JSON::
      "cipher": {"name": "xsalsa20poly1305", "nonce": "<24 bytes hex>", "ciphertext": "<hex>"}}
 
 The key is Argon2id of the password with a fresh random salt per file (never one salt for all
-users), the seed is sealed with SecretBox under a fresh nonce, and the whole header (address and
-KDF parameters) is bound to the ciphertext by being part of what is checked after opening. Files
+users). SecretBox seals, under a fresh nonce, the seed followed by the SHA-256 of the canonical
+header (version, address, KDF section, cipher name), so a changed header fails to open even where
+the KDF would derive the same key. Hex must be lowercase: one file has one spelling. Files
 are written atomically (temp file, fsync, rename) with mode 0600 in a 0700 folder, and a keystore
 that others can read is refused.
 
@@ -25,6 +26,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nacl.exceptions
 import nacl.pwhash
@@ -32,7 +34,7 @@ import nacl.secret
 import nacl.utils
 
 from dn.config import private_dir, wallets_dir
-from dn.encoding import is_address
+from dn.encoding import canonical, is_address, sha256
 from dn.errors import (
     InputError,
     KeystoreCorrupt,
@@ -60,11 +62,12 @@ KDF_PRESETS = {"moderate": KDF_MODERATE, "fast": KDF_FAST}
 MAX_OPSLIMIT = _ARGON.OPSLIMIT_SENSITIVE
 MAX_MEMLIMIT = _ARGON.MEMLIMIT_SENSITIVE
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_HEX_RE = re.compile(r"(?:[0-9a-f]{2})*")
 
 
 def check_name(name: str) -> str:
-    if not _NAME_RE.match(name):
+    if not _NAME_RE.fullmatch(name):
         raise InputError(
             f"invalid wallet name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)"
         )
@@ -81,12 +84,16 @@ def _derive(password: str, salt: bytes, kdf: KdfParams) -> bytes:
     )
 
 
-def seal(keypair: Keypair, password: str, kdf: KdfParams = KDF_MODERATE) -> dict[str, object]:
+def _header_digest(doc: dict[str, Any]) -> bytes:
+    """What the sealed seed is bound to: everything in the file except nonce and ciphertext."""
+    header = {**doc, "cipher": {"name": doc["cipher"]["name"]}}
+    return sha256(canonical(header))
+
+
+def seal(keypair: Keypair, password: str, kdf: KdfParams = KDF_MODERATE) -> dict[str, Any]:
     salt = nacl.utils.random(_ARGON.SALTBYTES)
     nonce = nacl.utils.random(nacl.secret.SecretBox.NONCE_SIZE)
-    box = nacl.secret.SecretBox(_derive(password, salt, kdf))
-    ciphertext = box.encrypt(keypair.seed(), nonce).ciphertext
-    return {
+    doc: dict[str, Any] = {
         "version": VERSION,
         "address": keypair.address,
         "kdf": {
@@ -95,22 +102,21 @@ def seal(keypair: Keypair, password: str, kdf: KdfParams = KDF_MODERATE) -> dict
             "memlimit": kdf.memlimit,
             "salt": salt.hex(),
         },
-        "cipher": {
-            "name": "xsalsa20poly1305",
-            "nonce": nonce.hex(),
-            "ciphertext": ciphertext.hex(),
-        },
+        "cipher": {"name": "xsalsa20poly1305"},
     }
+    box = nacl.secret.SecretBox(_derive(password, salt, kdf))
+    sealed = box.encrypt(keypair.seed() + _header_digest(doc), nonce).ciphertext
+    doc["cipher"].update(nonce=nonce.hex(), ciphertext=sealed.hex())
+    return doc
 
 
-def _hex(obj: dict[str, object], key: str, size: int | None) -> bytes:
+def _hex(obj: dict[str, Any], key: str, size: int | None) -> bytes:
     value = obj.get(key)
     if not isinstance(value, str):
         raise KeystoreCorrupt(f"keystore field {key!r} is missing")
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError:
-        raise KeystoreCorrupt(f"keystore field {key!r} is not hex") from None
+    if not _HEX_RE.fullmatch(value):
+        raise KeystoreCorrupt(f"keystore field {key!r} is not lowercase hex")
+    raw = bytes.fromhex(value)
     if size is not None and len(raw) != size:
         raise KeystoreCorrupt(f"keystore field {key!r} has the wrong length")
     return raw
@@ -143,14 +149,17 @@ def unseal(doc: object, password: str) -> Keypair:
         raise KeystoreCorrupt("keystore address is not a valid address")
     salt = _hex(kdf, "salt", _ARGON.SALTBYTES)
     nonce = _hex(cipher, "nonce", nacl.secret.SecretBox.NONCE_SIZE)
-    ciphertext = _hex(cipher, "ciphertext", 32 + nacl.secret.SecretBox.MACBYTES)
+    ciphertext = _hex(cipher, "ciphertext", 64 + nacl.secret.SecretBox.MACBYTES)
     box = nacl.secret.SecretBox(_derive(password, salt, KdfParams(ops, mem)))
     try:
-        seed = box.decrypt(ciphertext, nonce)
+        plain = box.decrypt(ciphertext, nonce)
     except nacl.exceptions.CryptoError:
         # Salt, nonce, parameters and ciphertext all feed the check, so a tampered file and a
         # wrong password look the same here; say both.
         raise WrongPassword("wrong password (or the keystore file was altered)") from None
+    seed, digest = plain[:32], plain[32:]
+    if digest != _header_digest(doc):
+        raise KeystoreCorrupt("keystore header was altered after it was sealed")
     keypair = Keypair.from_seed(seed)
     if keypair.address != address:
         raise KeystoreCorrupt("keystore address does not match its key: the file was altered")
@@ -210,15 +219,16 @@ class Keystore:
         self.save(name, keypair, password, kdf)
         return keypair
 
-    def _read(self, name: str) -> dict[str, object]:
+    def _read(self, name: str) -> dict[str, Any]:
         path = self.path(name)
         if not path.exists():
             raise WalletNotFound(f"no wallet named {name!r} in {self.folder}")
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise KeystoreInsecure(
-                f"{path} can be read by other users (mode {mode:o}); run 'chmod 600 {path}'"
-            )
+        for item, fix in ((path, "600"), (self.folder, "700")):
+            mode = stat.S_IMODE(item.stat().st_mode)
+            if mode & 0o077:
+                raise KeystoreInsecure(
+                    f"{item} is open to other users (mode {mode:o}); run 'chmod {fix} {item}'"
+                )
         try:
             doc = json.loads(path.read_bytes())
         except (ValueError, UnicodeDecodeError):

@@ -1,0 +1,3 @@
+from dn.cli.main import main
+
+main()
