@@ -234,14 +234,18 @@ class Store:
         old: dict[str, str | None],
         tip_td: int,
     ) -> None:
+        # A block taken off by a rollback and now adopted again is stored already, with the same
+        # undo records (its parent state is the same): only the index and the state change.
+        stored = self.conn.execute("SELECT 1 FROM blocks WHERE hash = ?", (block.hash,)).fetchone()
         with self._transaction():
-            self._insert_block(block, tip_td + block.header.difficulty)
+            if not stored:
+                self._insert_block(block, tip_td + block.header.difficulty)
+                self.conn.executemany(
+                    "INSERT INTO state_undo(block_hash, key, old) VALUES (?, ?, ?)",
+                    [(block.hash, key, old[key]) for key in keys],
+                )
             self.conn.execute(
                 "INSERT INTO canonical(height, hash) VALUES (?, ?)", (block.height, block.hash)
-            )
-            self.conn.executemany(
-                "INSERT INTO state_undo(block_hash, key, old) VALUES (?, ?, ?)",
-                [(block.hash, key, old[key]) for key in keys],
             )
             upserts = [(k, _dumps(v)) for k, v in changes.items() if v is not None]
             self.conn.executemany(
@@ -255,6 +259,37 @@ class Store:
             self.conn.executemany(
                 "DELETE FROM mempool WHERE id = ?", [(tx.id,) for tx in block.txs]
             )
+
+    def rollback_to(self, height: int) -> list[Block]:
+        """Unwind the canonical chain to `height` with the undo records, all or nothing.
+
+        Returns the blocks taken off, highest first; they stay stored (blocks are append-only)
+        as a side chain, and their transactions are the caller's to return to the mempool.
+        """
+        tip = self.tip()
+        if not 0 <= height <= tip.height:
+            raise StoreError(f"cannot roll back to height {height} (tip is {tip.height})")
+        removed = [b for b in reversed(self.blocks(height + 1, tip.height - height))]
+        try:
+            with self._transaction():
+                for block in removed:
+                    undo = self.conn.execute(
+                        "SELECT key, old FROM state_undo WHERE block_hash = ? ORDER BY rowid DESC",
+                        (block.hash,),
+                    ).fetchall()
+                    for key, old in undo:
+                        if old is None:
+                            self.conn.execute("DELETE FROM state WHERE key = ?", (key,))
+                        else:
+                            self.conn.execute(
+                                "INSERT INTO state(key, value) VALUES (?, ?) "
+                                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                                (key, old),
+                            )
+                    self.conn.execute("DELETE FROM canonical WHERE height = ?", (block.height,))
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not roll back to height {height}: {exc}") from None
+        return removed
 
     def _block_from_row(self, row: tuple[str, str, str]) -> Block:
         block_hash, header_raw, sig_hex = row
