@@ -30,8 +30,11 @@ def home(override: str | os.PathLike[str] | None = None) -> Path:
 
 def private_dir(path: Path) -> Path:
     """Create `path` (and parents) with mode 0700 for the last part, and return it."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path, 0o700)
+    except OSError as exc:
+        raise InputError(f"cannot create folder {path}: {exc.strerror or exc}") from None
     return path
 
 

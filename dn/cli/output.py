@@ -66,7 +66,7 @@ def stdout() -> Console:
 def stderr() -> Console:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)  # paths stay whole in logs
 
 
 def emit(ctx: typer.Context, data: Any, human: Callable[[Console], None] | None = None) -> None:
@@ -90,6 +90,8 @@ def read_password(password_file: Path | None, *, confirm: bool = False) -> str:
             password = password_file.read_text().rstrip("\r\n")
         except OSError as exc:
             raise InputError(f"cannot read password file {password_file}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise InputError(f"cannot read password file {password_file}: not UTF-8 text") from None
     elif "DN_PASSWORD" in os.environ:
         password = os.environ["DN_PASSWORD"]
     else:

@@ -242,7 +242,10 @@ def import_(
         keypair = unseal(doc, password)
     else:
         if secret_file is not None:
-            secret = secret_file.read_text().strip()
+            try:
+                secret = secret_file.read_text().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise InputError(f"cannot read secret file {secret_file}: {exc}") from None
         else:
             secret = typer.prompt("Secret key (hex)", hide_input=True).strip()
         try:

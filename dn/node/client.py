@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from dn import errors
-from dn.errors import DNError, NodeError
+from dn.errors import DNError, InputError, NodeError
 
 DEFAULT_TIMEOUT = 30.0
 
@@ -40,7 +40,10 @@ class NodeClient:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+        try:
+            self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+        except (httpx.InvalidURL, ValueError) as exc:
+            raise InputError(f"invalid node URL {url!r}: {exc}") from None
 
     def close(self) -> None:
         self._http.close()
