@@ -11,6 +11,7 @@ algorithm; no maintained package on the registry implements bech32m without a la
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -96,13 +97,24 @@ _BECH32M_CONST = 0x2BC830A3
 _GEN = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
 
 
+def _gen_table() -> tuple[int, ...]:
+    table = []
+    for top in range(32):
+        value = 0
+        for i in range(5):
+            if (top >> i) & 1:
+                value ^= _GEN[i]
+        table.append(value)
+    return tuple(table)
+
+
+_GEN_TABLE = _gen_table()  # the BIP's inner loop, folded into one lookup per character
+
+
 def _polymod(values: list[int]) -> int:
     chk = 1
     for v in values:
-        top = chk >> 25
-        chk = (chk & 0x1FFFFFF) << 5 ^ v
-        for i in range(5):
-            chk ^= _GEN[i] if (top >> i) & 1 else 0
+        chk = ((chk & 0x1FFFFFF) << 5) ^ v ^ _GEN_TABLE[chk >> 25]
     return chk
 
 
@@ -165,6 +177,13 @@ def pubkey_from_address(address: str) -> bytes:
     """The 32-byte public key inside `address`; InvalidAddress if it is not a valid dn1… address."""
     if not isinstance(address, str):
         raise InvalidAddress("an address is a string starting with 'dn1'")
+    return _decode_address(address)
+
+
+@functools.lru_cache(maxsize=65536)
+def _decode_address(address: str) -> bytes:
+    """Memoised: every transaction names its sender (and often a recipient) more than once, and
+    a busy node sees the same addresses again and again. Failures raise and are not cached."""
     try:
         hrp, data = bech32m_decode(address)
     except ValueError as exc:
