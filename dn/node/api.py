@@ -13,6 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dn.chain.types import Block
@@ -22,6 +23,7 @@ from dn.node.node import Node
 MAX_BODY = 8 * 1024 * 1024
 MAX_BATCH = 10_000
 MAX_BLOCKS_PER_PAGE = 100
+MAX_HEIGHT = 2**63 - 1  # SQLite INTEGER; larger decimal refs cannot name a block
 
 
 class BodyLimit:
@@ -91,6 +93,17 @@ def _validation_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(err.to_json(), status_code=422)
 
 
+_HTTP_REASONS = {404: "not-found", 405: "method-not-allowed"}
+
+
+def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    """Errors the framework raises itself (unknown path, wrong method) in the house shape."""
+    assert isinstance(exc, StarletteHTTPException)
+    reason = _HTTP_REASONS.get(exc.status_code, f"http-{exc.status_code}")
+    body = {"error": "HTTPError", "reason": reason, "message": str(exc.detail)}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
 async def _json_body(request: Request) -> Any:
     raw = await request.body()
     try:
@@ -107,6 +120,7 @@ def create_app(node: Node, *, max_body: int = MAX_BODY) -> FastAPI:
     app = FastAPI(title="DeepNode node", version="1", docs_url="/dn/v1/docs", redoc_url=None)
     app.add_exception_handler(DNError, _dn_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_middleware(BodyLimit, limit=max_body)
 
     @app.get("/dn/v1/status")
@@ -144,7 +158,9 @@ def create_app(node: Node, *, max_body: int = MAX_BODY) -> FastAPI:
 
     @app.get("/dn/v1/blocks/{ref}")
     async def block(ref: str) -> dict[str, Any]:
-        key: int | str = int(ref) if ref.isdigit() else ref.lower()
+        key: int | str = int(ref) if ref.isdigit() and len(ref) < 20 else ref.lower()
+        if isinstance(key, int) and key > MAX_HEIGHT:
+            raise NotFound(f"no block {ref}")
         found = node.store.block(key)
         if found is None:
             raise NotFound(f"no block {ref}")

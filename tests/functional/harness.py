@@ -44,7 +44,9 @@ def wait_until(
             if value:
                 return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}: {last_error}")
+    raise AssertionError(
+        f"timed out after {timeout} s waiting for {what or predicate}: {last_error}"
+    )
 
 
 def init_chain(dn_home: Path, allocations: dict[str, int], name: str = "default", **params: int):
@@ -82,8 +84,17 @@ class NodeProcess:
         env = {**os.environ, "DN_HOME": str(self.dn_home), "PYTHONUNBUFFERED": "1"}
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dn", "node", "start", "--name", self.name,
-                 "--port", str(self.port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "dn",
+                    "node",
+                    "start",
+                    "--name",
+                    self.name,
+                    "--port",
+                    str(self.port),
+                ],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -12,8 +12,14 @@ def test_transfer_is_included_once(dn_home, node_factory):
     genesis = init_chain(dn_home, {alice.address: 10**12}, block_time_ms=100)
     node = node_factory().start()
     with node.client() as client:
-        tx = Tx.create(alice, chain_id=genesis.chain_id, kind="transfer", nonce=0, fee=1000,
-                       payload={"to": bob.address, "amount": 5 * 10**9})
+        tx = Tx.create(
+            alice,
+            chain_id=genesis.chain_id,
+            kind="transfer",
+            nonce=0,
+            fee=1000,
+            payload={"to": bob.address, "amount": 5 * 10**9},
+        )
         assert client.submit(tx.to_json())["id"] == tx.id
         included = client.wait_for_tx(tx.id, timeout=20)
         assert client.account(bob.address)["balance"] == 5 * 10**9
