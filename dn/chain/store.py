@@ -66,16 +66,30 @@ def _m001_initial(db: sqlite_utils.Database) -> None:
     db.table("state_undo").create_index(["block_hash"])
     db.table("mempool").create({"id": str, "raw": str}, pk="id")  # rowid = arrival order
     for table in APPEND_ONLY:
-        for op in ("UPDATE", "DELETE"):
-            db.execute(
-                f"CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} "
-                f"BEGIN SELECT RAISE(ABORT, '{table} are append-only'); END"
-            )
+        _append_only(db, table)
+
+
+def _append_only(db: sqlite_utils.Database, table: str) -> None:
+    for op in ("UPDATE", "DELETE"):
+        db.execute(
+            f"CREATE TRIGGER {table}_no_{op.lower()} BEFORE {op} ON {table} "
+            f"BEGIN SELECT RAISE(ABORT, '{table} are append-only'); END"
+        )
+
+
+# Named, recorded schema migrations: append to this list, never edit an entry that shipped.
+def _m002_side_chains(db: sqlite_utils.Database) -> None:
+    # Side-chain blocks are stored before they are ever canonical, with their undo records;
+    # `applied` marks the blocks whose undo records exist (all of them, before this migration).
+    db.table("applied").create({"block_hash": str}, pk="block_hash")
+    db.execute("INSERT INTO applied(block_hash) SELECT hash FROM blocks")
+    _append_only(db, "applied")
 
 
 # Named, recorded schema migrations: append to this list, never edit an entry that shipped.
 MIGRATIONS: list[tuple[str, Callable[[sqlite_utils.Database], None]]] = [
     ("001_initial", _m001_initial),
+    ("002_side_chains", _m002_side_chains),
 ]
 
 
@@ -134,6 +148,7 @@ class Store:
             )
             store._insert_block(block, total_difficulty=0)
             conn.execute("INSERT INTO canonical(height, hash) VALUES (0, ?)", (block.hash,))
+            conn.execute("INSERT INTO applied(block_hash) VALUES (?)", (block.hash,))
             conn.executemany(
                 "INSERT INTO state(key, value) VALUES (?, ?)",
                 [(k, _dumps(v)) for k, v in genesis_state(genesis).items()],
@@ -206,59 +221,35 @@ class Store:
 
     def commit_block(self, block: Block, changes: dict[str, Any]) -> None:
         """Append `block` on the canonical tip with its state changes, all or nothing."""
-        tip_hash, tip_td = self.conn.execute(
-            "SELECT b.hash, b.total_difficulty FROM canonical c JOIN blocks b ON b.hash = c.hash "
-            "ORDER BY c.height DESC LIMIT 1"
-        ).fetchone()
-        if block.header.prev != tip_hash:
-            raise StoreError("block does not extend the canonical tip")
-        keys = list(changes)
-        old: dict[str, str | None] = dict.fromkeys(keys)
-        for start in range(0, len(keys), 500):
-            part = keys[start : start + 500]
-            marks = ",".join("?" * len(part))
-            for key, value in self.conn.execute(
-                f"SELECT key, value FROM state WHERE key IN ({marks})", part
-            ):
-                old[key] = value
         try:
-            self._commit(block, changes, keys, old, tip_td)
+            with self._transaction():
+                self._append(block, changes)
         except sqlite3.Error as exc:
             raise StoreError(f"could not store block {block.height}: {exc}") from None
 
-    def _commit(
-        self,
-        block: Block,
-        changes: dict[str, Any],
-        keys: list[str],
-        old: dict[str, str | None],
-        tip_td: int,
+    def add_side_block(
+        self, block: Block, total_difficulty: int, undo: dict[str, Any | None]
     ) -> None:
-        # A block taken off by a rollback and now adopted again is stored already, with the same
-        # undo records (its parent state is the same): only the index and the state change.
-        stored = self.conn.execute("SELECT 1 FROM blocks WHERE hash = ?", (block.hash,)).fetchone()
-        with self._transaction():
-            if not stored:
-                self._insert_block(block, tip_td + block.header.difficulty)
-                self.conn.executemany(
-                    "INSERT INTO state_undo(block_hash, key, old) VALUES (?, ?, ?)",
-                    [(block.hash, key, old[key]) for key in keys],
-                )
-            self.conn.execute(
-                "INSERT INTO canonical(height, hash) VALUES (?, ?)", (block.height, block.hash)
-            )
-            upserts = [(k, _dumps(v)) for k, v in changes.items() if v is not None]
-            self.conn.executemany(
-                "INSERT INTO state(key, value) VALUES (?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                upserts,
-            )
-            self.conn.executemany(
-                "DELETE FROM state WHERE key = ?", [(k,) for k, v in changes.items() if v is None]
-            )
-            self.conn.executemany(
-                "DELETE FROM mempool WHERE id = ?", [(tx.id,) for tx in block.txs]
-            )
+        """Keep a valid block that is not on the canonical chain, with the undo records it
+        would need (`undo`: each key it changes -> the value before it, None if absent)."""
+        try:
+            with self._transaction():
+                self._insert_block(block, total_difficulty)
+                self._insert_undo(block.hash, undo)
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not store side block {block.height}: {exc}") from None
+
+    def switch_branch(self, height: int, branch: list[tuple[Block, dict[str, Any]]]) -> list[Block]:
+        """Unwind the canonical chain to `height` and append `branch` (each block with its state
+        changes), in one SQLite transaction: a crash leaves the old branch or the new one."""
+        try:
+            with self._transaction():
+                removed = self._unwind(height)
+                for block, changes in branch:
+                    self._append(block, changes)
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not switch to the branch at {height}: {exc}") from None
+        return removed
 
     def rollback_to(self, height: int) -> list[Block]:
         """Unwind the canonical chain to `height` with the undo records, all or nothing.
@@ -266,30 +257,128 @@ class Store:
         Returns the blocks taken off, highest first; they stay stored (blocks are append-only)
         as a side chain, and their transactions are the caller's to return to the mempool.
         """
+        try:
+            with self._transaction():
+                return self._unwind(height)
+        except sqlite3.Error as exc:
+            raise StoreError(f"could not roll back to height {height}: {exc}") from None
+
+    def _insert_undo(self, block_hash: str, undo: dict[str, Any | None]) -> None:
+        self.conn.executemany(
+            "INSERT INTO state_undo(block_hash, key, old) VALUES (?, ?, ?)",
+            [(block_hash, k, None if v is None else _dumps(v)) for k, v in undo.items()],
+        )
+        self.conn.execute("INSERT INTO applied(block_hash) VALUES (?)", (block_hash,))
+
+    def _append(self, block: Block, changes: dict[str, Any]) -> None:
+        tip_hash, tip_td = self.conn.execute(
+            "SELECT b.hash, b.total_difficulty FROM canonical c JOIN blocks b ON b.hash = c.hash "
+            "ORDER BY c.height DESC LIMIT 1"
+        ).fetchone()
+        if block.header.prev != tip_hash:
+            raise StoreError("block does not extend the canonical tip")
+        # A block taken off by a rollback, or kept as a side block, is stored already with its
+        # undo records (its parent state is the same): only the index and the state change.
+        applied = self.conn.execute(
+            "SELECT 1 FROM applied WHERE block_hash = ?", (block.hash,)
+        ).fetchone()
+        if not applied:
+            keys = list(changes)
+            old: dict[str, Any | None] = dict.fromkeys(keys)
+            for start in range(0, len(keys), 500):
+                part = keys[start : start + 500]
+                marks = ",".join("?" * len(part))
+                for key, value in self.conn.execute(
+                    f"SELECT key, value FROM state WHERE key IN ({marks})", part
+                ):
+                    old[key] = json.loads(value)
+            if not self.has_block(block.hash):
+                self._insert_block(block, tip_td + block.header.difficulty)
+            self._insert_undo(block.hash, old)
+        self.conn.execute(
+            "INSERT INTO canonical(height, hash) VALUES (?, ?)", (block.height, block.hash)
+        )
+        self.conn.executemany(
+            "INSERT INTO state(key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [(k, _dumps(v)) for k, v in changes.items() if v is not None],
+        )
+        self.conn.executemany(
+            "DELETE FROM state WHERE key = ?", [(k,) for k, v in changes.items() if v is None]
+        )
+        self.conn.executemany("DELETE FROM mempool WHERE id = ?", [(tx.id,) for tx in block.txs])
+
+    def _unwind(self, height: int) -> list[Block]:
         tip = self.tip()
         if not 0 <= height <= tip.height:
             raise StoreError(f"cannot roll back to height {height} (tip is {tip.height})")
-        removed = [b for b in reversed(self.blocks(height + 1, tip.height - height))]
-        try:
-            with self._transaction():
-                for block in removed:
-                    undo = self.conn.execute(
-                        "SELECT key, old FROM state_undo WHERE block_hash = ? ORDER BY rowid DESC",
-                        (block.hash,),
-                    ).fetchall()
-                    for key, old in undo:
-                        if old is None:
-                            self.conn.execute("DELETE FROM state WHERE key = ?", (key,))
-                        else:
-                            self.conn.execute(
-                                "INSERT INTO state(key, value) VALUES (?, ?) "
-                                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                                (key, old),
-                            )
-                    self.conn.execute("DELETE FROM canonical WHERE height = ?", (block.height,))
-        except sqlite3.Error as exc:
-            raise StoreError(f"could not roll back to height {height}: {exc}") from None
+        removed = list(reversed(self.blocks(height + 1, tip.height - height)))
+        for block in removed:
+            for key, old in self.undo_raw(block.hash):
+                if old is None:
+                    self.conn.execute("DELETE FROM state WHERE key = ?", (key,))
+                else:
+                    self.conn.execute(
+                        "INSERT INTO state(key, value) VALUES (?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                        (key, old),
+                    )
+            self.conn.execute("DELETE FROM canonical WHERE height = ?", (block.height,))
         return removed
+
+    def undo_raw(self, block_hash: str) -> list[tuple[str, str | None]]:
+        return self.conn.execute(
+            "SELECT key, old FROM state_undo WHERE block_hash = ? ORDER BY rowid DESC",
+            (block_hash,),
+        ).fetchall()
+
+    def undo(self, block_hash: str) -> dict[str, Any | None]:
+        """What `block_hash` changed -> the value before it (None: the key was absent)."""
+        return {
+            key: None if old is None else json.loads(old) for key, old in self.undo_raw(block_hash)
+        }
+
+    # --- the block tree --------------------------------------------------------------------
+
+    def has_block(self, block_hash: str) -> bool:
+        row = self.conn.execute("SELECT 1 FROM blocks WHERE hash = ?", (block_hash,)).fetchone()
+        return row is not None
+
+    def header(self, block_hash: str) -> tuple[Header, int] | None:
+        """A stored block's header and total difficulty, on any branch."""
+        row = self.conn.execute(
+            "SELECT header, total_difficulty FROM blocks WHERE hash = ?", (block_hash,)
+        ).fetchone()
+        return (Header.from_json(json.loads(row[0])), int(row[1])) if row else None
+
+    def canonical_hash(self, height: int) -> str | None:
+        row = self.conn.execute("SELECT hash FROM canonical WHERE height = ?", (height,)).fetchone()
+        return str(row[0]) if row else None
+
+    def headers_at(self, height: int) -> list[tuple[str, Header]]:
+        """Every stored block at `height`, on any branch."""
+        return [
+            (str(h), Header.from_json(json.loads(raw)))
+            for h, raw in self.conn.execute(
+                "SELECT hash, header FROM blocks WHERE height = ?", (height,)
+            )
+        ]
+
+    def tip_total_difficulty(self) -> int:
+        row = self.conn.execute(
+            "SELECT b.total_difficulty FROM canonical c JOIN blocks b ON b.hash = c.hash "
+            "ORDER BY c.height DESC LIMIT 1"
+        ).fetchone()
+        return int(row[0])
+
+    def recent_proposers(self, count: int) -> list[tuple[int, str]]:
+        """(height, proposer) of the latest `count` canonical blocks, lowest first."""
+        rows = self.conn.execute(
+            "SELECT c.height, b.header FROM canonical c JOIN blocks b ON b.hash = c.hash "
+            "ORDER BY c.height DESC LIMIT ?",
+            (count,),
+        ).fetchall()
+        return [(int(h), str(json.loads(raw)["proposer"])) for h, raw in reversed(rows)]
 
     def _block_from_row(self, row: tuple[str, str, str]) -> Block:
         block_hash, header_raw, sig_hex = row

@@ -12,18 +12,24 @@ no networking. `NodeHome` is the node's folder under `$DN_HOME/nodes/NAME/`:
 from __future__ import annotations
 
 import json
+import logging
 import os
+import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dn import PROTOCOL_VERSION, __version__
+from dn.chain import consensus
 from dn.chain.genesis import Genesis
 from dn.chain.mempool import Mempool
 from dn.chain.state import (
     ACCT,
+    SIGNERS,
     DictState,
+    StateReader,
     account,
     apply_block,
     build_block,
@@ -36,6 +42,8 @@ from dn.config import DEFAULT_NODE_NAME, node_dir, private_dir
 from dn.encoding import pubkey_from_address
 from dn.errors import DNError, InvalidBlock, InvalidTx, NotFound, StoreError
 from dn.wallet.keys import Keypair
+
+log = logging.getLogger("dn.node")
 
 
 def now_ms() -> int:
@@ -85,10 +93,49 @@ class NodeHome:
         return Genesis.load(self.genesis_file)
 
 
-class Node:
-    """A chain store, the state at its tip, a mempool and (for validators) a block producer."""
+class _Layer:
+    """A state read through `changes` (None: deleted) on top of `base`."""
 
-    def __init__(self, home: NodeHome, genesis: Genesis | None = None) -> None:
+    def __init__(self, base: StateReader, changes: dict[str, Any]) -> None:
+        self.base = base
+        self.changes = changes
+
+    def get(self, key: str) -> Any:
+        if key in self.changes:
+            return self.changes[key]
+        return self.base.get(key)
+
+
+@dataclass
+class _Branch:
+    """A side branch from the canonical block at `fork_height` up to `head`, with the state
+    changes of each of its blocks and the state at its head (valid while our tip stays put)."""
+
+    tip_hash: str
+    fork_height: int
+    blocks: list[tuple[Block, dict[str, Any]]]
+    state: _Layer
+
+    @property
+    def head(self) -> str:
+        return self.blocks[-1][0].hash if self.blocks else ""
+
+
+Listener = Callable[[str, Any], None]
+
+
+class Node:
+    """A chain store, the state at its tip, a mempool and (for validators) a block producer.
+
+    Blocks from peers may extend the tip, start or extend a side branch (stored, append-only),
+    or make a side branch heavier than the canonical one, which switches to it (a reorg) unless
+    that would undo a final block. `listeners` hear ("block", Block) for each block adopted and
+    ("txs", [Tx]) for transactions accepted, so the network layer can pass them on.
+    """
+
+    def __init__(
+        self, home: NodeHome, genesis: Genesis | None = None, *, rng: random.Random | None = None
+    ) -> None:
         self.home = home
         self.key = home.key()
         genesis = genesis or home.genesis()
@@ -97,13 +144,20 @@ class Node:
         else:
             self.store = Store.create(home.store_file, genesis)
         self.genesis = self.store.genesis
+        self.rng = rng or random.Random()
+        self.listeners: list[Listener] = []
         self.state = DictState(self.store.load_state())
         self.tip = self.store.tip()
+        self.tip_td = self.store.tip_total_difficulty()
+        self.final = 0
+        self._update_final()
         self.mempool = Mempool(self.genesis, self.key.address, self.state)
         restored = self.store.mempool_txs()
         dropped = [tx.id for tx in restored if not self._try_add(tx)]
         self.store.mempool_remove(dropped)
-        self.last_block_ms = max(self.tip.header.time, now_ms()) if self.tip.height else now_ms()
+        self.last_block_ms = now_ms()
+        self._branch: _Branch | None = None
+        self._plan: tuple[str, bool, int] | None = None  # (tip, signed at next height, delay)
 
     def _try_add(self, tx: Tx) -> bool:
         try:
@@ -113,11 +167,26 @@ class Node:
         return True
 
     @property
+    def validators(self) -> list[str]:
+        return self.genesis.validators
+
+    @property
     def is_validator(self) -> bool:
-        return self.key.address in self.genesis.validators
+        return self.key.address in self.validators
+
+    @property
+    def roles(self) -> list[str]:
+        return ["validator"] if self.is_validator else []
 
     def close(self) -> None:
         self.store.close()
+
+    def _emit(self, event: str, payload: Any) -> None:
+        for listener in list(self.listeners):
+            try:
+                listener(event, payload)
+            except Exception:  # noqa: BLE001 - a listener's failure is not the chain's
+                log.exception("listener failed on %s", event)
 
     # --- transactions ----------------------------------------------------------------------
 
@@ -137,6 +206,8 @@ class Node:
             accepted.append(tx)
             results.append({"accepted": True, "id": tx.id})
         self.store.mempool_add(accepted)
+        if accepted:
+            self._emit("txs", accepted)
         return results
 
     def tx_status(self, tx_id: str) -> dict[str, Any]:
@@ -149,6 +220,7 @@ class Node:
                 "block": record.block_hash,
                 "index": record.index,
                 "confirmations": self.tip.height - record.height + 1,
+                "final": record.height <= self.final,
                 "tx": record.tx.to_json(),
             }
         pending = self.mempool.get(tx_id)
@@ -156,19 +228,40 @@ class Node:
             return {"id": tx_id, "status": "pending", "tx": pending.to_json()}
         raise NotFound(f"no transaction {tx_id}")
 
-    # --- blocks ----------------------------------------------------------------------------
+    # --- producing blocks ------------------------------------------------------------------
+
+    def _next_plan(self) -> tuple[bool, int]:
+        """For the next height: whether we signed a block there already (on any branch: a
+        validator never signs two blocks at one height) and our extra out-of-turn delay."""
+        if self._plan is None or self._plan[0] != self.tip.hash:
+            height = self.tip.height + 1
+            signed = any(h.proposer == self.key.address for _, h in self.store.headers_at(height))
+            delay = 0
+            if consensus.in_turn(self.validators, height) != self.key.address:
+                delay = consensus.out_of_turn_delay_ms(
+                    self.rng, len(self.validators), self.genesis.param("block_time_ms")
+                )
+            self._plan = (self.tip.hash, signed, delay)
+        return self._plan[1], self._plan[2]
 
     def due(self, at_ms: int) -> bool:
-        """Whether a validator should propose now: work waiting, or the chain has been idle."""
+        """Whether this validator should propose now: it may sign the next block, and work is
+        waiting (or the chain has been idle), and, out of turn, its random delay has passed."""
         if not self.is_validator:
             return False
+        recent = self.state.get(SIGNERS) or []
+        if not consensus.may_sign(recent, self.key.address, len(self.validators)):
+            return False
+        signed, delay = self._next_plan()
+        if signed:
+            return False
         elapsed = at_ms - self.last_block_ms
-        if len(self.mempool) and elapsed >= self.genesis.param("block_time_ms"):
-            return True
-        return elapsed >= self.genesis.param("max_block_interval_ms")
+        busy = len(self.mempool) > 0
+        wait = self.genesis.param("block_time_ms" if busy else "max_block_interval_ms")
+        return elapsed >= wait + delay
 
     def produce(self, at_ms: int | None = None) -> Block:
-        """Propose, store and adopt the next block (single-validator path for now)."""
+        """Propose, store and adopt the next block on our tip."""
         at = at_ms if at_ms is not None else now_ms()
         candidates = self.mempool.pending(self.genesis.param("max_block_txs"))
         applied, rejected = build_block(
@@ -177,22 +270,143 @@ class Node:
         self._adopt(applied.block, applied.changes, [tx.id for tx, _ in rejected])
         return applied.block
 
-    def receive_block(self, block: Block) -> None:
-        """Check a block from elsewhere against our tip and adopt it."""
-        if block.header.prev != self.tip.hash:
-            raise InvalidBlock("block does not extend our tip", reason="not-on-tip")
+    # --- receiving blocks ------------------------------------------------------------------
+
+    def receive_block(self, block: Block) -> str:
+        """Take a block from a peer. Returns "known", "extended" (new tip), "side" (stored on a
+        side branch), "reorg" (its branch became canonical) or "orphan" (parent unknown: sync).
+        Raises InvalidBlock, with the rule broken as its reason, for a block that is not valid."""
+        if self.store.has_block(block.hash):
+            return "known"
+        header = block.header
+        if header.chain_id != self.genesis.chain_id:
+            raise InvalidBlock(f"block is for chain {header.chain_id!r}", reason="wrong-chain-id")
+        if not block.signature_valid():
+            raise InvalidBlock(
+                "block signature does not match the proposer", reason="bad-signature"
+            )
+        if header.proposer not in self.validators:
+            raise InvalidBlock(f"{header.proposer} is not a validator", reason="not-validator")
+        parent = self.store.header(header.prev)
+        if parent is None:
+            return "orphan"
+        for other_hash, other in self.store.headers_at(header.height):
+            if other.proposer == header.proposer and other_hash != block.hash:
+                raise InvalidBlock(
+                    f"{header.proposer} signed two blocks at height {header.height}",
+                    reason="equivocation",
+                )
+        parent_header, parent_td = parent
+        if header.prev == self.tip.hash:
+            applied = apply_block(
+                self.state, self.tip.header, self.tip.hash, block, self.genesis, now_ms=now_ms()
+            )
+            self._adopt(block, applied.changes, [])
+            return "extended"
+        branch = self._branch_to(header.prev)
+        if branch.fork_height < self.final:
+            raise InvalidBlock(
+                f"block forks at height {branch.fork_height}, below final height {self.final}",
+                reason="below-final",
+            )
         applied = apply_block(
-            self.state, self.tip.header, self.tip.hash, block, self.genesis, now_ms=now_ms()
+            branch.state, parent_header, header.prev, block, self.genesis, now_ms=now_ms()
         )
-        self._adopt(block, applied.changes, [])
+        undo = {key: branch.state.get(key) for key in applied.changes}
+        td = parent_td + header.difficulty
+        self.store.add_side_block(block, td, undo)
+        branch.blocks.append((block, applied.changes))
+        branch.state.changes.update(applied.changes)
+        if consensus.prefer((td, block.hash), (self.tip_td, self.tip.hash)):
+            self._switch(branch, td)
+            return "reorg"
+        return "side"
+
+    def _branch_to(self, head: str) -> _Branch:
+        """The side branch ending at stored block `head`, replayed on the state at its fork."""
+        cached = self._branch
+        if cached is not None and cached.tip_hash == self.tip.hash and cached.head == head:
+            return cached
+        hashes: list[str] = []
+        cursor = head
+        while True:
+            found = self.store.header(cursor)
+            if found is None:
+                raise StoreError(f"block {cursor} is missing from the store")
+            header = found[0]
+            if self.store.canonical_hash(header.height) == cursor:
+                break
+            hashes.append(cursor)
+            cursor = header.prev
+        fork_height = header.height
+        rewind: dict[str, Any] = {}
+        for height in range(self.tip.height, fork_height, -1):
+            canonical = self.store.canonical_hash(height)
+            assert canonical is not None
+            rewind.update(self.store.undo(canonical))
+        branch = _Branch(self.tip.hash, fork_height, [], _Layer(self.state, rewind))
+        parent = self.store.block(cursor)
+        assert parent is not None
+        for block_hash in reversed(hashes):
+            block = self.store.block(block_hash)
+            assert block is not None
+            applied = apply_block(branch.state, parent.header, parent.hash, block, self.genesis)
+            branch.blocks.append((block, applied.changes))
+            branch.state.changes.update(applied.changes)
+            parent = block
+        self._branch = branch
+        return branch
+
+    def _switch(self, branch: _Branch, td: int) -> None:
+        """Make `branch` canonical, in one store transaction, and give the transactions of the
+        blocks it replaces back to the mempool."""
+        removed = self.store.switch_branch(branch.fork_height, branch.blocks)
+        log.warning(
+            "reorg: %d blocks replaced by %d from height %d",
+            len(removed),
+            len(branch.blocks),
+            branch.fork_height + 1,
+        )
+        self.state = DictState(self.store.load_state())
+        self.tip = branch.blocks[-1][0]
+        self.tip_td = td
+        self._branch = None
+        included = {tx.id for block, _ in branch.blocks for tx in block.txs}
+        abandoned = [tx for block in reversed(removed) for tx in block.txs if tx.id not in included]
+        pending = self.mempool.pending()
+        self.mempool = Mempool(self.genesis, self.key.address, self.state)
+        returned = [tx for tx in abandoned if self._try_add(tx)]
+        kept = {tx.id for tx in pending if tx.id not in included and self._try_add(tx)}
+        self.store.mempool_add(returned)
+        self.store.mempool_remove([tx.id for tx in pending if tx.id not in kept])
+        self.last_block_ms = now_ms()
+        self._update_final()
+        for block, _ in branch.blocks:
+            self._emit("block", block)
 
     def _adopt(self, block: Block, changes: dict[str, Any], rejected: list[str]) -> None:
         self.store.commit_block(block, changes)
         self.state.update(changes)
         self.tip = block
-        self.last_block_ms = max(block.header.time, now_ms())
+        self.tip_td += block.header.difficulty
+        self._branch = None
+        self.last_block_ms = now_ms()
         dropped = self.mempool.reset(self.state, [tx.id for tx in block.txs] + rejected)
         self.store.mempool_remove(rejected + [tx.id for tx in dropped])
+        self._update_final()
+        self._emit("block", block)
+
+    def _update_final(self) -> None:
+        """Finality only moves up (a reorg below it is refused), so look back only as far as
+        needed: widen the window until it holds the answer or reaches genesis."""
+        count = 8 * len(self.validators) + 16
+        while True:
+            rows = self.store.recent_proposers(count)
+            height = consensus.final_height(rows, self.validators)
+            if height > 0 or rows[0][0] == 0:
+                self.final = max(self.final, height)
+                return
+            count *= 4
 
     # --- views -----------------------------------------------------------------------------
 
@@ -205,9 +419,13 @@ class Node:
             "genesis_hash": self.genesis.hash,
             "node_address": self.key.address,
             "validator": self.is_validator,
+            "roles": self.roles,
+            "validators": self.validators,
             "height": self.tip.height,
             "tip": self.tip.hash,
             "tip_time": self.tip.header.time,
+            "total_difficulty": self.tip_td,
+            "final_height": self.final,
             "state_root": self.tip.header.state_root,
             "mempool": len(self.mempool),
             "supply": supply_report(self.state.items()),

@@ -112,7 +112,7 @@ def test_journal_mode_is_wal_and_sync_full(store: Store, path: Path) -> None:
 
 def test_migrations_are_recorded(store: Store) -> None:
     names = [row[0] for row in store.conn.execute("SELECT name FROM migrations")]
-    assert names == ["001_initial"]
+    assert names == ["001_initial", "002_side_chains"]
 
 
 @pytest.mark.parametrize(
@@ -121,6 +121,7 @@ def test_migrations_are_recorded(store: Store) -> None:
         ("blocks", "UPDATE blocks SET height = height + 100"),
         ("txs", "UPDATE txs SET raw = '{}'"),
         ("state_undo", "UPDATE state_undo SET old = NULL"),
+        ("applied", "UPDATE applied SET block_hash = 'x'"),
     ],
 )
 def test_append_only_tables_refuse_update_and_delete(
