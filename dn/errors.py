@@ -18,7 +18,9 @@
     │   └── StoreError           the SQLite store is missing or damaged                 HTTP 500
     ├── NotFound                 no such block, transaction, account, wallet            HTTP 404
     ├── NodeError                a node that cannot be reached or answered badly        exit 5
-    └── PayloadTooLarge                                                                 HTTP 413
+    ├── PayloadTooLarge                                                                 HTTP 413
+    ├── Forbidden                a request refused from this sender (banned, link cut)  HTTP 403
+    └── HandshakeError           a peer handshake reply we refuse; carries a `reason`   HTTP 403
 
 The CLI maps these to a message and an exit code in `dn/cli/main.py`; the HTTP API maps them to a
 status and a JSON body in `dn/node/api.py`. Nothing else catches them to print.
@@ -160,3 +162,18 @@ class PayloadTooLarge(DNError):
 
     http_status = 413
     reason = "too-large"
+
+
+class Forbidden(DNError):
+    """A request this node refuses to take from its sender (a banned peer, a cut link)."""
+
+    http_status = 403
+    reason = "forbidden"
+
+
+class HandshakeError(DNError):
+    """A peer's handshake reply that we refuse; `reason` says why (`bad-hello`, `wrong-challenge`,
+    `bad-signature`, `self`, `wrong-protocol`, `wrong-network-key`, `wrong-genesis`)."""
+
+    http_status = 403
+    reason = "handshake"

@@ -8,14 +8,16 @@ for one is invalid on every other. All numbers are integers; shares are in basis
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from dn.encoding import MAX_AMOUNT, hash_hex, merkle_root, pubkey_from_address
-from dn.errors import DNError, GenesisError
+from dn.errors import DNError, GenesisError, InputError
 
 FORMAT = 1
 ZERO_HASH = "0" * 64
@@ -41,6 +43,22 @@ def default_params(**overrides: int) -> dict[str, int]:
     params = {name: spec[0] for name, spec in PARAMS.items()}
     params.update(overrides)
     return params
+
+
+def checked_params(overrides: Mapping[str, int]) -> dict[str, int]:
+    """The default params with `overrides`, each a known name with a value in its range;
+    InputError (naming the known names, or the allowed range) for any that is not."""
+    for name, value in overrides.items():
+        if name not in PARAMS:
+            raise InputError(
+                f"unknown genesis parameter {name!r}; known parameters: {', '.join(PARAMS)}"
+            )
+        _, low, high = PARAMS[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise InputError(
+                f"genesis parameter {name} must be an integer from {low} to {high}, got {value!r}"
+            )
+    return default_params(**overrides)
 
 
 @dataclass(frozen=True)
@@ -83,8 +101,18 @@ class Genesis:
         return cls.from_json(doc)
 
     def save(self, path: Path) -> None:
+        """Write the file whole or not at all (temp file, fsync, rename): a crash never leaves
+        a half-written genesis that a node would refuse to start from."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.doc, indent=2, sort_keys=True) + "\n")
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            with tmp.open("w") as fh:
+                fh.write(json.dumps(self.doc, indent=2, sort_keys=True) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @cached_property
     def hash(self) -> str:

@@ -18,6 +18,16 @@ from dn.errors import DNError
 def verify_store(
     store: Store, progress: Callable[[int, int], None] | None = None
 ) -> dict[str, Any]:
+    """Replay `store`; safe on a running node's store: it reads one snapshot (a WAL read
+    transaction), so blocks the node appends meanwhile are not half-seen."""
+    store.conn.execute("BEGIN")
+    try:
+        return _verify(store, progress)
+    finally:
+        store.conn.execute("COMMIT")
+
+
+def _verify(store: Store, progress: Callable[[int, int], None] | None) -> dict[str, Any]:
     genesis = store.genesis
     tip = store.tip()
     report: dict[str, Any] = {

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import typer
 
+from dn.chain.genesis import PARAMS
 from dn.cli.output import emit, opts, progress, say, table
 from dn.config import DEFAULT_NODE_NAME
 from dn.errors import ChainError, InputError
@@ -14,6 +16,8 @@ from dn.errors import ChainError, InputError
 app = typer.Typer(
     help="The chain: set one up, look at its blocks, verify it.", no_args_is_help=True
 )
+
+_PARAM_NAMES = ", ".join(PARAMS)
 
 NodeName = typer.Option(DEFAULT_NODE_NAME, "--name", help="Which local node (a folder in nodes/).")
 
@@ -30,36 +34,130 @@ def _short(text: str, n: int = 12) -> str:
 def init(
     ctx: typer.Context,
     dev: bool = typer.Option(False, "--dev", help="A dev chain whose one validator is this node."),
+    validator: list[str] = typer.Option(
+        [],
+        "--validator",
+        help="A validator's node address (dn1…, from 'dn node address'); repeat for each one.",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Where to write the genesis file (not with --dev)."
+    ),
     alloc: list[str] = typer.Option(
         [], "--alloc", help="Fund NAME_OR_ADDRESS=AMOUNT (DN) at genesis; repeat as needed."
     ),
+    param: list[str] = typer.Option(
+        [],
+        "--param",
+        help="Set a genesis parameter, NAME=VALUE (an integer), e.g. block_time_ms=200; repeat "
+        f"as needed. Names: {_PARAM_NAMES}.",
+    ),
     name: str = NodeName,
     network: str = typer.Option("devnet", "--network", help="Network name (part of the chain id)."),
-    block_time_ms: int | None = typer.Option(None, "--block-time-ms", help="Block interval."),
-    force: bool = typer.Option(False, "--force", help="Throw away this node's existing chain."),
+    block_time_ms: int | None = typer.Option(
+        None, "--block-time-ms", help="Block interval in ms (the same as --param block_time_ms=N)."
+    ),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="With --dev: throw away this node's existing chain. With --out: overwrite the file.",
+    ),
 ) -> None:
-    """Write a genesis for this node and create its chain store."""
-    from dn.chain.genesis import default_params
-    from dn.cli.wallet import resolve_address
-    from dn.config import home
-    from dn.encoding import parse_dn
-    from dn.node.node import Node, NodeHome, init_dev_chain
+    """Write a genesis: a multi-validator file (--validator …, --out FILE) or a dev chain
+    for this node (--dev)."""
+    from dn.chain.genesis import checked_params
 
-    if not dev:
+    if dev:
+        if validator:
+            raise InputError(
+                "--dev makes a chain whose one validator is this node: leave out --validator, "
+                "or leave out --dev to write a genesis file for several validators"
+            )
+        if out is not None:
+            raise InputError(
+                "--dev writes the genesis into this node's folder: leave out --out, "
+                "or leave out --dev to write a genesis file for several validators"
+            )
+    elif not validator:
         raise InputError(
-            "only single-validator dev chains can be made yet: add --dev "
-            "(multi-validator genesis files come with the network release)"
+            "give --validator ADDRESS for each validator (their 'dn node address'), "
+            "or --dev for a single-validator chain on this node"
         )
+    elif out is None:
+        raise InputError("give --out FILE: where to write the genesis file")
+    params = checked_params(_param_overrides(param, block_time_ms))
+    allocations = _allocations(ctx, alloc)
+    if out is None:  # --dev
+        _init_dev(ctx, name, allocations, network=network, params=params, force=force)
+    else:
+        validators = _validators(validator)
+        _write_genesis(ctx, out, validators, allocations, network, params, force=force)
+
+
+def _param_overrides(items: list[str], block_time_ms: int | None) -> dict[str, int]:
+    """NAME=VALUE texts (and --block-time-ms) as a dict; one name given two values is an error."""
+    given: list[tuple[str, str, int]] = []  # (name, as the user wrote it, value)
+    if block_time_ms is not None:
+        given.append(("block_time_ms", f"--block-time-ms {block_time_ms}", block_time_ms))
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise InputError(f"--param wants NAME=VALUE, got {item!r}")
+        try:
+            value = int(text.strip())
+        except ValueError:
+            raise InputError(f"--param {key} wants an integer, got {text!r}") from None
+        given.append((key, f"--param {item}", value))
+    overrides: dict[str, int] = {}
+    first: dict[str, str] = {}
+    for key, source, value in given:
+        if key in overrides and overrides[key] != value:
+            raise InputError(f"{key} is given twice: {first[key]} and {source}")
+        overrides[key] = value
+        first.setdefault(key, source)
+    return overrides
+
+
+def _allocations(ctx: typer.Context, items: list[str]) -> dict[str, int]:
+    """NAME_OR_ADDRESS=AMOUNT texts as {address: units}, adding up repeats."""
+    from dn.cli.wallet import resolve_address
+    from dn.encoding import parse_dn
+
     allocations: dict[str, int] = {}
-    for item in alloc:
+    for item in items:
         who, sep, amount = item.rpartition("=")
         if not sep or not who:
             raise InputError(f"--alloc wants NAME_OR_ADDRESS=AMOUNT, got {item!r}")
         address = resolve_address(ctx, who)
         allocations[address] = allocations.get(address, 0) + parse_dn(amount)
-    params = default_params()
-    if block_time_ms is not None:
-        params["block_time_ms"] = block_time_ms
+    return allocations
+
+
+def _validators(addresses: list[str]) -> list[str]:
+    """Checked `dn1…` addresses, sorted and without repeats (consensus takes them in order)."""
+    from dn.encoding import pubkey_from_address
+    from dn.errors import InvalidAddress
+
+    for address in addresses:
+        try:
+            pubkey_from_address(address)
+        except InvalidAddress as exc:
+            raise InvalidAddress(f"--validator: {exc.message}") from None
+    return sorted(set(addresses))
+
+
+def _init_dev(
+    ctx: typer.Context,
+    name: str,
+    allocations: dict[str, int],
+    *,
+    network: str,
+    params: dict[str, int],
+    force: bool,
+) -> None:
+    from dn.config import home
+    from dn.node.node import Node, NodeHome, init_dev_chain
+
     node_home = NodeHome.named(name, home(opts(ctx).home))
     genesis = init_dev_chain(node_home, allocations, network=network, params=params, force=force)
     Node(node_home, genesis).close()  # creates the store with block 0
@@ -79,6 +177,55 @@ def init(
             "start it with: dn node start"
         ),
     )
+
+
+def _write_genesis(
+    ctx: typer.Context,
+    out: Path,
+    validators: list[str],
+    allocations: dict[str, int],
+    network: str,
+    params: dict[str, int],
+    *,
+    force: bool,
+) -> None:
+    import time
+
+    from dn.chain.genesis import Genesis
+
+    if out.is_dir():
+        raise InputError(f"--out {out} is a folder: give a file name")
+    if out.exists() and not force:
+        raise InputError(f"{out} exists already; use --force to overwrite it")
+    genesis = Genesis.build(
+        network=network,
+        time_ms=time.time_ns() // 1_000_000,
+        validators=validators,
+        allocations=allocations,
+        params=params,
+    )
+    try:
+        genesis.save(out)
+    except OSError as exc:
+        raise InputError(f"cannot write {out}: {exc.strerror or exc}") from None
+    data = {
+        "chain_id": genesis.chain_id,
+        "genesis_hash": genesis.hash,
+        "validators": genesis.validators,
+        "out": str(out),
+    }
+
+    def human(console: Any) -> None:
+        from rich.markup import escape
+
+        where = escape(str(out))  # a path may hold [brackets] that Rich would take for markup
+        console.print(f"genesis for chain [bold]{genesis.chain_id}[/] written to {where}")
+        console.print(f"validators ({len(genesis.validators)}):")
+        for address in genesis.validators:
+            console.print(f"  {address}")
+        console.print(f"start each node with: dn node start --genesis {where}")
+
+    emit(ctx, data, human)
 
 
 @app.command()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import typer
 
 from dn.cli.output import emit, opts, say, table
 from dn.config import DEFAULT_NODE_NAME, DEFAULT_PORT
+from dn.errors import InputError
 
 app = typer.Typer(help="Run a node and look at it.", no_args_is_help=True)
 
@@ -18,24 +20,160 @@ def start(
     name: str = typer.Option(DEFAULT_NODE_NAME, "--name", help="Which local node (a folder)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(DEFAULT_PORT, "--port", min=1, max=65535, help="Port to listen on."),
+    genesis: Path | None = typer.Option(
+        None, "--genesis", help="Join the network this genesis file defines (pinned on first use)."
+    ),
+    join: str | None = typer.Option(
+        None, "--join", help="Fetch and pin the genesis from a running node at URL; peer with it."
+    ),
+    peer: list[str] = typer.Option(
+        [], "--peer", help="A peer to connect to as HOST:PORT, where mDNS does not reach; repeat."
+    ),
+    network_key: str | None = typer.Option(
+        None,
+        "--network-key",
+        envvar="DN_NETWORK_KEY",
+        help="A passphrase shared by your nodes: peers without it are refused.",
+    ),
+    mdns: bool = typer.Option(True, "--mdns/--no-mdns", help="Find peers on the LAN with mDNS."),
+    mdns_interface: list[str] = typer.Option(
+        [],
+        "--mdns-interface",
+        help="IPv4 address of an interface for mDNS; repeat. Default: the --host address "
+        "(all interfaces when --host is 0.0.0.0).",
+    ),
+    peer_expiry: float = typer.Option(
+        15.0, "--peer-expiry", min=1.0, help="Seconds of silence before a peer is dropped."
+    ),
 ) -> None:
     """Run the node in the foreground until Ctrl-C."""
     from dn.config import home
     from dn.errors import StoreError
+    from dn.node.net import normalise_peer
     from dn.node.node import Node, NodeHome
-    from dn.node.service import run_foreground
+    from dn.node.service import NetOptions, run_foreground
 
     node_home = NodeHome.named(name, home(opts(ctx).home))
+    peers = [normalise_peer(p) for p in peer]
+    if genesis is not None and join is not None:
+        raise InputError("give --genesis or --join, not both")
+    if join is not None:
+        url = normalise_peer(join)
+        _pin_genesis(node_home, _fetch_genesis(url), source=url)
+        peers.append(url)
+    elif genesis is not None:
+        from dn.chain.genesis import Genesis
+
+        _pin_genesis(node_home, Genesis.load(genesis), source=str(genesis))
     if not node_home.genesis_file.exists():
-        raise StoreError(f"node {name!r} has no chain yet: run 'dn chain init --dev' first")
+        raise StoreError(
+            f"node {name!r} has no chain yet: run 'dn chain init --dev', or start it with "
+            "--genesis FILE or --join URL"
+        )
+    net = NetOptions(
+        peers=peers,
+        network_key=_network_key(network_key),
+        mdns_interfaces=_mdns_interfaces(mdns, mdns_interface, host),
+        expire_s=peer_expiry,
+    )
     node = Node(node_home)
     role = "validator" if node.is_validator else "full node"
     say(
         f"node {node.key.address} ({role}) on {node.genesis.chain_id} at height "
         f"{node.tip.height}, listening on http://{host}:{port}"
     )
-    run_foreground(node, host, port)
+    run_foreground(node, host, port, net)
     say("node stopped")
+
+
+def _fetch_genesis(url: str) -> Any:
+    from dn.chain.genesis import Genesis
+    from dn.node.client import NodeClient
+
+    with NodeClient(url, timeout=10.0) as client:
+        return Genesis.from_json(client.genesis())
+
+
+def _pin_genesis(node_home: Any, genesis: Any, *, source: str) -> None:
+    """Keep the node on the first genesis it was given; a different one later is an error."""
+    from dn.chain.genesis import Genesis
+    from dn.errors import GenesisError
+
+    if node_home.genesis_file.exists():
+        pinned = Genesis.load(node_home.genesis_file)
+        if pinned.hash != genesis.hash:
+            raise GenesisError(
+                f"node folder {node_home.path} is on chain {pinned.chain_id}, but {source} "
+                f"is chain {genesis.chain_id}; use another --name for another network"
+            )
+        return
+    node_home.key()  # makes the folder (0700) and the node key on first use
+    genesis.save(node_home.genesis_file)
+    say(f"pinned genesis {genesis.chain_id} from {source}")
+
+
+def _network_key(text: str | None) -> bytes | None:
+    if text is None:
+        return None
+    from dn.node.handshake import network_key_from_text
+
+    return network_key_from_text(text)
+
+
+def _mdns_interfaces(enabled: bool, chosen: list[str], host: str) -> list[str] | None:
+    import ipaddress
+
+    if not enabled:
+        return None
+    for value in chosen:
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise InputError(f"--mdns-interface wants an IPv4 address, got {value!r}") from None
+    if chosen:
+        return chosen
+    if host in ("0.0.0.0", ""):
+        import ifaddr
+
+        return [
+            str(ip.ip)
+            for adapter in ifaddr.get_adapters()
+            for ip in adapter.ips
+            if isinstance(ip.ip, str) and not ip.ip.startswith("127.")
+        ] or None
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return None  # a hostname: say where with --mdns-interface
+    return [host]
+
+
+@app.command()
+def peers(ctx: typer.Context) -> None:
+    """List the node's peers: address, height, roles, when last heard from."""
+    import time
+
+    with opts(ctx).client() as client:
+        data = client.peers()
+
+    def human(out: Any) -> None:
+        now_ms = time.time_ns() // 1_000_000
+        rows = [
+            [
+                p["url"],
+                p["address"],
+                p["height"],
+                ",".join(p["roles"]) or "-",
+                p["source"],
+                f"{max(0, now_ms - p['last_seen_ms']) / 1000:.1f} s ago",
+            ]
+            for p in data["peers"]
+        ]
+        out.print(table(None, ["url", "node", "height", "roles", "via", "last seen"], rows))
+        for ban in data["banned"]:
+            out.print(f"banned: {ban['url']} for {ban['until_s']} s more ({ban['reason']})")
+
+    emit(ctx, data, human)
 
 
 @app.command()
@@ -57,3 +195,20 @@ def status(ctx: typer.Context) -> None:
         out.print(table(None, ["", ""], rows))
 
     emit(ctx, data, human)
+
+
+@app.command()
+def address(
+    ctx: typer.Context,
+    name: str = typer.Option(DEFAULT_NODE_NAME, "--name", help="Which local node (a folder)."),
+) -> None:
+    """Print this node's address (its key is made on first use), for a genesis --validator."""
+    from dn.config import home
+    from dn.node.node import NodeHome
+
+    node_home = NodeHome.named(name, home(opts(ctx).home))
+    made = not node_home.key_file.exists()
+    key = node_home.key()
+    if made:
+        say(f"made a new key for node {name!r} in {node_home.key_file}")
+    emit(ctx, {"name": name, "address": key.address}, lambda out: out.print(key.address))

@@ -8,7 +8,7 @@ read in full: the guard looks at Content-Length first and counts streamed chunks
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,8 +17,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dn.chain.types import Block
-from dn.errors import DNError, InputError, NotFound, PayloadTooLarge
+from dn.errors import DNError, Forbidden, InputError, NotFound, PayloadTooLarge
+from dn.node.net import FROM_HEADER  # the sender's own URL on node-to-node pushes
 from dn.node.node import Node
+
+if TYPE_CHECKING:
+    from dn.node.net import Network
 
 MAX_BODY = 8 * 1024 * 1024
 MAX_BATCH = 10_000
@@ -116,7 +120,7 @@ def _block_json(block: Block) -> dict[str, Any]:
     return {**block.to_json(), "height": block.height}
 
 
-def create_app(node: Node, *, max_body: int = MAX_BODY) -> FastAPI:
+def create_app(node: Node, network: Network | None = None, *, max_body: int = MAX_BODY) -> FastAPI:
     app = FastAPI(title="DeepNode node", version="1", docs_url="/dn/v1/docs", redoc_url=None)
     app.add_exception_handler(DNError, _dn_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -165,6 +169,49 @@ def create_app(node: Node, *, max_body: int = MAX_BODY) -> FastAPI:
         if found is None:
             raise NotFound(f"no block {ref}")
         return _block_json(found)
+
+    def net() -> Network:
+        if network is None:
+            raise NotFound("this node runs without networking")
+        return network
+
+    @app.post("/dn/v1/handshake")
+    async def hello(request: Request) -> dict[str, Any]:
+        body = await _json_body(request)
+        if not isinstance(body, dict) or not isinstance(body.get("challenge"), str):
+            raise InputError("a handshake needs a challenge", reason="bad-request")
+        return net().hello(body["challenge"], body.get("url"))
+
+    @app.get("/dn/v1/peers")
+    async def peers() -> dict[str, Any]:
+        current = net()
+        return {
+            "peers": current.peer_list(),
+            "banned": current.bans(),
+            "standing": current.standings(),
+        }
+
+    def gossip_source(request: Request) -> str | None:
+        """The sender a push claims to come from, unless its link is cut or it is banned."""
+        source = request.headers.get(FROM_HEADER)
+        refused = net().accepts_from(source)
+        if refused:
+            raise Forbidden(f"not taking gossip from {source}: {refused}", reason=refused)
+        return source
+
+    @app.post("/dn/v1/gossip/block")
+    async def gossip_block(request: Request) -> dict[str, Any]:
+        source = gossip_source(request)
+        return net().on_gossip_block(await _json_body(request), source)
+
+    @app.post("/dn/v1/gossip/txs")
+    async def gossip_txs(request: Request) -> dict[str, Any]:
+        gossip_source(request)
+        body = await _json_body(request)
+        if not isinstance(body, list) or len(body) > MAX_BATCH:
+            raise InputError(f"gossip carries a list of at most {MAX_BATCH} txs", reason="batch")
+        results = node.submit(body)
+        return {"accepted": sum(r["accepted"] for r in results)}
 
     @app.get("/dn/v1/accounts/{address}")
     async def get_account(address: str) -> dict[str, Any]:

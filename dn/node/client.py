@@ -75,6 +75,9 @@ class NodeClient:
     def genesis(self) -> dict[str, Any]:
         return dict(self._request("GET", "/genesis"))
 
+    def peers(self) -> dict[str, Any]:
+        return dict(self._request("GET", "/peers"))
+
     def account(self, address: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/accounts/{address}"))
 

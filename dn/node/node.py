@@ -73,8 +73,11 @@ class NodeHome:
     def key(self, create: bool = True) -> Keypair:
         """The node's key, made on first use."""
         if self.key_file.exists():
-            doc = json.loads(self.key_file.read_text())
-            keypair = Keypair.from_seed(bytes.fromhex(doc["seed"]))
+            try:
+                doc = json.loads(self.key_file.read_text())
+                keypair = Keypair.from_seed(bytes.fromhex(doc["seed"]))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise StoreError(f"{self.key_file} is damaged or unreadable: {exc}") from None
             if keypair.address != doc.get("address"):
                 raise StoreError(f"{self.key_file} is damaged: its address does not match")
             return keypair

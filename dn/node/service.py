@@ -12,11 +12,13 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import uvicorn
 
-from dn.errors import NodeError
+from dn.errors import DNError, NodeError
 from dn.node.api import create_app
+from dn.node.net import Network
 from dn.node.node import Node, now_ms
 
 log = logging.getLogger("dn.node")
@@ -29,15 +31,42 @@ class _Server(uvicorn.Server):
         yield  # the loop owner handles signals for every server at once
 
 
-class NodeService:
-    """One node served on host:port, with its block producer."""
+@dataclass
+class NetOptions:
+    """How a node finds and talks to its peers (see dn.node.net)."""
 
-    def __init__(self, node: Node, host: str, port: int) -> None:
+    peers: list[str] = field(default_factory=list)
+    network_key: bytes | None = None
+    mdns_interfaces: list[str] | None = None  # None: no mDNS
+    heartbeat_s: float = 1.0
+    expire_s: float = 15.0
+    ban_s: float = 60.0
+
+
+class NodeService:
+    """One node served on host:port, with its block producer and its network side."""
+
+    def __init__(self, node: Node, host: str, port: int, net: NetOptions | None = None) -> None:
         self.node = node
         self.host = host
         self.port = port
+        options = net or NetOptions()
+        self.network = Network(
+            node,
+            url=self.url,
+            static_peers=options.peers,
+            network_key=options.network_key,
+            mdns_interfaces=options.mdns_interfaces,
+            heartbeat_s=options.heartbeat_s,
+            expire_s=options.expire_s,
+            ban_s=options.ban_s,
+        )
         config = uvicorn.Config(
-            create_app(node), host=host, port=port, log_level="warning", lifespan="off"
+            create_app(node, self.network),
+            host=host,
+            port=port,
+            log_level="warning",
+            lifespan="off",
         )
         self.server = _Server(config)
         self._stop = asyncio.Event()
@@ -48,19 +77,25 @@ class NodeService:
 
     def stop(self) -> None:
         self.server.should_exit = True
+        self.network.stop()
         self._stop.set()
 
     async def _produce(self) -> None:
         while not self._stop.is_set():
             at = now_ms()
-            if self.node.due(at):
-                block = self.node.produce(at)
-                log.info("block %d %s, %d txs", block.height, block.hash[:12], len(block.txs))
+            if self.node.due(at) and not self.network.behind():
+                try:
+                    block = self.node.produce(at)
+                except DNError as exc:
+                    log.warning("could not produce a block: %s", exc)
+                else:
+                    log.info("block %d %s, %d txs", block.height, block.hash[:12], len(block.txs))
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), TICK_S)
 
     async def run(self) -> None:
         producer = asyncio.create_task(self._produce())
+        network = asyncio.create_task(self.network.run())
         try:
             await self.server.serve()
         except SystemExit:
@@ -69,7 +104,9 @@ class NodeService:
             ) from None
         finally:
             self._stop.set()
+            self.network.stop()
             await producer
+            await asyncio.gather(network, return_exceptions=True)
             self.node.close()
 
 
@@ -100,8 +137,8 @@ async def serve_all(services: list[NodeService]) -> None:
             raise result
 
 
-def run_foreground(node: Node, host: str, port: int) -> None:
+def run_foreground(node: Node, host: str, port: int, net: NetOptions | None = None) -> None:
     async def main() -> None:
-        await serve_all([NodeService(node, host, port)])
+        await serve_all([NodeService(node, host, port, net)])
 
     asyncio.run(main())

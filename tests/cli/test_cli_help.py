@@ -19,7 +19,8 @@ NEVER_FOR_WALLET_LIST = ("fastapi", "uvicorn", "llama_cpp", "zeroconf")
 EXPECTED = {
     "wallet": {"create", "list", "show", "balance", "send", "export", "import"},
     "chain": {"init", "info", "blocks", "block", "tx", "verify"},
-    "node": {"start", "status"},
+    "node": {"start", "status", "address", "peers"},
+    "devnet": {"up"},
 }
 
 

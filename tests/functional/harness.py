@@ -7,6 +7,7 @@ in its own session and killed by its own pid at teardown.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,10 +16,13 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from dn.chain.genesis import Genesis
+from dn.chain.types import Tx
 from dn.node.client import NodeClient
 from dn.node.node import Node, NodeHome, init_dev_chain
+from dn.wallet.keys import Keypair
 
 T = TypeVar("T")
 
@@ -60,14 +64,23 @@ def init_chain(dn_home: Path, allocations: dict[str, int], name: str = "default"
 
 
 class NodeProcess:
-    """`dn node start` as a child process."""
+    """`dn node start` as a child process. `args` are extra options for `dn node start`; the
+    node reads its test-only link deny list from `links_file` (see dn.node.net)."""
 
-    def __init__(self, dn_home: Path, name: str = "default", port: int | None = None) -> None:
+    def __init__(
+        self,
+        dn_home: Path,
+        name: str = "default",
+        port: int | None = None,
+        args: list[str] | None = None,
+    ) -> None:
         self.dn_home = dn_home
         self.name = name
         self.port = port or free_port()
+        self.args = list(args or [])
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = dn_home / f"{name}-{self.port}.log"
+        self.links_file = dn_home / f"links-{name}.json"
 
     @property
     def url(self) -> str:
@@ -81,7 +94,12 @@ class NodeProcess:
         return NodeClient(self.url, timeout=10)
 
     def start(self, timeout: float = 30.0) -> NodeProcess:
-        env = {**os.environ, "DN_HOME": str(self.dn_home), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "DN_HOME": str(self.dn_home),
+            "PYTHONUNBUFFERED": "1",
+            "DN_TEST_LINKS": str(self.links_file),
+        }
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 [
@@ -94,6 +112,7 @@ class NodeProcess:
                     self.name,
                     "--port",
                     str(self.port),
+                    *self.args,
                 ],
                 env=env,
                 stdout=log,
@@ -128,3 +147,116 @@ class NodeProcess:
             self.proc.kill()
             self.proc.wait(10)
         self.proc = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def status(self) -> dict[str, Any]:
+        with self.client() as client:
+            return client.status()
+
+    def deny(self, urls: list[str]) -> None:
+        """Cut this node's links to `urls` (both ways need both nodes told)."""
+        tmp = self.links_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"deny": sorted(urls)}))
+        os.replace(tmp, self.links_file)
+
+
+def transfer(
+    chain_id: str, sender: Keypair, nonce: int, to: str, amount: int, fee: int = 1_000
+) -> Tx:
+    return Tx.create(
+        sender,
+        chain_id=chain_id,
+        kind="transfer",
+        nonce=nonce,
+        fee=fee,
+        payload={"to": to, "amount": amount},
+    )
+
+
+def verify_offline(dn_home: Path, name: str) -> dict[str, Any]:
+    """`verify_store` on node `name`'s store, read-only (safe while it runs, or after a kill)."""
+    from dn.chain.store import Store
+    from dn.chain.verify import verify_store
+
+    store = Store.open(NodeHome.named(name, dn_home).store_file, readonly=True)
+    try:
+        return verify_store(store)
+    finally:
+        store.close()
+
+
+def canonical_count(dn_home: Path, name: str, tx_id: str) -> int:
+    """How many times node `name`'s canonical chain holds `tx_id`."""
+    from dn.chain.store import Store
+
+    store = Store.open(NodeHome.named(name, dn_home).store_file, readonly=True)
+    try:
+        return store.count_canonical_tx(tx_id)
+    finally:
+        store.close()
+
+
+def make_keys(dn_home: Path, names: list[str]) -> dict[str, Keypair]:
+    """The node key of each named node (made on first use, as `dn node start` would)."""
+    return {name: NodeHome.named(name, dn_home).key() for name in names}
+
+
+def write_genesis(
+    dn_home: Path,
+    validators: list[str],
+    allocations: dict[str, int],
+    names: list[str],
+    **params: int,
+) -> Genesis:
+    """One genesis with these validators, pinned into the folder of every named node."""
+    from dn.chain.genesis import default_params
+
+    genesis = Genesis.build(
+        network="devnet",
+        time_ms=time.time_ns() // 1_000_000,
+        validators=validators,
+        allocations=allocations,
+        params=default_params(**params),
+    )
+    for name in names:
+        genesis.save(NodeHome.named(name, dn_home).genesis_file)
+    return genesis
+
+
+class Cluster:
+    """Several node processes on one genesis, peered by static `--peer` (no mDNS)."""
+
+    def __init__(self, nodes: list[NodeProcess]) -> None:
+        self.nodes = nodes
+
+    def start(self) -> Cluster:
+        for node in self.nodes:
+            node.start()
+        return self
+
+    def statuses(self) -> list[dict[str, Any]]:
+        return [n.status() for n in self.nodes if n.running]
+
+    def sync_all(self, timeout: float = 30.0, nodes: list[NodeProcess] | None = None) -> str:
+        """Wait until the given (default: all running) nodes have one tip; return it."""
+        group = nodes or [n for n in self.nodes if n.running]
+
+        def same_tip() -> str | None:
+            tips = {n.status()["tip"] for n in group}
+            return tips.pop() if len(tips) == 1 else None
+
+        return wait_until(same_tip, timeout, interval=0.1, what="all nodes on one tip")
+
+    def partition(self, *groups: list[NodeProcess]) -> None:
+        """Cut every link between nodes of different groups."""
+        for group in groups:
+            outside = [n.url for n in self.nodes if n not in group]
+            for node in group:
+                node.deny(outside)
+
+    def heal(self) -> None:
+        for node in self.nodes:
+            node.deny([])

@@ -1,0 +1,525 @@
+"""Peers, gossip and sync: how a node keeps up with the others on its LAN.
+
+- **Candidates** are addresses we could talk to: static `--peer HOST:PORT`, services found by
+  mDNS, and nodes that handshook with us. A candidate becomes a **peer** only after a signed
+  handshake (`dn.node.handshake`): same genesis, the right network key, never ourselves.
+- A **heartbeat** asks every peer for its status. A peer whose head is heavier than ours (fork
+  choice: total difficulty, then lowest hash) is synced from, in ranges of blocks, starting from
+  the first block whose parent we know; the store is the cursor, so sync resumes after a restart.
+  Peers silent for `expire_s` are dropped (static peers stay candidates and are retried).
+- **Gossip** pushes each block we adopt and each transaction we accept to every peer once; the
+  receivers deduplicate (a known block, a pending transaction) and only what is new to them travels
+  on, so a message crosses each link at most once in each direction.
+- A peer that sends invalid data loses points by how bad it was, and below `BAN_SCORE` is banned
+  for `ban_s`: nothing is taken from or sent to it until then. Scores heal slowly.
+
+Test-only: with `DN_TEST_LINKS` naming a JSON file `{"deny": [URL, …]}`, the node neither talks to
+nor accepts gossip from those URLs; the functional harness edits the file to cut and heal links.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from dn.chain import consensus
+from dn.chain.types import Block, Tx
+from dn.errors import DNError, InvalidBlock
+from dn.node import handshake
+from dn.node.node import Node
+
+log = logging.getLogger("dn.net")
+
+PAGE = 100  # blocks per sync request (the API's page limit)
+BAN_SCORE = -100
+PENALTY = {  # points lost per reason; unknown reasons cost DEFAULT_PENALTY
+    "future-block": 20,
+    "below-final": 10,
+    "bad-block": 50,
+    "bad-response": 25,
+}
+DEFAULT_PENALTY = 35
+HEAL_PER_S = 1.0
+FROM_HEADER = "x-dn-from"
+
+
+@dataclass
+class Peer:
+    url: str
+    address: str
+    roles: tuple[str, ...]
+    source: str
+    height: int = 0
+    tip: str = ""
+    total_difficulty: int = 0
+    last_seen: float = field(default_factory=time.monotonic)
+    last_seen_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
+
+    def head(self) -> tuple[int, str]:
+        return (self.total_difficulty, self.tip)
+
+
+@dataclass
+class Standing:
+    """A URL's score; banned until `banned_until` (monotonic seconds) once below BAN_SCORE."""
+
+    score: float = 0.0
+    banned_until: float = 0.0
+    updated: float = field(default_factory=time.monotonic)
+    last_reason: str = ""
+
+
+class Links:
+    """The test-only deny list (see the module docstring); empty unless DN_TEST_LINKS is set."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = Path(path) if path else None
+        self._mtime = 0.0
+        self.deny: set[str] = set()
+
+    def refresh(self) -> None:
+        if self.path is None:
+            return
+        try:
+            mtime = self.path.stat().st_mtime
+            if mtime == self._mtime:
+                return
+            doc = json.loads(self.path.read_text())
+            self.deny = {str(u).rstrip("/") for u in doc.get("deny", [])}
+            self._mtime = mtime
+        except FileNotFoundError:
+            self.deny = set()
+        except (OSError, ValueError, AttributeError):
+            log.warning("cannot read the links file %s", self.path)
+
+    def allows(self, url: str) -> bool:
+        self.refresh()
+        return url.rstrip("/") not in self.deny
+
+
+def normalise_peer(text: str) -> str:
+    """`HOST:PORT` or a URL -> `http://host:port`."""
+    from dn.errors import InputError
+
+    value = text.strip().rstrip("/")
+    if "://" not in value:
+        value = "http://" + value
+    try:
+        parsed = httpx.URL(value)
+    except (httpx.InvalidURL, ValueError):
+        raise InputError(f"--peer wants HOST:PORT, got {text!r}") from None
+    if parsed.scheme != "http" or not parsed.host or parsed.port is None:
+        raise InputError(f"--peer wants HOST:PORT, got {text!r}")
+    return f"http://{parsed.host}:{parsed.port}"
+
+
+class Network:
+    """The peer-to-peer side of one node, run as tasks on the node's asyncio loop."""
+
+    def __init__(
+        self,
+        node: Node,
+        *,
+        url: str,
+        static_peers: Sequence[str] = (),
+        network_key: bytes | None = None,
+        mdns_interfaces: list[str] | None = None,
+        heartbeat_s: float = 1.0,
+        expire_s: float = 15.0,
+        ban_s: float = 60.0,
+    ) -> None:
+        self.node = node
+        self.url = url.rstrip("/")
+        self.network_key = network_key
+        self.mdns_interfaces = mdns_interfaces
+        self.heartbeat_s = heartbeat_s
+        self.expire_s = expire_s
+        self.ban_s = ban_s
+        self.static = {normalise_peer(p) for p in static_peers}
+        self.candidates: dict[str, str] = dict.fromkeys(self.static, "static")
+        self.found: dict[str, str] = {}  # mDNS instance name -> url
+        self.peers: dict[str, Peer] = {}
+        self.standing: dict[str, Standing] = {}
+        self.links = Links(os.environ.get("DN_TEST_LINKS"))
+        self._next_try: dict[str, float] = {}
+        self._syncing: set[str] = set()
+        self._unreachable: dict[str, tuple[int, str]] = {}  # url -> a head we could not sync to
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._http: httpx.AsyncClient | None = None
+        self._discovery: Any = None
+        self.synced_blocks = 0
+        node.listeners.append(self._on_node_event)
+
+    # --- standing --------------------------------------------------------------------------
+
+    def _standing(self, url: str) -> Standing:
+        entry = self.standing.setdefault(url, Standing())
+        now = time.monotonic()
+        entry.score = min(0.0, entry.score + (now - entry.updated) * HEAL_PER_S)
+        entry.updated = now
+        return entry
+
+    def banned(self, url: str) -> bool:
+        return self._standing(url).banned_until > time.monotonic()
+
+    def penalise(self, url: str, reason: str) -> None:
+        entry = self._standing(url)
+        entry.score -= PENALTY.get(reason, DEFAULT_PENALTY)
+        entry.last_reason = reason
+        if entry.score <= BAN_SCORE and entry.banned_until <= time.monotonic():
+            entry.banned_until = time.monotonic() + self.ban_s
+            self.peers.pop(url, None)
+            log.warning("banned %s for %.0f s (last: %s)", url, self.ban_s, reason)
+
+    def accepts_from(self, url: str | None) -> str | None:
+        """Why gossip claiming to come from `url` is refused, or None if it is welcome."""
+        if url is None:
+            return None
+        url = url.rstrip("/")
+        if not self.links.allows(url):
+            return "link-cut"
+        if self.banned(url):
+            return "banned"
+        return None
+
+    def behind(self) -> bool:
+        """Whether we are syncing, or know a peer whose head beats ours (then do not propose)."""
+        if self._syncing:
+            return True
+        ours = (self.node.tip_td, self.node.tip.hash)
+        return any(
+            consensus.prefer(p.head(), ours)
+            and self.links.allows(url)
+            and self._unreachable.get(url) != p.head()
+            for url, p in self.peers.items()
+        )
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    async def run(self) -> None:
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0), headers={FROM_HEADER: self.url})
+        try:
+            if self.mdns_interfaces:
+                await self._start_discovery()
+            while not self._stop.is_set():
+                await self._heartbeat()
+                self._wake.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.heartbeat_s)
+        finally:
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._discovery is not None:
+                with contextlib.suppress(Exception):
+                    await self._discovery.close()
+            await self._http.aclose()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _start_discovery(self) -> None:
+        from dn.node.discovery import Discovery, Found
+
+        port = httpx.URL(self.url).port or 80
+
+        def on_found(found: Found) -> None:
+            url = f"http://{found.host}:{found.port}"
+            self.found[found.name] = url
+            if url != self.url:
+                self.candidates.setdefault(url, "mdns")
+                self._wake.set()
+
+        def on_lost(name: str) -> None:
+            url = self.found.pop(name, None)
+            if url and url not in self.static:
+                self.candidates.pop(url, None)
+                self.peers.pop(url, None)
+
+        self._discovery = Discovery(
+            address=self.node.key.address,
+            genesis_hash=self.node.genesis.hash,
+            port=port,
+            roles=self.node.roles,
+            interfaces=list(self.mdns_interfaces or []),
+            on_found=on_found,
+            on_lost=on_lost,
+        )
+        await self._discovery.start()
+
+    # --- heartbeat: handshakes, status, expiry, sync ----------------------------------------
+
+    async def _heartbeat(self) -> None:
+        now = time.monotonic()
+        for url in list(self.candidates):
+            if url in self.peers or url == self.url or not self.links.allows(url):
+                continue
+            if self.banned(url) or self._next_try.get(url, 0.0) > now:
+                continue
+            self._next_try[url] = now + max(self.heartbeat_s * 2, 2.0)
+            self._spawn(self._handshake(url))
+        for url, peer in list(self.peers.items()):
+            if not self.links.allows(url):
+                continue
+            if now - peer.last_seen > self.expire_s:
+                log.info("peer %s went silent; dropped", url)
+                self.peers.pop(url, None)
+                if self.candidates.get(url) == "inbound":
+                    self.candidates.pop(url, None)
+                continue
+            self._spawn(self._poll(peer))
+
+    async def _handshake(self, url: str) -> None:
+        assert self._http is not None
+        challenge = handshake.new_challenge()
+        try:
+            response = await self._http.post(
+                url + "/dn/v1/handshake", json={"challenge": challenge, "url": self.url}
+            )
+            reply = response.json()
+            if response.status_code != 200:
+                log.debug("handshake with %s refused: %s", url, reply)
+                return
+            hello = handshake.verify(
+                reply,
+                challenge=challenge,
+                genesis_hash=self.node.genesis.hash,
+                network_key=self.network_key,
+                self_address=self.node.key.address,
+            )
+        except (httpx.HTTPError, ValueError) as exc:
+            log.debug("handshake with %s failed: %s", url, exc)
+            return
+        except DNError as exc:
+            log.info("not peering with %s: %s (%s)", url, exc.message, exc.reason)
+            if exc.reason == "self":
+                self.candidates.pop(url, None)
+            return
+        if any(p.address == hello.address for p in self.peers.values()):
+            return  # the same node under another URL
+        peer = Peer(url, hello.address, tuple(hello.roles), self.candidates.get(url, "inbound"))
+        self.peers[url] = peer
+        log.info("peer %s (%s) added", url, hello.address)
+        await self._poll(peer)
+
+    def hello(self, challenge: str, from_url: Any) -> dict[str, Any]:
+        """Answer a handshake; remember the caller as a candidate to handshake back."""
+        reply = handshake.answer(
+            challenge,
+            self.node.key,
+            genesis_hash=self.node.genesis.hash,
+            roles=self.node.roles,
+            port=httpx.URL(self.url).port or 80,
+            network_key=self.network_key,
+        )
+        if isinstance(from_url, str):
+            try:
+                url = normalise_peer(from_url)
+            except DNError:
+                return reply
+            if url != self.url and url not in self.candidates and self.links.allows(url):
+                self.candidates[url] = "inbound"
+                self._wake.set()
+        return reply
+
+    async def _poll(self, peer: Peer) -> None:
+        assert self._http is not None
+        try:
+            response = await self._http.get(peer.url + "/dn/v1/status")
+            data = response.json()
+            peer.height = int(data["height"])
+            peer.tip = str(data["tip"])
+            peer.total_difficulty = int(data["total_difficulty"])
+            if data["genesis_hash"] != self.node.genesis.hash:
+                self.peers.pop(peer.url, None)
+                return
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return
+        peer.last_seen = time.monotonic()
+        peer.last_seen_ms = time.time_ns() // 1_000_000
+        ours = (self.node.tip_td, self.node.tip.hash)
+        if consensus.prefer(peer.head(), ours) and peer.url not in self._syncing:
+            await self.sync_from(peer)
+
+    async def sync_from(self, peer: Peer) -> int:
+        """Fetch and apply blocks from `peer` until we have its head; returns blocks taken."""
+        assert self._http is not None
+        self._syncing.add(peer.url)
+        taken = 0
+        try:
+            start = await self._find_start(peer)
+            if start is None:
+                return 0
+            pending: asyncio.Task[list[Block] | None] | None = asyncio.ensure_future(
+                self._page(peer, start)
+            )
+            while pending is not None:
+                blocks = await pending
+                pending = None
+                if not blocks:
+                    break
+                if len(blocks) == PAGE:  # fetch the next page while this one is applied
+                    pending = asyncio.ensure_future(self._page(peer, blocks[-1].height + 1))
+                for block in blocks:
+                    try:
+                        outcome = self.node.receive_block(block)
+                    except InvalidBlock as exc:
+                        log.warning("invalid block %d from %s: %s", block.height, peer.url, exc)
+                        self.penalise(peer.url, exc.reason)
+                        if pending is not None:
+                            pending.cancel()
+                        return taken
+                    if outcome == "orphan":
+                        self.penalise(peer.url, "bad-response")
+                        if pending is not None:
+                            pending.cancel()
+                        return taken
+                    if outcome != "known":
+                        taken += 1
+                await asyncio.sleep(0)  # let the HTTP server answer between pages
+            return taken
+        finally:
+            self.synced_blocks += taken
+            self._syncing.discard(peer.url)
+            if consensus.prefer(peer.head(), (self.node.tip_td, self.node.tip.hash)):
+                self._unreachable[peer.url] = peer.head()
+            else:
+                self._unreachable.pop(peer.url, None)
+
+    async def _page(self, peer: Peer, start: int) -> list[Block] | None:
+        assert self._http is not None
+        try:
+            response = await self._http.get(
+                peer.url + "/dn/v1/blocks", params={"from": start, "limit": PAGE}
+            )
+            raw = response.json()["blocks"]
+            return [Block.from_json(item) for item in raw]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
+            log.debug("sync page %d from %s failed: %s", start, peer.url, exc)
+            return None
+        except DNError as exc:
+            self.penalise(peer.url, "bad-response")
+            log.warning("malformed blocks from %s: %s", peer.url, exc)
+            return None
+
+    async def _find_start(self, peer: Peer) -> int | None:
+        """The lowest height worth fetching: walk back from our tip until the peer's block there
+        has a parent we know (a common ancestor), never below our final block."""
+        height = max(1, min(self.node.tip.height + 1, peer.height))
+        step = 1
+        while True:
+            page = await self._page(peer, height)
+            if not page:
+                return None
+            if self.node.store.has_block(page[0].header.prev):
+                return height
+            if height - 1 <= self.node.final:
+                return None
+            height = max(self.node.final + 1, height - step)
+            step *= 2
+
+    # --- gossip ----------------------------------------------------------------------------
+
+    def _on_node_event(self, event: str, payload: Any) -> None:
+        if self._http is None or self._stop.is_set():
+            return
+        if event == "block":
+            if self._syncing:
+                return  # blocks taken by range sync are old news to the peers they came from
+            assert isinstance(payload, Block)
+            body: Any = payload.to_json()
+            path = "/dn/v1/gossip/block"
+        elif event == "txs":
+            body = [tx.to_json() for tx in payload if isinstance(tx, Tx)]
+            path = "/dn/v1/gossip/txs"
+        else:
+            return
+        for url in list(self.peers):
+            if self.links.allows(url) and not self.banned(url):
+                self._spawn(self._push(url + path, body))
+
+    async def _push(self, target: str, body: Any) -> None:
+        assert self._http is not None
+        with contextlib.suppress(httpx.HTTPError):
+            await self._http.post(target, json=body)
+
+    def on_gossip_block(self, raw: Any, from_url: str | None) -> dict[str, Any]:
+        """A block pushed to us. Invalid -> the sender loses points; orphan -> sync from it."""
+        source = from_url.rstrip("/") if from_url else None
+        try:
+            block = Block.from_json(raw)
+            outcome = self.node.receive_block(block)
+        except DNError as exc:
+            if source is not None:
+                self.penalise(source, exc.reason if isinstance(exc, InvalidBlock) else "bad-block")
+            raise
+        if outcome == "orphan":
+            peer = self.peers.get(source or "")
+            if peer is not None and peer.url not in self._syncing:
+                self._spawn(self.sync_from(peer))
+            else:
+                self._wake.set()
+        return {"result": outcome, "height": block.height, "hash": block.hash}
+
+    def peer_list(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        rows = []
+        for url, peer in sorted(self.peers.items()):
+            entry = self._standing(url)
+            rows.append(
+                {
+                    "url": url,
+                    "address": peer.address,
+                    "roles": list(peer.roles),
+                    "source": peer.source,
+                    "height": peer.height,
+                    "tip": peer.tip,
+                    "last_seen_ms": peer.last_seen_ms,
+                    "seen_ago_s": round(now - peer.last_seen, 1),
+                    "score": round(entry.score, 1),
+                }
+            )
+        return rows
+
+    def standings(self) -> list[dict[str, Any]]:
+        """Every address that has lost points, with its score and why."""
+        now = time.monotonic()
+        rows = []
+        for url in sorted(self.standing):
+            entry = self._standing(url)
+            if entry.score < 0 or entry.banned_until > now:
+                rows.append(
+                    {
+                        "url": url,
+                        "score": round(entry.score, 1),
+                        "last_reason": entry.last_reason,
+                        "banned": entry.banned_until > now,
+                    }
+                )
+        return rows
+
+    def bans(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [
+            {"url": url, "until_s": round(s.banned_until - now, 1), "reason": s.last_reason}
+            for url, s in sorted(self.standing.items())
+            if s.banned_until > now
+        ]
