@@ -27,6 +27,8 @@ soak: install
 
 bench: install
 	$(PY) bench/chain_ingest.py
+	$(PY) bench/sync.py
+	$(PY) bench/propagation.py
 
 lint: install
 	$(VENV)/bin/ruff check dn tests bench
