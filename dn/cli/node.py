@@ -49,9 +49,9 @@ def start(
     """Run the node in the foreground until Ctrl-C."""
     from dn.config import home
     from dn.errors import StoreError
-    from dn.node.net import normalise_peer
+    from dn.node.net import NetOptions, normalise_peer
     from dn.node.node import Node, NodeHome
-    from dn.node.service import NetOptions, run_foreground
+    from dn.node.service import run_foreground
 
     node_home = NodeHome.named(name, home(opts(ctx).home))
     peers = [normalise_peer(p) for p in peer]

@@ -392,7 +392,8 @@ async def serve(
 ) -> None:
     """Serve every node on 127.0.0.1:port_base+i, each peered with all the others, until
     SIGINT/SIGTERM; `on_ready` is called once every node listens."""
-    from dn.node.service import NetOptions, NodeService, serve_all
+    from dn.node.net import NetOptions
+    from dn.node.service import NodeService, serve_all
 
     urls = [f"{HOST}:{port_base + i}" for i in range(len(nodes))]
     try:

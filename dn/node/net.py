@@ -9,7 +9,8 @@
   Peers silent for `expire_s` are dropped (static peers stay candidates and are retried).
 - **Gossip** pushes each block we adopt and each transaction we accept to every peer once; the
   receivers deduplicate (a known block, a pending transaction) and only what is new to them travels
-  on, so a message crosses each link at most once in each direction.
+  on. Transactions still pending after `REANNOUNCE_S` are pushed again: a peer that got one before
+  the block it builds on refused it as a nonce gap.
 - A peer that sends invalid data loses points by how bad it was, and below `BAN_SCORE` is banned
   for `ban_s`: nothing is taken from or sent to it until then. Scores heal slowly.
 
@@ -25,7 +26,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +50,21 @@ PENALTY = {  # points lost per reason; unknown reasons cost DEFAULT_PENALTY
 }
 DEFAULT_PENALTY = 35
 HEAL_PER_S = 1.0
+REANNOUNCE_S = 3.0  # push a still-pending transaction again after this long
+REANNOUNCE_MAX = 1_000  # transactions per re-announcement
 FROM_HEADER = "x-dn-from"
+
+
+@dataclass
+class NetOptions:
+    """How a node finds and talks to its peers."""
+
+    peers: list[str] = field(default_factory=list)  # static HOST:PORT or URLs
+    network_key: bytes | None = None
+    mdns_interfaces: list[str] | None = None  # None: no mDNS
+    heartbeat_s: float = 1.0
+    expire_s: float = 15.0
+    ban_s: float = 60.0
 
 
 @dataclass
@@ -126,25 +140,17 @@ def normalise_peer(text: str) -> str:
 class Network:
     """The peer-to-peer side of one node, run as tasks on the node's asyncio loop."""
 
-    def __init__(
-        self,
-        node: Node,
-        *,
-        url: str,
-        static_peers: Sequence[str] = (),
-        network_key: bytes | None = None,
-        mdns_interfaces: list[str] | None = None,
-        heartbeat_s: float = 1.0,
-        expire_s: float = 15.0,
-        ban_s: float = 60.0,
-    ) -> None:
+    def __init__(self, node: Node, *, url: str, options: NetOptions | None = None) -> None:
+        options = options or NetOptions()
         self.node = node
         self.url = url.rstrip("/")
-        self.network_key = network_key
-        self.mdns_interfaces = mdns_interfaces
-        self.heartbeat_s = heartbeat_s
-        self.expire_s = expire_s
-        self.ban_s = ban_s
+        self.port = httpx.URL(self.url).port or 80
+        self.network_key = options.network_key
+        self.mdns_interfaces = options.mdns_interfaces
+        self.heartbeat_s = options.heartbeat_s
+        self.expire_s = options.expire_s
+        self.ban_s = options.ban_s
+        static_peers = options.peers
         self.static = {normalise_peer(p) for p in static_peers}
         self.candidates: dict[str, str] = dict.fromkeys(self.static, "static")
         self.found: dict[str, str] = {}  # mDNS instance name -> url
@@ -153,13 +159,13 @@ class Network:
         self.links = Links(os.environ.get("DN_TEST_LINKS"))
         self._next_try: dict[str, float] = {}
         self._syncing: set[str] = set()
+        self._announced: dict[str, float] = {}  # tx id -> when we last pushed it
         self._unreachable: dict[str, tuple[int, str]] = {}  # url -> a head we could not sync to
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._http: httpx.AsyncClient | None = None
         self._discovery: Any = None
-        self.synced_blocks = 0
         node.listeners.append(self._on_node_event)
 
     # --- standing --------------------------------------------------------------------------
@@ -239,8 +245,6 @@ class Network:
     async def _start_discovery(self) -> None:
         from dn.node.discovery import Discovery, Found
 
-        port = httpx.URL(self.url).port or 80
-
         def on_found(found: Found) -> None:
             url = f"http://{found.host}:{found.port}"
             self.found[found.name] = url
@@ -257,7 +261,7 @@ class Network:
         self._discovery = Discovery(
             address=self.node.key.address,
             genesis_hash=self.node.genesis.hash,
-            port=port,
+            port=self.port,
             roles=self.node.roles,
             interfaces=list(self.mdns_interfaces or []),
             on_found=on_found,
@@ -268,6 +272,7 @@ class Network:
     # --- heartbeat: handshakes, status, expiry, sync ----------------------------------------
 
     async def _heartbeat(self) -> None:
+        self._reannounce()
         now = time.monotonic()
         for url in list(self.candidates):
             if url in self.peers or url == self.url or not self.links.allows(url):
@@ -327,7 +332,7 @@ class Network:
             self.node.key,
             genesis_hash=self.node.genesis.hash,
             roles=self.node.roles,
-            port=httpx.URL(self.url).port or 80,
+            port=self.port,
             network_key=self.network_key,
         )
         if isinstance(from_url, str):
@@ -397,7 +402,6 @@ class Network:
                 await asyncio.sleep(0)  # let the HTTP server answer between pages
             return taken
         finally:
-            self.synced_blocks += taken
             self._syncing.discard(peer.url)
             if consensus.prefer(peer.head(), (self.node.tip_td, self.node.tip.hash)):
                 self._unreachable[peer.url] = peer.head()
@@ -445,13 +449,32 @@ class Network:
             if self._syncing:
                 return  # blocks taken by range sync are old news to the peers they came from
             assert isinstance(payload, Block)
-            body: Any = payload.to_json()
-            path = "/dn/v1/gossip/block"
+            self._push_all("/dn/v1/gossip/block", payload.to_json())
         elif event == "txs":
-            body = [tx.to_json() for tx in payload if isinstance(tx, Tx)]
-            path = "/dn/v1/gossip/txs"
-        else:
-            return
+            self._push_txs([tx for tx in payload if isinstance(tx, Tx)])
+
+    def _push_txs(self, txs: list[Tx]) -> None:
+        now = time.monotonic()
+        for tx in txs:
+            self._announced[tx.id] = now
+        self._push_all("/dn/v1/gossip/txs", [tx.to_json() for tx in txs])
+
+    def _reannounce(self) -> None:
+        """Push again what has waited in our mempool for a while. A peer that had not yet seen
+        the block a transaction builds on refused it (a nonce gap); if we may not sign the next
+        block ourselves, only the peers can include it."""
+        pending = {tx.id: tx for tx in self.node.mempool.pending(REANNOUNCE_MAX)}
+        self._announced = {k: v for k, v in self._announced.items() if k in pending}
+        now = time.monotonic()
+        stale = [
+            tx
+            for tx_id, tx in pending.items()
+            if now - self._announced.get(tx_id, 0.0) >= REANNOUNCE_S
+        ]
+        if stale and self.peers:
+            self._push_txs(stale)
+
+    def _push_all(self, path: str, body: Any) -> None:
         for url in list(self.peers):
             if self.links.allows(url) and not self.banned(url):
                 self._spawn(self._push(url + path, body))

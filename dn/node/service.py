@@ -12,13 +12,12 @@ import contextlib
 import logging
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import uvicorn
 
 from dn.errors import DNError, NodeError
 from dn.node.api import create_app
-from dn.node.net import Network
+from dn.node.net import NetOptions, Network
 from dn.node.node import Node, now_ms
 
 log = logging.getLogger("dn.node")
@@ -31,18 +30,6 @@ class _Server(uvicorn.Server):
         yield  # the loop owner handles signals for every server at once
 
 
-@dataclass
-class NetOptions:
-    """How a node finds and talks to its peers (see dn.node.net)."""
-
-    peers: list[str] = field(default_factory=list)
-    network_key: bytes | None = None
-    mdns_interfaces: list[str] | None = None  # None: no mDNS
-    heartbeat_s: float = 1.0
-    expire_s: float = 15.0
-    ban_s: float = 60.0
-
-
 class NodeService:
     """One node served on host:port, with its block producer and its network side."""
 
@@ -50,17 +37,7 @@ class NodeService:
         self.node = node
         self.host = host
         self.port = port
-        options = net or NetOptions()
-        self.network = Network(
-            node,
-            url=self.url,
-            static_peers=options.peers,
-            network_key=options.network_key,
-            mdns_interfaces=options.mdns_interfaces,
-            heartbeat_s=options.heartbeat_s,
-            expire_s=options.expire_s,
-            ban_s=options.ban_s,
-        )
+        self.network = Network(node, url=self.url, options=net)
         config = uvicorn.Config(
             create_app(node, self.network),
             host=host,
