@@ -249,7 +249,7 @@ def apply_block(
     """Check `block` against its parent and the state after it; return the changes it makes."""
     header = block.header
     check_header(header, parent, parent_hash, genesis, now_ms)
-    if not block.signature_valid():
+    if not block.signature_valid:
         raise InvalidBlock("block signature does not match the proposer", reason="bad-signature")
     recent = _check_signer(state, header.proposer, genesis)
     if len(block.txs) > genesis.param("max_block_txs"):

@@ -77,7 +77,6 @@ def _append_only(db: sqlite_utils.Database, table: str) -> None:
         )
 
 
-# Named, recorded schema migrations: append to this list, never edit an entry that shipped.
 def _m002_side_chains(db: sqlite_utils.Database) -> None:
     # Side-chain blocks are stored before they are ever canonical, with their undo records;
     # `applied` marks the blocks whose undo records exist (all of them, before this migration).

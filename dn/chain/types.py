@@ -345,7 +345,10 @@ class Block:
     def height(self) -> int:
         return self.header.height
 
+    @cached_property
     def signature_valid(self) -> bool:
+        """Checked once and remembered, like Tx.signature_valid: a node checks a block's origin
+        before it looks for the parent, and `apply_block` checks it again."""
         return verify(self.header.proposer, canonical(self.header.to_json()), self.sig)
 
     def to_json(self, with_txs: bool = True) -> dict[str, Any]:

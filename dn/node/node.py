@@ -29,7 +29,7 @@ from dn.chain.state import (
     ACCT,
     SIGNERS,
     DictState,
-    StateReader,
+    Overlay,
     account,
     apply_block,
     build_block,
@@ -96,19 +96,6 @@ class NodeHome:
         return Genesis.load(self.genesis_file)
 
 
-class _Layer:
-    """A state read through `changes` (None: deleted) on top of `base`."""
-
-    def __init__(self, base: StateReader, changes: dict[str, Any]) -> None:
-        self.base = base
-        self.changes = changes
-
-    def get(self, key: str) -> Any:
-        if key in self.changes:
-            return self.changes[key]
-        return self.base.get(key)
-
-
 @dataclass
 class _Branch:
     """A side branch from the canonical block at `fork_height` up to `head`, with the state
@@ -117,7 +104,7 @@ class _Branch:
     tip_hash: str
     fork_height: int
     blocks: list[tuple[Block, dict[str, Any]]]
-    state: _Layer
+    state: Overlay
 
     @property
     def head(self) -> str:
@@ -284,7 +271,7 @@ class Node:
         header = block.header
         if header.chain_id != self.genesis.chain_id:
             raise InvalidBlock(f"block is for chain {header.chain_id!r}", reason="wrong-chain-id")
-        if not block.signature_valid():
+        if not block.signature_valid:
             raise InvalidBlock(
                 "block signature does not match the proposer", reason="bad-signature"
             )
@@ -347,7 +334,8 @@ class Node:
             canonical = self.store.canonical_hash(height)
             assert canonical is not None
             rewind.update(self.store.undo(canonical))
-        branch = _Branch(self.tip.hash, fork_height, [], _Layer(self.state, rewind))
+        branch = _Branch(self.tip.hash, fork_height, [], Overlay(self.state))
+        branch.state.changes.update(rewind)
         parent = self.store.block(cursor)
         assert parent is not None
         for block_hash in reversed(hashes):
@@ -370,7 +358,7 @@ class Node:
             len(branch.blocks),
             branch.fork_height + 1,
         )
-        self.state = DictState(self.store.load_state())
+        self.state.update(branch.state.changes)  # the rewind to the fork, then the branch
         self.tip = branch.blocks[-1][0]
         self.tip_td = td
         self._branch = None

@@ -7,6 +7,10 @@ they are on other genesis files and are filtered out like any stranger.
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +26,18 @@ pytestmark = pytest.mark.timeout(180)
 def _peers(node: NodeProcess) -> set[str]:
     with node.client() as client:
         return {p["address"] for p in client.peers()["peers"]}
+
+
+def _dn(dn_home: Path, *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "dn", *args],
+        env={**os.environ, "DN_HOME": str(dn_home), "COLUMNS": "300"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def test_nodes_find_each_other_and_ignore_strangers(
@@ -47,6 +63,14 @@ def test_nodes_find_each_other_and_ignore_strangers(
         assert _peers(node) == {keys[n.name].address for n in trio if n is not node}
     assert _peers(keyed) == set()
     assert _peers(other) == set()
+
+    # `dn node peers` shows them, with height, roles and when last heard from.
+    shown = json.loads(_dn(dn_home, "--json", "--node", trio[0].url, "node", "peers"))
+    assert {p["address"] for p in shown["peers"]} == {keys["b"].address, keys["c"].address}
+    for row in shown["peers"]:
+        assert row["height"] >= 0 and row["last_seen_ms"] > 0 and isinstance(row["roles"], list)
+    table = _dn(dn_home, "--node", trio[0].url, "node", "peers")
+    assert keys["b"].address[:20] in table and "s ago" in table
 
     # A stopped node leaves the others' peer lists (its goodbye, or silence past the expiry).
     assert trio[2].stop() == 0

@@ -213,12 +213,14 @@ def test_equivocation_is_rejected_and_the_tip_stays(tmp_path: Path) -> None:
 
 
 def _state_at(node: Node, height: int):  # type: ignore[no-untyped-def]
-    from dn.node.node import _Layer
+    from dn.chain.state import Overlay
 
     rewind: dict = {}
     for h in range(node.tip.height, height, -1):
         rewind.update(node.store.undo(node.store.canonical_hash(h)))  # type: ignore[arg-type]
-    return _Layer(node.state, rewind)
+    state = Overlay(node.state)
+    state.changes.update(rewind)
+    return state
 
 
 def test_a_side_block_below_the_final_block_is_refused(tmp_path: Path) -> None:
