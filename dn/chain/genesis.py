@@ -8,7 +8,6 @@ for one is invalid on every other. All numbers are integers; shares are in basis
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from dn.config import atomic_write
 from dn.encoding import MAX_AMOUNT, hash_hex, merkle_root, pubkey_from_address
 from dn.errors import DNError, GenesisError, InputError
 
@@ -104,15 +104,7 @@ class Genesis:
         """Write the file whole or not at all (temp file, fsync, rename): a crash never leaves
         a half-written genesis that a node would refuse to start from."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            with tmp.open("w") as fh:
-                fh.write(json.dumps(self.doc, indent=2, sort_keys=True) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write(path, (json.dumps(self.doc, indent=2, sort_keys=True) + "\n").encode())
 
     @cached_property
     def hash(self) -> str:

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from dn.chain.genesis import PARAMS, Genesis, default_params
-from dn.config import private_dir, wallets_dir
+from dn.config import atomic_write, private_dir, wallets_dir
 from dn.encoding import UNITS_PER_DN
 from dn.errors import DNError, GenesisError, InputError, NodeError, WalletError, WrongPassword
 from dn.node.node import Node, NodeHome, now_ms
@@ -263,13 +263,8 @@ def read_record(base: Path) -> Record | None:
 
 
 def _write_record(base: Path, record: Record) -> None:
-    path = base / RECORD_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w") as fh:
-        fh.write(json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    text = json.dumps(record.to_json(), indent=2, sort_keys=True) + "\n"
+    atomic_write(base / RECORD_FILE, text.encode())
 
 
 def _problem(base: Path, record: Record, shape: Shape, wallets: dict[str, str]) -> str | None:

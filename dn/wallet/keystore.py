@@ -20,10 +20,8 @@ that others can read is refused.
 from __future__ import annotations
 
 import json
-import os
 import re
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +31,7 @@ import nacl.pwhash
 import nacl.secret
 import nacl.utils
 
-from dn.config import private_dir, wallets_dir
+from dn.config import atomic_write, private_dir, wallets_dir
 from dn.encoding import canonical, is_address, sha256
 from dn.errors import (
     InputError,
@@ -166,26 +164,6 @@ def unseal(doc: object, password: str) -> Keypair:
     return keypair
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class Keystore:
     """The wallets in one folder (`$DN_HOME/wallets` unless told otherwise)."""
 
@@ -211,7 +189,7 @@ class Keystore:
             raise WalletExists(f"wallet {name!r} exists already; pick another name")
         private_dir(self.folder)
         doc = seal(keypair, password, kdf)
-        _atomic_write(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+        atomic_write(path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode(), 0o600)
         return path
 
     def create(self, name: str, password: str, kdf: KdfParams = KDF_MODERATE) -> Keypair:
