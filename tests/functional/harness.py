@@ -199,6 +199,24 @@ def canonical_count(dn_home: Path, name: str, tx_id: str) -> int:
         store.close()
 
 
+def agreed_prefix(dn_home: Path, names: list[str]) -> tuple[int, str]:
+    """The height and hash of the block every named (stopped or killed) node's canonical chain
+    holds at the lowest of their tips. Blocks are hash-linked, so one hash there means one chain
+    (and one state root) up to it; raise if the stores disagree."""
+    from dn.chain.store import Store
+
+    stores = [Store.open(NodeHome.named(n, dn_home).store_file, readonly=True) for n in names]
+    try:
+        height = min(store.tip().height for store in stores)
+        hashes = {store.canonical_hash(height) for store in stores}
+    finally:
+        for store in stores:
+            store.close()
+    if len(hashes) != 1:
+        raise AssertionError(f"stores disagree at height {height}: {sorted(map(str, hashes))}")
+    return height, str(hashes.pop())
+
+
 def make_keys(dn_home: Path, names: list[str]) -> dict[str, Keypair]:
     """The node key of each named node (made on first use, as `dn node start` would)."""
     return {name: NodeHome.named(name, dn_home).key() for name in names}
@@ -241,12 +259,16 @@ class Cluster:
         return [n.status() for n in self.nodes if n.running]
 
     def sync_all(self, timeout: float = 30.0, nodes: list[NodeProcess] | None = None) -> str:
-        """Wait until the given (default: all running) nodes have one tip; return it."""
+        """Wait until the given (default: all running) nodes have one tip and one state root,
+        seen in the same round of status calls; return the tip.
+
+        Validators keep producing, so a later `statuses()` may already see the next block:
+        compare what this returns, or the stores after a stop (`agreed_prefix`)."""
         group = nodes or [n for n in self.nodes if n.running]
 
         def same_tip() -> str | None:
-            tips = {n.status()["tip"] for n in group}
-            return tips.pop() if len(tips) == 1 else None
+            seen = {(s["tip"], s["state_root"]) for s in (n.status() for n in group)}
+            return seen.pop()[0] if len(seen) == 1 else None
 
         return wait_until(same_tip, timeout, interval=0.1, what="all nodes on one tip")
 
