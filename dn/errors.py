@@ -20,7 +20,11 @@
     ├── NodeError                a node that cannot be reached or answered badly        exit 5
     ├── PayloadTooLarge                                                                 HTTP 413
     ├── Forbidden                a request refused from this sender (banned, link cut)  HTTP 403
-    └── HandshakeError           a peer handshake reply we refuse; carries a `reason`   HTTP 403
+    ├── HandshakeError           a peer handshake reply we refuse; carries a `reason`   HTTP 403
+    ├── ModelError               a model file that is missing, not GGUF, damaged or     exit 6
+    │                            does not match its hash; carries a `reason`            HTTP 422
+    └── TaskError                a query that cannot be served or settled (no miner,    exit 7
+                                 a miner that stalls or lies, price too low); `reason`  HTTP 409
 
 The CLI maps these to a message and an exit code in `dn/cli/main.py`; the HTTP API maps them to a
 status and a JSON body in `dn/node/api.py`. Nothing else catches them to print.
@@ -177,3 +181,21 @@ class HandshakeError(DNError):
 
     http_status = 403
     reason = "handshake"
+
+
+class ModelError(DNError):
+    """A model file we cannot use: unknown name, not GGUF, truncated, wrong size or hash, or one
+    llama.cpp cannot load; `reason` says which."""
+
+    exit_code = 6
+    http_status = 422
+    reason = "model"
+
+
+class TaskError(DNError):
+    """A query that cannot be served or settled; `reason` names what went wrong
+    (`no-miner`, `one-miner`, `miner-timeout`, `miner-lied`, `price-too-low`, …)."""
+
+    exit_code = 7
+    http_status = 409
+    reason = "task"
