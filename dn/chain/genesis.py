@@ -3,6 +3,10 @@
 `chain_id` is derived from the genesis hash, so two networks can never mix: a transaction signed
 for one is invalid on every other. All numbers are integers; shares are in basis points
 (1/10,000).
+
+A file may leave out any parameter: it then has its default (`Genesis.param`). That is how a
+genesis written before a parameter existed keeps loading, with the same hash and chain id, when
+a later version adds one. The six `fee_split_*` shares must sum to exactly 10,000.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from dn.config import atomic_write
-from dn.encoding import MAX_AMOUNT, hash_hex, merkle_root, pubkey_from_address
+from dn.encoding import MAX_AMOUNT, UNITS_PER_DN, hash_hex, merkle_root, pubkey_from_address
 from dn.errors import DNError, GenesisError, InputError
 
 FORMAT = 1
 ZERO_HASH = "0" * 64
+
+BPS = 10_000  # basis points in a whole
 
 # name: (default, minimum, maximum)
 PARAMS: dict[str, tuple[int, int, int]] = {
@@ -29,12 +35,34 @@ PARAMS: dict[str, tuple[int, int, int]] = {
     "max_future_ms": (15_000, 0, 600_000),  # how far ahead of a node's clock a block may be
     "max_block_txs": (10_000, 1, 100_000),
     "min_fee": (1_000, 0, MAX_AMOUNT),  # units
-    "fee_burn_share": (
-        2_000,
-        0,
-        10_000,
-    ),  # basis points of each fee burned; the rest to the proposer
+    # basis points of each fee burned; the rest to the proposer
+    "fee_burn_share": (2_000, 0, BPS),
+    # How a paid query is split (basis points of the charge; the six sum to 10,000).
+    "fee_split_creator": (3_000, 0, BPS),
+    "fee_split_generator": (3_500, 0, BPS),
+    "fee_split_checker": (1_500, 0, BPS),
+    "fee_split_validators": (1_000, 0, BPS),  # into the validator pool
+    "fee_split_backers": (500, 0, BPS),  # the model's backers pro rata (the creator if none)
+    "fee_split_burn": (500, 0, BPS),
+    # Miners.
+    "miner_min_bond": (10 * UNITS_PER_DN, 1, MAX_AMOUNT),  # units
+    "unbonding_blocks": (100, 1, 1_000_000),  # an exited miner's bond comes back after this
+    "ticket_window_blocks": (100, 1, 100_000),  # how far a ticket's ref_height may lag its block
+    # The checker's verification thresholds (DESIGN.md section 7; read by the runner).
+    "check_max_rank": (64, 0, 1_000_000),  # every claimed token within this rank …
+    "check_max_gap_milli": (8_000, 0, 1_000_000),  # … and this logit gap (thousandths)
+    "check_min_top1_bps": (3_000, 0, BPS),  # share of tokens that are the checker's top-1
+    "check_max_mean_gap_milli": (2_000, 0, 1_000_000),  # mean logit gap (thousandths)
 }
+
+FEE_SPLIT = (
+    "fee_split_creator",
+    "fee_split_generator",
+    "fee_split_checker",
+    "fee_split_validators",
+    "fee_split_backers",
+    "fee_split_burn",
+)
 
 _NETWORK_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 
@@ -45,9 +73,19 @@ def default_params(**overrides: int) -> dict[str, int]:
     return params
 
 
+def fee_split_problem(params: Mapping[str, int]) -> str | None:
+    """Why the `fee_split_*` shares in `params` (defaults for those missing) are not a whole,
+    or None when they sum to exactly 10,000 basis points."""
+    total = sum(params.get(name, PARAMS[name][0]) for name in FEE_SPLIT)
+    if total == BPS:
+        return None
+    return f"the fee_split_* shares must sum to {BPS} basis points, got {total}"
+
+
 def checked_params(overrides: Mapping[str, int]) -> dict[str, int]:
-    """The default params with `overrides`, each a known name with a value in its range;
-    InputError (naming the known names, or the allowed range) for any that is not."""
+    """The default params with `overrides`, each a known name with a value in its range and the
+    fee split summing to 10,000; InputError (naming the known names, the allowed range, or the
+    split's total) for any that is not."""
     for name, value in overrides.items():
         if name not in PARAMS:
             raise InputError(
@@ -58,7 +96,11 @@ def checked_params(overrides: Mapping[str, int]) -> dict[str, int]:
             raise InputError(
                 f"genesis parameter {name} must be an integer from {low} to {high}, got {value!r}"
             )
-    return default_params(**overrides)
+    params = default_params(**overrides)
+    problem = fee_split_problem(params)
+    if problem is not None:
+        raise InputError(f"genesis parameters: {problem}")
+    return params
 
 
 @dataclass(frozen=True)
@@ -135,7 +177,13 @@ class Genesis:
         return sum(self.doc["allocations"].values())
 
     def param(self, name: str) -> int:
-        return int(self.doc["params"][name])
+        """The value of parameter `name`: the file's, or the default where the file has none."""
+        return int(self.doc["params"].get(name, PARAMS[name][0]))
+
+    @property
+    def params(self) -> dict[str, int]:
+        """Every parameter with its value in force (defaults filled in)."""
+        return {name: self.param(name) for name in PARAMS}
 
     @cached_property
     def empty_txs_root(self) -> str:
@@ -173,9 +221,15 @@ def _validate(doc: Any) -> None:
     if sum(allocations.values()) > MAX_AMOUNT:
         raise GenesisError("total allocations must stay below 2^63 units")
     params = doc["params"]
-    if not isinstance(params, dict) or params.keys() != PARAMS.keys():
-        raise GenesisError(f"params must have exactly {sorted(PARAMS)}")
-    for name, (_, low, high) in PARAMS.items():
-        value = params[name]
+    if not isinstance(params, dict):
+        raise GenesisError("params must map parameter names to integers")
+    unknown = sorted(params.keys() - PARAMS.keys())
+    if unknown:
+        raise GenesisError(f"unknown params {unknown}; known: {sorted(PARAMS)}")
+    for name, value in params.items():
+        _, low, high = PARAMS[name]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise GenesisError(f"param {name} must be an integer from {low} to {high}")
+    problem = fee_split_problem(params)
+    if problem is not None:
+        raise GenesisError(f"genesis params: {problem}")

@@ -3,7 +3,8 @@
 The mempool keeps a view of the state with every pending transaction applied, so a sender's
 second transaction is checked against the balance and nonce its first one leaves. It accepts only
 the next nonce of a sender (a gap is refused with its own reason rather than parked), which keeps
-acceptance order a valid block order.
+acceptance order a valid block order. Transactions are checked as part of the next block
+(`tip_height + 1`), the height a ticket's window and expiry are judged at.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from dn.chain.genesis import Genesis
-from dn.chain.state import Overlay, StateReader, apply_tx
+from dn.chain.state import Overlay, StateReader, apply_tx, begin_block
 from dn.chain.types import Tx
 from dn.errors import InvalidTx
 
@@ -19,11 +20,21 @@ MAX_PENDING = 200_000
 
 
 class Mempool:
-    def __init__(self, genesis: Genesis, proposer: str, base: StateReader) -> None:
+    def __init__(
+        self, genesis: Genesis, proposer: str, base: StateReader, *, tip_height: int
+    ) -> None:
+        """`base` is the state after block `tip_height`."""
         self.genesis = genesis
         self.proposer = proposer
+        self.height = tip_height + 1  # the block these transactions are checked for
         self._txs: dict[str, Tx] = {}
-        self._view = Overlay(base)
+        self._view = self._next_block_view(base)
+
+    def _next_block_view(self, base: StateReader) -> Overlay:
+        """`base` as the next block's transactions see it (bonds due then are paid out)."""
+        view = Overlay(base)
+        begin_block(view, self.height)
+        return view
 
     def __len__(self) -> int:
         return len(self._txs)
@@ -44,19 +55,22 @@ class Mempool:
             raise InvalidTx("transaction is already pending", reason="duplicate")
         if len(self._txs) >= MAX_PENDING:
             raise InvalidTx("the mempool is full; try again shortly", reason="mempool-full")
-        apply_tx(self._view, tx, self.genesis, self.proposer)  # atomic: sets only on success
+        # atomic: sets only on success
+        apply_tx(self._view, tx, self.genesis, self.proposer, height=self.height)
         self._txs[tx.id] = tx
 
     def pending(self, limit: int | None = None) -> list[Tx]:
         txs = list(self._txs.values())
         return txs if limit is None else txs[:limit]
 
-    def reset(self, base: StateReader, drop: Iterable[str] = ()) -> list[Tx]:
-        """Rebase on a new state after a block; return the transactions that no longer apply."""
+    def reset(self, base: StateReader, drop: Iterable[str] = (), *, tip_height: int) -> list[Tx]:
+        """Rebase on the state after block `tip_height`; return the transactions that no longer
+        apply."""
+        self.height = tip_height + 1
         for tx_id in drop:
             self._txs.pop(tx_id, None)
         survivors, self._txs = list(self._txs.values()), {}
-        self._view = Overlay(base)
+        self._view = self._next_block_view(base)
         dropped = []
         for tx in survivors:
             try:

@@ -1,43 +1,85 @@
 """The state machine: `apply_block(state, parent, block, genesis) -> changes`. No I/O, no clock.
 
-State is a flat map from string keys to JSON values (never mutated in place, only replaced):
+State is a flat map from string keys to JSON values (never mutated in place, only replaced;
+None deletes a key):
 
-    acct:<address>   {"balance": units, "nonce": n}
-    supply           {"genesis": units, "emitted": units, "burned": units}
-    signers          [address, …]  the latest proposers (only with two or more validators)
+    acct:<address>          {"balance": units, "nonce": n}
+    supply                  {"genesis": units, "emitted": units, "burned": units}
+    signers                 [address, …]  the latest proposers (only with two or more validators)
+    model:<sha256>          {"creator", "name", "domain", "price", "license", "size", "height",
+                             "retired": bool, "tasks": confirmed tasks, "tokens": paid tokens,
+                             "rejected": rejected tasks}
+    model-name:<name>       the sha256 of the live (not retired) model holding that name
+    miner:<address>         {"bond": units still bonded, "url", "models": [sha256, …] sorted,
+                             "since": height of this registration, "exited": height | null}
+    serving:<sha256>        [{"miner", "from", "until"}, …] who served a model when (tasks.py)
+    unlock:<height>         [{"address", "amount"}, …] bonds released at the start of that block
+    pool:validators         {"balance": units} the validators' share of paid queries
+    task:<task id>          {"model", "consumer", "generator", "checker", "tokens", "paid",
+                             "status": "confirmed" | "rejected", "height", "output_hash",
+                             "commitment"}
+    backers:<sha256>        [address, …] and stake:<sha256>:<address> {"amount": units}: a
+                            model's backers, read when a query is paid; written by `stake` (a
+                            later issue), so empty today
 
-Later kinds add their own prefixes (model:, stake:, miner:, validator:, task:, …); the store keeps
-any key, so adding rules never reshapes it.
+Later kinds add their own prefixes (validator:, …); the store keeps any key, so adding rules never
+reshapes it.
 
 `state_root` of a block is the hash of its parent's state root and the sorted list of every key the
 block changed with its new value; the genesis root hashes the whole genesis state. So the root
 commits, by induction, to the full state, costs O(changes) per block, and two nodes whose states
 differ anywhere disagree on it from that block on.
 
-The order of checks mirrors the spec: a block's header is checked against its parent, then every
-transaction is applied in order on an overlay, then the computed roots are compared with the
-header; any failure raises InvalidBlock and leaves nothing changed.
+The order of checks mirrors the spec: a block's header is checked against its parent, bonds that
+finish unbonding at its height are released, then every transaction is applied in order on an
+overlay, then the computed roots are compared with the header; any failure raises InvalidBlock and
+leaves nothing changed. A transaction pays its fee and bumps its sender's nonce, then its kind's
+rule (one function per kind, below) checks and applies the payload; any failure raises InvalidTx
+and leaves nothing changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from dn.chain import consensus
-from dn.chain.genesis import Genesis
+from dn.chain.economics import split_fee
+from dn.chain.genesis import BPS, Genesis
+from dn.chain.tasks import (
+    CONFIRMED,
+    REJECTED,
+    SERVING,
+    check_attestations,
+    eligible_miners,
+    price_of,
+    select_miners,
+    serving_changed,
+    task_id,
+    verify_ticket,
+)
 from dn.chain.types import Block, Header, Tx, txs_root
 from dn.encoding import hash_hex
-from dn.errors import InvalidBlock, InvalidTx
+from dn.errors import InvalidBlock, InvalidTx, TaskError
 from dn.wallet.keys import Keypair
 
 ACCT = "acct:"
 SUPPLY = "supply"
 SIGNERS = "signers"  # proposers of the latest blocks, for the floor(n/2)+1 signing rule
-BPS = 10_000
+MODEL = "model:"
+MODEL_NAME = "model-name:"
+MINER = "miner:"
+UNLOCK = "unlock:"
+POOL = "pool:"
+POOL_VALIDATORS = "pool:validators"
+TASK = "task:"
+BACKERS = "backers:"
+STAKE = "stake:"
 # Kinds whose state rules exist today; the others parse but are refused until their issue lands.
-ENABLED_KINDS = frozenset({"transfer"})
+ENABLED_KINDS = frozenset(
+    {"transfer", "model.register", "model.retire", "miner.register", "miner.exit", "task.settle"}
+)
 
 
 class StateReader(Protocol):
@@ -130,6 +172,15 @@ def _credit(state: Overlay, address: str, amount: int) -> None:
     state.set(ACCT + address, {"balance": acct["balance"] + amount, "nonce": acct["nonce"]})
 
 
+def _debit(
+    state: Overlay, address: str, amount: int, what: str, reason: str = "insufficient-funds"
+) -> None:
+    acct = account(state, address)
+    if acct["balance"] < amount:
+        raise InvalidTx(f"balance {acct['balance']} cannot pay {what}", reason=reason)
+    state.set(ACCT + address, {"balance": acct["balance"] - amount, "nonce": acct["nonce"]})
+
+
 def _burn(state: Overlay, amount: int) -> None:
     supply = state.get(SUPPLY)
     state.set(SUPPLY, {**supply, "burned": supply["burned"] + amount})
@@ -156,8 +207,9 @@ def check_tx(tx: Tx, genesis: Genesis) -> None:
         )
 
 
-def apply_tx(state: Overlay, tx: Tx, genesis: Genesis, proposer: str) -> None:
-    """Apply one transaction to `state`, or raise InvalidTx and change nothing."""
+def apply_tx(state: Overlay, tx: Tx, genesis: Genesis, proposer: str, *, height: int) -> None:
+    """Apply one transaction of the block at `height` to `state`, or raise InvalidTx and change
+    nothing."""
     check_tx(tx, genesis)
     sender = account(state, tx.sender)
     if tx.nonce < sender["nonce"]:
@@ -168,21 +220,262 @@ def apply_tx(state: Overlay, tx: Tx, genesis: Genesis, proposer: str) -> None:
         raise InvalidTx(
             f"nonce {tx.nonce} leaves a gap (next is {sender['nonce']})", reason="nonce-gap"
         )
-    amount = tx.payload["amount"] if tx.kind == "transfer" else 0
-    if sender["balance"] < tx.fee + amount:
+    if sender["balance"] < tx.fee:
         raise InvalidTx(
-            f"balance {sender['balance']} cannot pay fee {tx.fee} + amount {amount}",
-            reason="insufficient-funds",
+            f"balance {sender['balance']} cannot pay fee {tx.fee}", reason="insufficient-funds"
         )
-    state.set(
-        ACCT + tx.sender,
-        {"balance": sender["balance"] - tx.fee - amount, "nonce": sender["nonce"] + 1},
-    )
-    if tx.kind == "transfer":
-        _credit(state, tx.payload["to"], amount)
+    trial = Overlay(state)
+    trial.set(ACCT + tx.sender, {"balance": sender["balance"] - tx.fee, "nonce": tx.nonce + 1})
+    RULES[tx.kind](trial, tx, genesis, height)
     burned = tx.fee * genesis.param("fee_burn_share") // BPS
-    _burn(state, burned)
-    _credit(state, proposer, tx.fee - burned)
+    _burn(trial, burned)
+    _credit(trial, proposer, tx.fee - burned)
+    state.merge(trial)
+
+
+Rule = Callable[[Overlay, Tx, Genesis, int], None]
+
+
+def _transfer(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
+    amount = tx.payload["amount"]
+    _debit(state, tx.sender, amount, f"amount {amount} after fee {tx.fee}")
+    _credit(state, tx.payload["to"], amount)
+
+
+# --- models ---------------------------------------------------------------------------------
+
+
+def _live_model(state: StateReader, sha: str, retired_reason: str) -> dict[str, Any]:
+    found = state.get(MODEL + sha)
+    if found is None:
+        raise InvalidTx(f"no model {sha[:12]}… is registered", reason="unknown-model")
+    if found["retired"]:
+        raise InvalidTx(f"model {found['name']!r} is retired", reason=retired_reason)
+    return dict(found)
+
+
+def _model_register(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
+    p = tx.payload
+    if state.get(MODEL + p["model"]) is not None:
+        raise InvalidTx(f"model {p['model'][:12]}… is registered already", reason="model-exists")
+    if state.get(MODEL_NAME + p["name"]) is not None:
+        raise InvalidTx(f"another live model is named {p['name']!r}", reason="name-taken")
+    state.set(
+        MODEL + p["model"],
+        {
+            "creator": tx.sender,
+            "name": p["name"],
+            "domain": p["domain"],
+            "price": p["price"],
+            "license": p["license"],
+            "size": p["size"],
+            "height": height,
+            "retired": False,
+            "tasks": 0,
+            "tokens": 0,
+            "rejected": 0,
+        },
+    )
+    state.set(MODEL_NAME + p["name"], p["model"])
+
+
+def _model_retire(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
+    sha = tx.payload["model"]
+    found = state.get(MODEL + sha)
+    if found is None:
+        raise InvalidTx(f"no model {sha[:12]}… is registered", reason="unknown-model")
+    if found["creator"] != tx.sender:
+        raise InvalidTx("only the model's creator may retire it", reason="not-creator")
+    if found["retired"]:
+        raise InvalidTx(f"model {found['name']!r} is retired already", reason="already-retired")
+    state.set(MODEL + sha, {**found, "retired": True})
+    if state.get(MODEL_NAME + found["name"]) == sha:
+        state.set(MODEL_NAME + found["name"], None)  # the name is free for a new model
+
+
+# --- miners ---------------------------------------------------------------------------------
+
+
+def _set_serving(
+    state: Overlay, model: str, miner: str, height: int, genesis: Genesis, *, serving: bool
+) -> None:
+    key = SERVING + model
+    window = genesis.param("ticket_window_blocks")
+    intervals = serving_changed(state.get(key) or [], miner, height, window, serving=serving)
+    state.set(key, intervals or None)
+
+
+def _miner_register(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
+    """Register, or update a live registration: `bond` is the total bond wanted (at least
+    `miner_min_bond`, never less than the miner already holds); the difference moves from the
+    sender's balance. `url` and `models` replace the old ones, from this block on."""
+    p = tx.payload
+    bond = p["bond"]
+    if bond < genesis.param("miner_min_bond"):
+        raise InvalidTx(
+            f"bond {bond} is below the minimum of {genesis.param('miner_min_bond')} units",
+            reason="bond-too-low",
+        )
+    models = sorted(set(p["models"]))
+    for sha in models:
+        _live_model(state, sha, retired_reason="model-retired")
+    current = state.get(MINER + tx.sender)
+    live = current is not None and current["exited"] is None
+    held = current["bond"] if live else 0
+    if bond < held:
+        raise InvalidTx(
+            f"bond {bond} is less than the {held} units already bonded; a bond only shrinks "
+            "by exiting",
+            reason="bond-decrease",
+        )
+    if bond > held:
+        _debit(state, tx.sender, bond - held, f"bond {bond - held} after fee {tx.fee}")
+    before = set(current["models"]) if live else set()
+    for sha in sorted(before - set(models)):
+        _set_serving(state, sha, tx.sender, height, genesis, serving=False)
+    for sha in sorted(set(models) - before):
+        _set_serving(state, sha, tx.sender, height, genesis, serving=True)
+    state.set(
+        MINER + tx.sender,
+        {
+            "bond": bond,
+            "url": p["url"],
+            "models": models,
+            "since": current["since"] if live else height,
+            "exited": None,
+        },
+    )
+
+
+def _miner_exit(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
+    """Stop serving now; the bond comes back at the start of block `height + unbonding_blocks`
+    (until then it stays slashable, and counted in the supply, under `unlock:`)."""
+    current = state.get(MINER + tx.sender)
+    if current is None or current["exited"] is not None:
+        raise InvalidTx("the sender is not a registered miner", reason="not-miner")
+    for sha in current["models"]:
+        _set_serving(state, sha, tx.sender, height, genesis, serving=False)
+    key = UNLOCK + str(height + genesis.param("unbonding_blocks"))
+    state.set(key, [*(state.get(key) or []), {"address": tx.sender, "amount": current["bond"]}])
+    state.set(MINER + tx.sender, {**current, "bond": 0, "exited": height})
+
+
+def begin_block(state: Overlay, height: int) -> None:
+    """What happens at the start of block `height`, before its transactions: the bonds whose
+    unbonding ends there are paid out (only the entries due are read)."""
+    due = state.get(UNLOCK + str(height))
+    if due is None:
+        return
+    for entry in due:
+        _credit(state, entry["address"], entry["amount"])
+    state.set(UNLOCK + str(height), None)
+
+
+# --- paid queries ---------------------------------------------------------------------------
+
+
+def backers_of(state: StateReader, model: str) -> dict[str, int]:
+    """A model's backers and their stakes (`backers:<model>` lists them, `stake:<model>:<addr>`
+    holds each). Nothing writes these until the `stake` kind is enabled."""
+    backers: dict[str, int] = {}
+    for address in state.get(BACKERS + model) or []:
+        stake = state.get(f"{STAKE}{model}:{address}")
+        if stake is not None and stake["amount"] > 0:
+            backers[address] = stake["amount"]
+    return backers
+
+
+def _task_settle(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
+    """Pay for one answer (DESIGN.md section 7). Anyone may send it; the sender pays only the
+    fee, the ticket's consumer pays `price_of(model price, tokens)`, split by `split_fee`."""
+    ticket, gen, chk = tx.payload["ticket"], tx.payload["generator"], tx.payload["checker"]
+    chain_id = genesis.chain_id
+    verify_ticket(chain_id, ticket)
+    sha = ticket["model"]
+    model = _live_model(state, sha, retired_reason="model-retired")
+    ref, oldest = ticket["ref_height"], max(0, height - genesis.param("ticket_window_blocks"))
+    if not oldest <= ref < height:
+        raise InvalidTx(
+            f"ticket refers to height {ref}; block {height} takes {oldest} to {height - 1}",
+            reason="stale-ticket",
+        )
+    if ticket["expiry"] < height:
+        raise InvalidTx(f"ticket expired at height {ticket['expiry']}", reason="expired-ticket")
+    task = task_id(chain_id, ticket)
+    if state.get(TASK + task) is not None:
+        raise InvalidTx(f"task {task[:12]}… is settled already", reason="task-settled")
+    check_attestations(chain_id, task, gen, chk, ticket["max_tokens"])
+    try:
+        chosen = select_miners(eligible_miners(state, sha, ref), task)
+    except TaskError as exc:
+        raise InvalidTx(f"no valid miner pair: {exc.message}", reason="wrong-miners") from None
+    if (gen["miner"], chk["miner"]) != chosen:
+        raise InvalidTx(
+            "the generator and checker are not the miners this ticket selects",
+            reason="wrong-miners",
+        )
+    tokens, confirmed = gen["tokens"], chk["verdict"] == CONFIRMED
+    paid = price_of(model["price"], tokens) if confirmed else 0
+    if paid > ticket["max_price"]:
+        raise InvalidTx(
+            f"{tokens} tokens cost {paid} units, above the ticket's max_price "
+            f"{ticket['max_price']}",
+            reason="over-max-price",
+        )
+    if confirmed:
+        _debit(state, ticket["consumer"], paid, f"{paid} units", reason="consumer-cannot-pay")
+        _pay(
+            state,
+            model["creator"],
+            gen["miner"],
+            chk["miner"],
+            split_fee(paid, genesis, backers_of(state, sha)),
+        )
+        model.update(tasks=model["tasks"] + 1, tokens=model["tokens"] + tokens)
+    else:
+        model.update(rejected=model["rejected"] + 1)  # validators rule on it (a later issue)
+    state.set(MODEL + sha, model)
+    state.set(
+        TASK + task,
+        {
+            "model": sha,
+            "consumer": ticket["consumer"],
+            "generator": gen["miner"],
+            "checker": chk["miner"],
+            "tokens": tokens,
+            "paid": paid,
+            "status": CONFIRMED if confirmed else REJECTED,
+            "height": height,
+            "output_hash": chk["output_hash"],
+            "commitment": chk["commitment"],
+        },
+    )
+
+
+def _pay(
+    state: Overlay, creator: str, generator: str, checker: str, shares: dict[str, Any]
+) -> None:
+    """Credit each part of a split (a zero part writes nothing)."""
+    payees = [(creator, shares["creator"]), (generator, shares["generator"])]
+    payees += [(checker, shares["checker"]), *shares["backers"].items()]
+    for address, amount in payees:
+        if amount:
+            _credit(state, address, amount)
+    if shares["validators"]:
+        pool = state.get(POOL_VALIDATORS) or {"balance": 0}
+        state.set(POOL_VALIDATORS, {"balance": pool["balance"] + shares["validators"]})
+    if shares["burn"]:
+        _burn(state, shares["burn"])
+
+
+RULES: dict[str, Rule] = {
+    "transfer": _transfer,
+    "model.register": _model_register,
+    "model.retire": _model_retire,
+    "miner.register": _miner_register,
+    "miner.exit": _miner_exit,
+    "task.settle": _task_settle,
+}
 
 
 # --- blocks ---------------------------------------------------------------------------------
@@ -257,13 +550,14 @@ def apply_block(
     if txs_root(list(block.txs)) != header.txs_root:
         raise InvalidBlock("txs_root does not match the transactions", reason="bad-txs-root")
     overlay = Overlay(state)
+    begin_block(overlay, header.height)
     seen: set[str] = set()
     for i, tx in enumerate(block.txs):
         if tx.id in seen:
             raise InvalidBlock(f"tx {i} appears twice", reason="duplicate-tx")
         seen.add(tx.id)
         try:
-            apply_tx(overlay, tx, genesis, header.proposer)
+            apply_tx(overlay, tx, genesis, header.proposer, height=header.height)
         except InvalidTx as exc:
             raise InvalidBlock(f"tx {i} ({tx.id[:12]}): {exc.message}", reason="bad-tx") from None
     _record_signer(overlay, recent, header.proposer, genesis)
@@ -283,7 +577,9 @@ def build_block(
 ) -> tuple[Applied, list[tuple[Tx, InvalidTx]]]:
     """Make the next block from `candidates` (in order), leaving out those that no longer apply."""
     recent = _check_signer(state, keypair.address, genesis)
+    height = parent.height + 1
     overlay = Overlay(state)
+    begin_block(overlay, height)
     included: list[Tx] = []
     rejected: list[tuple[Tx, InvalidTx]] = []
     limit = genesis.param("max_block_txs")
@@ -292,14 +588,13 @@ def build_block(
             break
         trial = Overlay(overlay)
         try:
-            apply_tx(trial, tx, genesis, keypair.address)
+            apply_tx(trial, tx, genesis, keypair.address, height=height)
         except InvalidTx as exc:
             rejected.append((tx, exc))
             continue
         overlay.merge(trial)
         included.append(tx)
     _record_signer(overlay, recent, keypair.address, genesis)
-    height = parent.height + 1
     header = Header(
         chain_id=genesis.chain_id,
         height=height,
@@ -317,17 +612,29 @@ def build_block(
 
 
 def supply_report(items: Iterable[tuple[str, Any]]) -> dict[str, int]:
-    """Sum the state's holdings and compare with what genesis and emission created."""
-    balances = 0
+    """Sum the state's holdings and compare with what genesis and emission created.
+
+    Every unit is in exactly one place: an account balance, a miner's bond, a bond unbonding
+    under `unlock:`, a pool (`pool:validators`), a stake, or burned. So the invariant is
+    balances + bonds + unbonding + pools + stakes + burned == genesis + emitted."""
+    totals = {"balances": 0, "bonds": 0, "unbonding": 0, "pools": 0, "stakes": 0}
     supply = {"genesis": 0, "emitted": 0, "burned": 0}
     for key, value in items:
         if key.startswith(ACCT):
-            balances += value["balance"]
+            totals["balances"] += value["balance"]
+        elif key.startswith(MINER):
+            totals["bonds"] += value["bond"]
+        elif key.startswith(UNLOCK):
+            totals["unbonding"] += sum(entry["amount"] for entry in value)
+        elif key.startswith(POOL):
+            totals["pools"] += value["balance"]
+        elif key.startswith(STAKE):
+            totals["stakes"] += value["amount"]
         elif key == SUPPLY:
             supply = value
-    held = balances + supply["burned"]
+    held = sum(totals.values()) + supply["burned"]
     created = supply["genesis"] + supply["emitted"]
-    return {"balances": balances, "burned": supply["burned"], "held": held, "created": created}
+    return {**totals, "burned": supply["burned"], "held": held, "created": created}
 
 
 def supply_holds(items: Iterable[tuple[str, Any]]) -> bool:

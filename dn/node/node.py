@@ -141,7 +141,9 @@ class Node:
         self.tip_td = self.store.tip_total_difficulty()
         self.final = 0
         self._update_final()
-        self.mempool = Mempool(self.genesis, self.key.address, self.state)
+        self.mempool = Mempool(
+            self.genesis, self.key.address, self.state, tip_height=self.tip.height
+        )
         restored = self.store.mempool_txs()
         dropped = [tx.id for tx in restored if not self._try_add(tx)]
         self.store.mempool_remove(dropped)
@@ -365,7 +367,9 @@ class Node:
         included = {tx.id for block, _ in branch.blocks for tx in block.txs}
         abandoned = [tx for block in reversed(removed) for tx in block.txs if tx.id not in included]
         pending = self.mempool.pending()
-        self.mempool = Mempool(self.genesis, self.key.address, self.state)
+        self.mempool = Mempool(
+            self.genesis, self.key.address, self.state, tip_height=self.tip.height
+        )
         returned = [tx for tx in abandoned if self._try_add(tx)]
         kept = {tx.id for tx in pending if tx.id not in included and self._try_add(tx)}
         self.store.mempool_add(returned)
@@ -382,7 +386,9 @@ class Node:
         self.tip_td += block.header.difficulty
         self._branch = None
         self.last_block_ms = now_ms()
-        dropped = self.mempool.reset(self.state, [tx.id for tx in block.txs] + rejected)
+        dropped = self.mempool.reset(
+            self.state, [tx.id for tx in block.txs] + rejected, tip_height=block.height
+        )
         self.store.mempool_remove(rejected + [tx.id for tx in dropped])
         self._update_final()
         self._emit("block", block)

@@ -10,11 +10,20 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dn.chain.genesis import PARAMS, Genesis, checked_params, default_params
+from dn.chain.genesis import FEE_SPLIT, PARAMS, Genesis, checked_params, default_params
 from dn.errors import GenesisError, InputError
 from dn.wallet.keys import Keypair
 
 VALIDATORS = [Keypair.from_seed(bytes([i]) * 32).address for i in range(3)]
+
+
+def balanced(name: str, value: int) -> dict[str, int]:
+    """`{name: value}`, plus, for a fee split share, another share that keeps the six at 10,000."""
+    if name not in FEE_SPLIT:
+        return {name: value}
+    partner = "fee_split_burn" if name != "fee_split_burn" else "fee_split_creator"
+    others = {n: 0 for n in FEE_SPLIT if n not in (name, partner)}
+    return {**others, name: value, partner: 10_000 - value}
 
 
 def build(**params: int) -> Genesis:
@@ -38,8 +47,8 @@ def test_checked_params_fills_in_the_defaults():
 @pytest.mark.parametrize("name", sorted(PARAMS))
 def test_checked_params_takes_both_ends_of_each_range(name):
     _, low, high = PARAMS[name]
-    assert checked_params({name: low})[name] == low
-    assert checked_params({name: high})[name] == high
+    assert checked_params(balanced(name, low))[name] == low
+    assert checked_params(balanced(name, high))[name] == high
 
 
 @pytest.mark.parametrize("name", sorted(PARAMS))
@@ -67,7 +76,7 @@ def test_every_checked_param_set_is_a_valid_genesis():
     """What checked_params lets through, Genesis validation accepts (the two ranges agree)."""
     for name, (_, low, high) in PARAMS.items():
         for value in (low, high):
-            assert build(**{name: value}).param(name) == value
+            assert build(**balanced(name, value)).param(name) == value
 
 
 # --- save and load -------------------------------------------------------------------------
@@ -123,12 +132,18 @@ def test_an_edited_file_is_another_chain_or_refused(tmp_path):
         optional={
             name: st.integers(min_value=low, max_value=high)
             for name, (_, low, high) in PARAMS.items()
+            if name not in FEE_SPLIT
         },
+    ),
+    split=st.lists(st.integers(min_value=0, max_value=10_000), min_size=5, max_size=5).map(
+        lambda cuts: sorted(cuts)
     ),
     validators=st.lists(st.sampled_from(VALIDATORS), min_size=1, unique=True),
     time_ms=st.integers(min_value=0, max_value=2**53),
 )
-def test_any_valid_genesis_round_trips(params, validators, time_ms):
+def test_any_valid_genesis_round_trips(params, split, validators, time_ms):
+    bounds = [0, *split, 10_000]
+    params.update({name: bounds[i + 1] - bounds[i] for i, name in enumerate(FEE_SPLIT)})
     genesis = Genesis.build(
         network="lan",
         time_ms=time_ms,
@@ -142,3 +157,48 @@ def test_any_valid_genesis_round_trips(params, validators, time_ms):
         loaded = Genesis.load(path)
     assert (loaded.doc, loaded.chain_id) == (genesis.doc, genesis.chain_id)
     assert loaded.validators == sorted(validators)
+
+
+# --- the fee split and parameters added later ------------------------------------------------
+
+
+def test_default_fee_split_is_a_whole():
+    assert sum(default_params()[name] for name in FEE_SPLIT) == 10_000
+
+
+@pytest.mark.parametrize(("name", "delta"), [("fee_split_burn", 1), ("fee_split_creator", -1)])
+def test_a_fee_split_that_is_not_a_whole_is_refused(name, delta):
+    value = default_params()[name] + delta
+    with pytest.raises(InputError) as caught:
+        checked_params({name: value})
+    assert caught.value.message == (
+        f"genesis parameters: the fee_split_* shares must sum to 10000 basis points, "
+        f"got {10_000 + delta}"
+    )
+    doc = build().doc
+    doc["params"][name] = value
+    with pytest.raises(GenesisError, match="fee_split_\\* shares must sum to 10000 basis points"):
+        Genesis.from_json(doc)
+
+
+def test_a_genesis_written_before_a_parameter_existed_still_loads(tmp_path):
+    """A file without the newer parameters keeps its hash and chain id, and reads defaults."""
+    older = ("block_time_ms", "max_block_interval_ms", "max_future_ms", "max_block_txs")
+    older += ("min_fee", "fee_burn_share")
+    doc = build(block_time_ms=200).doc
+    doc["params"] = {name: doc["params"][name] for name in older}
+    path = tmp_path / "genesis.json"
+    path.write_text(json.dumps(doc))
+    loaded = Genesis.load(path)
+    assert loaded.doc == doc and loaded.chain_id == f"lan-{loaded.hash[:12]}"
+    assert loaded.param("block_time_ms") == 200
+    assert loaded.param("miner_min_bond") == 10 * 10**9
+    assert loaded.param("ticket_window_blocks") == PARAMS["ticket_window_blocks"][0]
+    assert loaded.params == default_params(block_time_ms=200)
+
+
+def test_unknown_params_in_a_file_are_refused():
+    doc = build().doc
+    doc["params"]["block_size"] = 5
+    with pytest.raises(GenesisError, match="unknown params \\['block_size'\\]"):
+        Genesis.from_json(doc)

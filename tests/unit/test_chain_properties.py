@@ -63,7 +63,7 @@ class ChainMachine(RuleBasedStateMachine):
         self.dir = Path(tempfile.mkdtemp(prefix="dn-chain-prop-"))
         self.store = Store.create(self.dir / "chain.db", GENESIS)
         self.state = DictState(genesis_state(GENESIS))
-        self.mempool = Mempool(GENESIS, VALIDATOR.address, self.state)
+        self.mempool = Mempool(GENESIS, VALIDATOR.address, self.state, tip_height=0)
         self.tip = genesis_block(GENESIS)
         # The model: balances and nonces as the mempool should see them (committed + pending).
         self.balance = {kp.address: GENESIS.allocations.get(kp.address, 0) for kp in KEYS}
@@ -124,7 +124,9 @@ class ChainMachine(RuleBasedStateMachine):
         self.state.update(applied.changes)
         self.tip = applied.block
         self.committed_txs.extend(applied.block.txs)
-        dropped = self.mempool.reset(self.state, [t.id for t in applied.block.txs])
+        dropped = self.mempool.reset(
+            self.state, [t.id for t in applied.block.txs], tip_height=applied.block.height
+        )
         assert dropped == []
         assert [t.id for t in self.mempool.pending()] == [t.id for t in pending[len(candidates) :]]
         if not self.mempool.pending():

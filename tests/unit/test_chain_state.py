@@ -107,7 +107,8 @@ class Env:
 def env() -> Env:
     genesis = make_genesis()
     state = DictState(genesis_state(genesis))
-    return Env(genesis, state, Mempool(genesis, V.address, state), genesis_block(genesis))
+    mempool = Mempool(genesis, V.address, state, tip_height=0)
+    return Env(genesis, state, mempool, genesis_block(genesis))
 
 
 def assert_rejected(env: Env, tx: Tx, reason: str) -> None:
@@ -116,7 +117,7 @@ def assert_rejected(env: Env, tx: Tx, reason: str) -> None:
     pending = [t.id for t in env.mempool.pending()]
     overlay = Overlay(env.state)
     with pytest.raises(InvalidTx) as exc:
-        apply_tx(overlay, tx, env.genesis, V.address)
+        apply_tx(overlay, tx, env.genesis, V.address, height=env.tip.height + 1)
     assert exc.value.reason == reason, exc.value.message
     assert overlay.changes == {}
     with pytest.raises(InvalidTx) as exc:
@@ -407,7 +408,9 @@ def test_second_tx_is_checked_against_what_the_first_leaves(env: Env) -> None:
     env.mempool.add(first)
     # 10 DN - 7 DN - fee left: 3 DN more does not fit, but the state alone would allow it.
     second = env.transfer(A, B.address, 3 * DN, nonce=1)
-    apply_tx(Overlay(env.state), env.transfer(A, B.address, 3 * DN), env.genesis, V.address)
+    apply_tx(
+        Overlay(env.state), env.transfer(A, B.address, 3 * DN), env.genesis, V.address, height=1
+    )
     with pytest.raises(InvalidTx) as exc:
         env.mempool.add(second)
     assert exc.value.reason == "insufficient-funds"
@@ -434,7 +437,7 @@ def test_reset_after_a_block_drops_included_txs(env: Env) -> None:
     for tx in (a0, a1, b0):
         env.mempool.add(tx)
     block = env.commit([a0, b0])
-    dropped = env.mempool.reset(env.state, [tx.id for tx in block.txs])
+    dropped = env.mempool.reset(env.state, [tx.id for tx in block.txs], tip_height=block.height)
     assert dropped == []
     assert [t.id for t in env.mempool.pending()] == [a1.id]
     assert env.mempool.pending_nonce(A.address) == 2
@@ -446,7 +449,7 @@ def test_reset_without_drop_list_still_drops_what_no_longer_applies(env: Env) ->
     env.mempool.add(a0)
     rival = env.transfer(A, C.address, 9 * DN)  # the same nonce, included elsewhere
     env.commit([rival])
-    dropped = env.mempool.reset(env.state)
+    dropped = env.mempool.reset(env.state, tip_height=env.tip.height)
     assert [t.id for t in dropped] == [a0.id]
     assert len(env.mempool) == 0
     assert env.mempool.pending_nonce(A.address) == 1
