@@ -1,0 +1,144 @@
+"""The verdict on a claimed answer, from the per-token values a checker's prefill pass computed.
+
+"One model, two nodes" (DESIGN.md section 7): the generator decodes greedily and streams token
+ids; the checker evaluates the prompt plus those ids in prefill passes and, for every claimed
+token, records
+
+    rank  how many vocabulary entries had a strictly higher logit than the claimed token
+    gap   best logit minus the claimed token's logit (>= 0; 0 when the claim is the argmax)
+
+Greedy output is not bit-identical across thread counts, batch sizes or CPU/GPU, so an honest
+answer is not always rank 0; but it is always near the top, while a token from another model, for
+another prompt, or typed in by hand is far down the list. An answer is valid when
+
+    every token:  rank <= max_rank  and  gap <= max_gap
+    the answer:   share of rank-0 tokens >= min_top1   and   mean gap <= max_mean_gap
+    and it ends properly: with an end-of-generation token, or at exactly max_tokens tokens.
+
+The thresholds are genesis parameters; their defaults and the margins measured around them are in
+docs/verification.md. Everything here is pure: no llama.cpp, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dn.encoding import hash_hex
+
+BPS = 10_000
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_rank: int = 64
+    max_gap: float = 8.0
+    min_top1: float = 0.30
+    max_mean_gap: float = 2.0
+
+    @classmethod
+    def from_params(cls, param: Any) -> Thresholds:
+        """From a genesis (`genesis.param(name)`); integers there, milli-logits and bps."""
+        return cls(
+            max_rank=int(param("check_max_rank")),
+            max_gap=param("check_max_gap_milli") / 1000,
+            min_top1=param("check_min_top1_bps") / BPS,
+            max_mean_gap=param("check_max_mean_gap_milli") / 1000,
+        )
+
+
+@dataclass(frozen=True)
+class TokenValue:
+    """What the checker computed for one claimed token."""
+
+    token: int
+    rank: int
+    gap: float
+
+    def quantized(self) -> list[int]:
+        """The committed form: rank and gap in thousandths of a logit."""
+        return [self.token, self.rank, round(self.gap * 1000)]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    reason: str  # "ok", or the first rule broken: "rank", "gap", "top1", "mean-gap",
+    #              "truncated", "too-long", "empty"
+    message: str
+    tokens: int
+    max_rank: int
+    max_gap: float
+    top1: float
+    mean_gap: float
+    worst: int | None  # index of the worst token, when a per-token rule failed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "reason": self.reason,
+            "message": self.message,
+            "tokens": self.tokens,
+            "max_rank": self.max_rank,
+            "max_gap": round(self.max_gap, 3),
+            "top1": round(self.top1, 4),
+            "mean_gap": round(self.mean_gap, 3),
+            "worst": self.worst,
+        }
+
+
+def judge(
+    values: Sequence[TokenValue],
+    thresholds: Thresholds,
+    *,
+    max_tokens: int,
+    ended: bool,
+) -> Verdict:
+    """Apply the rules above. `ended` says the last claimed token is an end-of-generation token
+    (the generator claims it stopped on its own)."""
+    n = len(values)
+    max_rank = max((v.rank for v in values), default=0)
+    max_gap = max((v.gap for v in values), default=0.0)
+    top1 = sum(v.rank == 0 for v in values) / n if n else 0.0
+    mean_gap = sum(v.gap for v in values) / n if n else 0.0
+
+    def verdict(reason: str, message: str, worst: int | None = None) -> Verdict:
+        return Verdict(reason == "ok", reason, message, n, max_rank, max_gap, top1, mean_gap, worst)
+
+    if n == 0:
+        return verdict("empty", "the answer has no tokens")
+    if n > max_tokens:
+        return verdict("too-long", f"{n} tokens claimed, the ticket allows {max_tokens}")
+    for i, v in enumerate(values):
+        if v.rank > thresholds.max_rank:
+            return verdict("rank", f"token {i} has rank {v.rank} (limit {thresholds.max_rank})", i)
+        if v.gap > thresholds.max_gap:
+            return verdict(
+                "gap",
+                f"token {i} is {v.gap:.2f} below the best logit (limit {thresholds.max_gap:.2f})",
+                i,
+            )
+    if top1 < thresholds.min_top1:
+        return verdict(
+            "top1",
+            f"only {top1:.0%} of tokens are the checker's first choice "
+            f"(at least {thresholds.min_top1:.0%} needed)",
+        )
+    if mean_gap > thresholds.max_mean_gap:
+        return verdict(
+            "mean-gap", f"mean gap {mean_gap:.2f} is above {thresholds.max_mean_gap:.2f}"
+        )
+    if not ended and n < max_tokens:
+        return verdict(
+            "truncated", f"the answer stops after {n} of {max_tokens} tokens without ending"
+        )
+    return verdict("ok", "every token is within the limits")
+
+
+def commitment(values: Sequence[TokenValue]) -> str:
+    """A compact commitment to what the checker computed: the hash of the quantized per-token
+    values. The checker keeps the values; a validator who asks for them can check them against
+    this hash and then against its own prefill pass (within the drift the thresholds allow), so
+    a checker cannot approve without computing."""
+    return hash_hex([v.quantized() for v in values])
