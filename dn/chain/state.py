@@ -7,7 +7,8 @@ None deletes a key):
     supply                  {"genesis": units, "emitted": units, "burned": units}
     signers                 [address, …]  the latest proposers (only with two or more validators)
     model:<sha256>          {"creator", "name", "domain", "price", "license", "size", "height",
-                             "retired": bool, "tasks": confirmed tasks, "tokens": paid tokens,
+                             "retired": bool, "retired_at": height (once retired),
+                             "tasks": confirmed tasks, "tokens": paid tokens,
                              "rejected": rejected tasks}
     model-name:<name>       the sha256 of the live (not retired) model holding that name
     miner:<address>         {"bond": units still bonded, "url", "models": [sha256, …] sorted,
@@ -288,7 +289,7 @@ def _model_retire(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None
         raise InvalidTx("only the model's creator may retire it", reason="not-creator")
     if found["retired"]:
         raise InvalidTx(f"model {found['name']!r} is retired already", reason="already-retired")
-    state.set(MODEL + sha, {**found, "retired": True})
+    state.set(MODEL + sha, {**found, "retired": True, "retired_at": height})
     if state.get(MODEL_NAME + found["name"]) == sha:
         state.set(MODEL_NAME + found["name"], None)  # the name is free for a new model
 
@@ -392,7 +393,14 @@ def _task_settle(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
     chain_id = genesis.chain_id
     verify_ticket(chain_id, ticket)
     sha = ticket["model"]
-    model = _live_model(state, sha, retired_reason="model-retired")
+    model = state.get(MODEL + sha)
+    if model is None:
+        raise InvalidTx(f"no model {sha[:12]}… is registered", reason="unknown-model")
+    # Retiring stops new tasks; a ticket made before it still settles, so the miners who did
+    # the work are paid.
+    if model["retired"] and ticket["ref_height"] >= model.get("retired_at", 0):
+        raise InvalidTx(f"model {model['name']!r} is retired", reason="model-retired")
+    model = dict(model)
     ref, oldest = ticket["ref_height"], max(0, height - genesis.param("ticket_window_blocks"))
     if not oldest <= ref < height:
         raise InvalidTx(

@@ -69,7 +69,8 @@ def _verify(store: Store, progress: Callable[[int, int], None] | None) -> dict[s
     report["supply"] = supply
     if supply["held"] != supply["created"]:
         problems.append(
-            f"supply invariant broken: balances + burned = {supply['held']}, "
+            f"supply invariant broken: balances + bonds + unbonding + pools + stakes + burned = "
+            f"{supply['held']}, "
             f"genesis + emitted = {supply['created']}"
         )
     report["state_root"] = parent.header.state_root

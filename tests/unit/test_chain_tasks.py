@@ -526,10 +526,14 @@ def test_a_consumer_who_cannot_pay(market: Chain) -> None:
     market.commit([settle(market, t, attest(market, t, verdict="rejected"))])
 
 
-def test_a_retired_model_cannot_be_settled(market: Chain) -> None:
-    t, atts = _ticket_and_atts(market)
+def test_a_retired_model_takes_no_new_tasks_but_pays_for_the_ones_before(market: Chain) -> None:
+    before, before_atts = _ticket_and_atts(market)  # made while the model was live
     market.commit([market.send(CREATOR, "model.retire", {"model": SMOL})])
-    assert_rejected(market, settle(market, t, atts), "model-retired")
+    after, after_atts = _ticket_and_atts(market, nonce=1)  # refers to the retiring block
+    assert_rejected(market, settle(market, after, after_atts), "model-retired")
+    market.commit([settle(market, before, before_atts)])
+    record = market.state.get("task:" + task_id(market.genesis.chain_id, before))
+    assert record["status"] == "confirmed" and record["paid"] > 0
 
 
 def test_a_ticket_older_than_the_window_is_stale(market: Chain) -> None:
