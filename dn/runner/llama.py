@@ -119,6 +119,7 @@ class LoadedModel:
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self._lib = llama_cpp
         self.lock = threading.Lock()
+        self._formatter: Any = None
 
     # --- text ----------------------------------------------------------------------------
 
@@ -131,6 +132,16 @@ class LoadedModel:
     def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str:
         """The model's own chat template (from the GGUF) applied to `messages`, ready for the
         assistant's turn."""
+        formatter = self._formatter or self._make_formatter()
+        prompt = formatter(messages=list(messages)).prompt  # type: ignore[arg-type]
+        bos = self.llm.token_bos()
+        bos_text = self.llm._model.token_get_text(bos) if bos != -1 else ""
+        if bos_text and prompt.startswith(bos_text) and self.llm._model.add_bos_token():
+            prompt = prompt[len(bos_text) :]  # tokenize() adds it; never twice
+        return str(prompt)
+
+    def _make_formatter(self) -> Any:
+        """The chat template compiled once per loaded model (jinja2 compiles are not cheap)."""
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
         template = self.llm.metadata.get("tokenizer.chat_template")
@@ -139,16 +150,12 @@ class LoadedModel:
             template = FALLBACK_TEMPLATES.get(arch.rstrip("0123456789"), CHATML)
         model = self.llm._model
         eos, bos = self.llm.token_eos(), self.llm.token_bos()
-        formatter = Jinja2ChatFormatter(
+        self._formatter = Jinja2ChatFormatter(
             template=template,
             eos_token=model.token_get_text(eos) if eos != -1 else "",
             bos_token=model.token_get_text(bos) if bos != -1 else "",
         )
-        prompt = formatter(messages=list(messages)).prompt  # type: ignore[arg-type]
-        bos_text = model.token_get_text(bos) if bos != -1 else ""
-        if bos_text and prompt.startswith(bos_text) and self.llm._model.add_bos_token():
-            prompt = prompt[len(bos_text) :]  # tokenize() adds it; never twice
-        return str(prompt)
+        return self._formatter
 
     def text_decoder(self) -> TextDecoder:
         return TextDecoder(self)
@@ -278,21 +285,25 @@ class CheckSession:
         if not self._open:
             raise RuntimeError("feed() outside the session's `with` block")
         tokens = [int(t) for t in tokens]
-        if self._problem is not None or not tokens:
+        if self._problem is None and tokens:
+            if any(not 0 <= t < self.model.n_vocab for t in tokens):
+                self._refuse("bad-token", "a claimed token id is not in the model's vocabulary")
+            elif (self.tokens and self.model.is_eog(self.tokens[-1])) or any(
+                self.model.is_eog(t) for t in tokens[:-1]
+            ):
+                self._refuse("after-end", "tokens claimed after an end-of-generation token")
+            elif len(self.tokens) + len(tokens) > self.max_tokens:
+                self._refuse(
+                    "too-long",
+                    f"{len(self.tokens) + len(tokens)} tokens claimed, the ticket allows "
+                    f"{self.max_tokens}",
+                )
+        if self._problem is not None:
+            # Refused for its shape: keep counting what is claimed (so chunks stay in order and
+            # the verdict names every token), but score nothing more.
+            self.tokens.extend(tokens)
             return []
-        if any(not 0 <= t < self.model.n_vocab for t in tokens):
-            self._refuse("bad-token", "a claimed token id is not in the model's vocabulary")
-            return []
-        ended_before = self.tokens and self.model.is_eog(self.tokens[-1])
-        if ended_before or any(self.model.is_eog(t) for t in tokens[:-1]):
-            self._refuse("after-end", "tokens claimed after an end-of-generation token")
-            return []
-        if len(self.tokens) + len(tokens) > self.max_tokens:
-            self._refuse(
-                "too-long",
-                f"{len(self.tokens) + len(tokens)} tokens claimed, the ticket allows "
-                f"{self.max_tokens}",
-            )
+        if not tokens:
             return []
         rows = self.model._decode(tokens, self._n_past, all_rows=True)
         predictors = np.vstack([self._pending[None, :], rows[:-1]])

@@ -121,9 +121,7 @@ def test_a_truncated_answer_is_rejected(checker: LoadedModel) -> None:
     assert not check(checker, prompt, cut).ok
 
 
-def test_an_answer_from_another_model_is_rejected(
-    checker: LoadedModel, gemma_gguf: Path
-) -> None:
+def test_an_answer_from_another_model_is_rejected(checker: LoadedModel, gemma_gguf: Path) -> None:
     gemma = LoadedModel(gemma_gguf, n_threads=2)
     try:
         for text in PROMPTS:
@@ -151,6 +149,13 @@ def test_garbage_token_ids_and_tokens_after_the_end_are_rejected(checker: Loaded
     assert check(checker, prompt, tokens[:5] + [eos] + tokens[5:8], chunk=50).reason == "after-end"
     assert check(checker, prompt, tokens[:5] + [eos] + tokens[5:8], chunk=6).reason == "after-end"
     assert check(checker, prompt, tokens * 3).reason == "too-long"
+    # Once refused, later chunks are still counted (the gateway's offsets stay in step and the
+    # checker's attestation names every claimed token), but no longer scored.
+    with checker.check(prompt, MAX_TOKENS, LIMITS) as session:
+        assert session.feed([5, checker.n_vocab + 3]) == []
+        assert session.feed([6, 7]) == []
+        assert session.tokens == [5, checker.n_vocab + 3, 6, 7] and session.values == []
+        assert session.finish().reason == "bad-token"
 
 
 def test_too_long_a_prompt_is_refused_before_any_work(checker: LoadedModel) -> None:
@@ -208,4 +213,3 @@ def test_gpu_offloaded_answers_are_accepted_by_a_cpu_checker(
                 assert session.finish().ok
     finally:
         gpu.llm.close()
-
