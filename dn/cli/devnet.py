@@ -44,6 +44,12 @@ def up(
     fresh: bool = typer.Option(
         False, "--fresh", help="Throw the stored devnet chain away and start a new one."
     ),
+    miners: int = typer.Option(
+        0,
+        "--miners",
+        help="How many of the nodes (the last M, not validators) also mine, with funded "
+        "devnet-miner<j> wallets, serving every registered model in $DN_HOME/models.",
+    ),
 ) -> None:
     """Run a local network of N nodes in this process until Ctrl-C.
 
@@ -56,7 +62,10 @@ def up(
 
     base = home(opts(ctx).home)
     devnet.Shape.check(
-        nodes, validators, block_time if block_time is not None else devnet.DEFAULT_BLOCK_TIME_MS
+        nodes,
+        validators,
+        block_time if block_time is not None else devnet.DEFAULT_BLOCK_TIME_MS,
+        miners,
     )
     devnet.check_ports(port_base, nodes)
     with devnet.lock(base):
@@ -66,6 +75,7 @@ def up(
             validators=validators,
             block_time_ms=block_time,
             fresh=fresh,
+            miners=miners,
             notify=say,
         )
         info = net.describe(port_base)
@@ -85,7 +95,16 @@ def up(
 def _summary(info: dict[str, Any], net: Devnet) -> None:
     out = stderr()
     rows = [
-        [n["name"], n["url"], "validator" if n["validator"] else "full node"] for n in info["nodes"]
+        [
+            n["name"],
+            n["url"],
+            "validator"
+            if n["validator"]
+            else f"miner ({n['miner']})"
+            if n["miner"]
+            else "full node",
+        ]
+        for n in info["nodes"]
     ]
     out.print(table(None, ["node", "url", "role"], rows))
     out.print(

@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from dn.cli.output import emit, opts, say, table
+from dn.cli.output import emit, opts, read_password, say, table
 from dn.config import DEFAULT_NODE_NAME, DEFAULT_PORT
 from dn.errors import InputError
 
@@ -45,13 +45,71 @@ def start(
     peer_expiry: float = typer.Option(
         15.0, "--peer-expiry", min=1.0, help="Seconds of silence before a peer is dropped."
     ),
+    gateway_wallet: str | None = typer.Option(
+        None,
+        "--gateway-wallet",
+        help="Wallet that signs and pays for queries sent to the OpenAI-compatible API "
+        "(/v1/...); only clients on this machine may use it.",
+    ),
+    password_file: Path | None = typer.Option(
+        None,
+        "--password-file",
+        help="Read the gateway wallet's password from this file (else $DN_PASSWORD or a prompt).",
+    ),
 ) -> None:
     """Run the node in the foreground until Ctrl-C."""
+    from dn.node.service import run_foreground
+
+    wallet = None
+    if gateway_wallet is not None:
+        store = opts(ctx).keystore()
+        store.address(gateway_wallet)  # a missing wallet fails before the prompt
+        wallet = store.load(gateway_wallet, read_password(password_file))
+    node, net = prepare_node(
+        ctx,
+        name=name,
+        host=host,
+        genesis=genesis,
+        join=join,
+        peer=peer,
+        mdns=mdns,
+        network_key=network_key,
+        mdns_interface=mdns_interface,
+        peer_expiry=peer_expiry,
+    )
+    role = "validator" if node.is_validator else "full node"
+    say(
+        f"node {node.key.address} ({role}) on {node.genesis.chain_id} at height "
+        f"{node.tip.height}, listening on http://{host}:{port}"
+    )
+    if wallet is not None:
+        say(
+            f"OpenAI-compatible API at http://{host}:{port}/v1, paid by {gateway_wallet} "
+            f"({wallet.address}); it answers clients on this machine only"
+        )
+    run_foreground(node, host, port, net, gateway_wallet=wallet)
+    say("node stopped")
+
+
+def prepare_node(
+    ctx: typer.Context,
+    *,
+    name: str,
+    host: str,
+    genesis: Path | None,
+    join: str | None,
+    peer: list[str],
+    mdns: bool,
+    network_key: str | None = None,
+    mdns_interface: list[str] | None = None,
+    peer_expiry: float = 15.0,
+) -> tuple[Any, Any]:
+    """The node folder set up (genesis pinned from --genesis or --join) and opened, and its
+    network options: what `dn node start` and `dn mine` share."""
     from dn.config import home
     from dn.errors import StoreError
     from dn.node.net import NetOptions, normalise_peer
     from dn.node.node import Node, NodeHome
-    from dn.node.service import run_foreground
 
     node_home = NodeHome.named(name, home(opts(ctx).home))
     peers = [normalise_peer(p) for p in peer]
@@ -73,17 +131,10 @@ def start(
     net = NetOptions(
         peers=peers,
         network_key=_network_key(network_key),
-        mdns_interfaces=_mdns_interfaces(mdns, mdns_interface, host),
+        mdns_interfaces=_mdns_interfaces(mdns, mdns_interface or [], host),
         expire_s=peer_expiry,
     )
-    node = Node(node_home)
-    role = "validator" if node.is_validator else "full node"
-    say(
-        f"node {node.key.address} ({role}) on {node.genesis.chain_id} at height "
-        f"{node.tip.height}, listening on http://{host}:{port}"
-    )
-    run_foreground(node, host, port, net)
-    say("node stopped")
+    return Node(node_home), net
 
 
 def _fetch_genesis(url: str) -> Any:

@@ -141,49 +141,31 @@ def send(
     password_file: Path | None = PasswordFile,
 ) -> None:
     """Send DN from a wallet to an address."""
-    from dn.chain.types import Tx
+    from dn.cli.txs import send_tx, unlock
     from dn.encoding import format_dn, parse_dn
 
     units = parse_dn(amount)
     recipient = resolve_address(ctx, to)
-    store = opts(ctx).keystore()
-    store.address(name)  # fail on a missing wallet before asking for a password
-    password = read_password(password_file)
-    keypair = store.load(name, password)
+    keypair = unlock(ctx, name, password_file)  # a missing wallet fails before the prompt
     with opts(ctx).client() as client:
-        genesis = client.genesis()
-        status = client.status()
-        fee_units = (
-            parse_dn(fee, allow_zero=True, what="fee") if fee else genesis["params"]["min_fee"]
+        sent = send_tx(
+            client, keypair, "transfer", {"to": recipient, "amount": units}, fee=fee, wait=wait
         )
-        nonce = client.account(keypair.address)["next_nonce"]
-        tx = Tx.create(
-            keypair,
-            chain_id=status["chain_id"],
-            kind="transfer",
-            nonce=nonce,
-            fee=fee_units,
-            payload={"to": recipient, "amount": units},
-        )
-        client.submit(tx.to_json())
-        result: dict[str, Any] = {"id": tx.id, "status": "pending"}
-        if wait:
-            found = client.wait_for_tx(tx.id)
-            result = {"id": tx.id, "status": found["status"], "height": found["height"]}
+    result: dict[str, Any] = {k: v for k, v in sent.items() if k in ("id", "status", "height")}
     result.update(
         {
             "from": keypair.address,
             "to": recipient,
             "amount": units,
-            "fee": fee_units,
-            "nonce": nonce,
+            "fee": sent["fee"],
+            "nonce": sent["nonce"],
         }
     )
     where = f" in block {result['height']}" if "height" in result else " (pending)"
     emit(
         ctx,
         result,
-        lambda out: out.print(f"sent {format_dn(units)} DN to {recipient}{where}: tx {tx.id}"),
+        lambda out: out.print(f"sent {format_dn(units)} DN to {recipient}{where}: tx {sent['id']}"),
     )
 
 

@@ -22,7 +22,11 @@ from dn.node.net import FROM_HEADER  # the sender's own URL on node-to-node push
 from dn.node.node import Node
 
 if TYPE_CHECKING:
+    from dn.node.gateway import Gateway
+    from dn.node.miner import Miner
     from dn.node.net import Network
+    from dn.runner.modelstore import ModelStore
+    from dn.wallet.keys import Keypair
 
 MAX_BODY = 8 * 1024 * 1024
 MAX_BATCH = 10_000
@@ -120,7 +124,16 @@ def _block_json(block: Block) -> dict[str, Any]:
     return {**block.to_json(), "height": block.height}
 
 
-def create_app(node: Node, network: Network | None = None, *, max_body: int = MAX_BODY) -> FastAPI:
+def create_app(
+    node: Node,
+    network: Network | None = None,
+    *,
+    max_body: int = MAX_BODY,
+    gateway: Gateway | None = None,
+    miner: Miner | None = None,
+    store: ModelStore | None = None,
+    gateway_wallet: Keypair | None = None,
+) -> FastAPI:
     app = FastAPI(title="DeepNode node", version="1", docs_url="/dn/v1/docs", redoc_url=None)
     app.add_exception_handler(DNError, _dn_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -217,4 +230,10 @@ def create_app(node: Node, network: Network | None = None, *, max_body: int = MA
     async def get_account(address: str) -> dict[str, Any]:
         return node.account(address)
 
+    if gateway is not None and store is not None:
+        from dn.node.openai_api import add_openai_routes
+        from dn.node.task_api import add_task_routes
+
+        add_task_routes(app, node, gateway, miner, store)
+        add_openai_routes(app, node, gateway, gateway_wallet)
     return app

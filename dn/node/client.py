@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -95,6 +96,18 @@ class NodeClient:
 
     def blocks(self, start: int = 0, limit: int = 20) -> dict[str, Any]:
         return dict(self._request("GET", "/blocks", params={"from": start, "limit": limit}))
+
+    def models(self) -> dict[str, Any]:
+        """`{"height", "models": [...]}`: every model on chain, with the miners serving it."""
+        return dict(self._request("GET", "/models"))
+
+    def model(self, ref: str) -> dict[str, Any]:
+        """One model by SHA-256, unique hash prefix or name; NotFound when the chain has none."""
+        return dict(self._request("GET", f"/models/{quote(ref.strip(), safe='')}"))
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        """A settled task's record (status, miners, tokens, paid); NotFound before settling."""
+        return dict(self._request("GET", f"/tasks/{task_id}"))
 
     def wait_for_tx(self, tx_id: str, timeout: float = 60.0) -> dict[str, Any]:
         """Poll until the transaction is in a block; NodeError if it is not within `timeout`."""

@@ -36,6 +36,7 @@ from dn.config import atomic_write, private_dir, wallets_dir
 from dn.encoding import UNITS_PER_DN
 from dn.errors import DNError, GenesisError, InputError, NodeError, WalletError, WrongPassword
 from dn.node.node import Node, NodeHome, now_ms
+from dn.wallet.keys import Keypair
 from dn.wallet.keystore import KDF_FAST, Keystore
 
 HOST = "127.0.0.1"
@@ -58,6 +59,12 @@ _NODE_RE = re.compile(r"devnet-[0-9]+")
 Notify = Callable[[str], None]
 
 
+def miner_threads(miners: int) -> int:
+    """llama.cpp threads per devnet miner: the cores shared out, so the generator and the
+    checker of a task (always two different miners) run side by side."""
+    return max(1, min(8, (os.cpu_count() or 2) // max(1, miners)))
+
+
 def node_name(index: int) -> str:
     return f"devnet-{index}"
 
@@ -69,9 +76,12 @@ class Shape:
     nodes: int
     validators: int
     block_time_ms: int
+    miners: int = 0  # the last M nodes run the miner role with the devnet-miner<j> wallets
 
     @classmethod
-    def check(cls, nodes: int, validators: int | None, block_time_ms: int) -> Shape:
+    def check(
+        cls, nodes: int, validators: int | None, block_time_ms: int, miners: int = 0
+    ) -> Shape:
         """The shape for these options; InputError for any value that cannot make a devnet."""
         if nodes < 1:
             raise InputError(f"--nodes must be at least 1, got {nodes}")
@@ -88,13 +98,24 @@ class Shape:
         _, low, high = PARAMS["block_time_ms"]
         if not low <= block_time_ms <= high:
             raise InputError(f"--block-time must be from {low} to {high} ms, got {block_time_ms}")
-        return cls(nodes, count, block_time_ms)
+        if miners < 0 or miners > nodes - count:
+            raise InputError(
+                f"--miners must be from 0 to {nodes - count} (the nodes that are not "
+                f"validators), got {miners}"
+            )
+        return cls(nodes, count, block_time_ms, miners)
 
     def describe(self) -> str:
+        miners = f", {self.miners} miner{'s' * (self.miners != 1)}" if self.miners else ""
         return (
             f"{self.nodes} node{'s' * (self.nodes != 1)}, {self.validators} "
-            f"validator{'s' * (self.validators != 1)}, block time {self.block_time_ms} ms"
+            f"validator{'s' * (self.validators != 1)}{miners}, block time {self.block_time_ms} ms"
         )
+
+    def miner_wallets(self) -> dict[int, str]:
+        """Node index -> the devnet wallet its miner role bonds, signs and is paid with."""
+        first = self.nodes - self.miners
+        return {first + j: f"devnet-miner{j + 1}" for j in range(self.miners)}
 
 
 @dataclass(frozen=True)
@@ -123,6 +144,10 @@ class Record:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"devnet record has a malformed {key}")
             numbers.append(value)
+        miners = doc.get("miners", 0)
+        if isinstance(miners, bool) or not isinstance(miners, int):
+            raise ValueError("devnet record has a malformed miners")
+        numbers.append(miners)
         genesis_hash, chain_id = doc.get("genesis_hash"), doc.get("chain_id")
         if not (isinstance(genesis_hash, str) and isinstance(chain_id, str)):
             raise ValueError("devnet record has malformed fields")
@@ -155,6 +180,7 @@ class Devnet:
                     "url": f"http://{HOST}:{port_base + i}",
                     "address": address,
                     "validator": address in validators,
+                    "miner": self.shape.miner_wallets().get(i),
                 }
             )
         return {
@@ -229,13 +255,13 @@ def lock(base: Path) -> Iterator[None]:
 # --- wallets, genesis, record ------------------------------------------------------------------
 
 
-def ensure_wallets(base: Path, notify: Notify) -> dict[str, str]:
-    """Create the devnet wallets that are missing; check the others open with the devnet
-    password. Returns name -> address."""
+def ensure_wallets(base: Path, notify: Notify, miners: int = 0) -> dict[str, str]:
+    """Create the devnet wallets that are missing (and one per miner); check the others open
+    with the devnet password. Returns name -> address."""
     store = Keystore(wallets_dir(base))
     out: dict[str, str] = {}
     made = []
-    for name in WALLETS:
+    for name in (*WALLETS, *(f"devnet-miner{j + 1}" for j in range(miners))):
         if store.exists(name):
             try:
                 out[name] = store.load(name, DEVNET_PASSWORD).address
@@ -334,6 +360,7 @@ def prepare(
     validators: int | None = None,
     block_time_ms: int | None = None,
     fresh: bool = False,
+    miners: int = 0,
     notify: Notify = lambda _: None,
 ) -> Devnet:
     """Resume the devnet stored under `base` if it has this shape, else make a new one.
@@ -343,9 +370,9 @@ def prepare(
     record = read_record(base)
     if block_time_ms is None:
         block_time_ms = record.shape.block_time_ms if record else DEFAULT_BLOCK_TIME_MS
-    shape = Shape.check(nodes, validators, block_time_ms)
+    shape = Shape.check(nodes, validators, block_time_ms, miners)
     private_dir(base)
-    wallets = ensure_wallets(base, notify)
+    wallets = ensure_wallets(base, notify, shape.miners)
     if record is not None and not fresh:
         problem = _problem(base, record, shape, wallets)
         if problem is None:
@@ -383,12 +410,19 @@ def open_nodes(devnet: Devnet) -> list[Node]:
 
 
 async def serve(
-    nodes: list[Node], port_base: int, on_ready: Callable[[], None] | None = None
+    nodes: list[Node],
+    port_base: int,
+    on_ready: Callable[[], None] | None = None,
+    miners: dict[int, Keypair] | None = None,
 ) -> None:
     """Serve every node on 127.0.0.1:port_base+i, each peered with all the others, until
-    SIGINT/SIGTERM; `on_ready` is called once every node listens."""
+    SIGINT/SIGTERM; `on_ready` is called once every node listens. Node i in `miners` also runs
+    the miner role with that wallet, serving every registered model in the local store."""
+    from dn.node.miner import MinerOptions
     from dn.node.net import NetOptions
     from dn.node.service import NodeService, serve_all
+
+    miners = miners or {}
 
     urls = [f"{HOST}:{port_base + i}" for i in range(len(nodes))]
     try:
@@ -398,6 +432,9 @@ async def serve(
                 HOST,
                 port_base + i,
                 NetOptions(peers=[u for u in urls if u != urls[i]], mdns_interfaces=None),
+                mine=MinerOptions(wallet=miners[i], models=(), threads=miner_threads(len(miners)))
+                if i in miners
+                else None,
             )
             for i, node in enumerate(nodes)
         ]
@@ -423,5 +460,9 @@ async def serve(
 
 def run(devnet: Devnet, port_base: int, on_ready: Callable[[], None] | None = None) -> None:
     """Run the devnet in the foreground until SIGINT/SIGTERM."""
+    store = Keystore(wallets_dir(devnet.base))
+    miners = {
+        i: store.load(name, DEVNET_PASSWORD) for i, name in devnet.shape.miner_wallets().items()
+    }
     nodes = open_nodes(devnet)
-    asyncio.run(serve(nodes, port_base, on_ready))
+    asyncio.run(serve(nodes, port_base, on_ready, miners))

@@ -150,6 +150,7 @@ class Node:
         self.last_block_ms = now_ms()
         self._branch: _Branch | None = None
         self._plan: tuple[str, bool, int] | None = None  # (tip, signed at next height, delay)
+        self.extra_roles: list[str] = []
 
     def _try_add(self, tx: Tx) -> bool:
         try:
@@ -168,7 +169,9 @@ class Node:
 
     @property
     def roles(self) -> list[str]:
-        return ["validator"] if self.is_validator else []
+        """What this node does: `validator` from the chain, plus roles its service runs
+        (`miner`, added to `extra_roles`)."""
+        return (["validator"] if self.is_validator else []) + self.extra_roles
 
     def close(self) -> None:
         self.store.close()

@@ -17,11 +17,16 @@ import uvicorn
 
 from dn.errors import DNError, NodeError
 from dn.node.api import create_app
+from dn.node.gateway import Gateway
+from dn.node.miner import Miner, MinerOptions, faults_from_env
 from dn.node.net import NetOptions, Network
 from dn.node.node import Node, now_ms
+from dn.runner.modelstore import ModelStore
+from dn.wallet.keys import Keypair
 
 log = logging.getLogger("dn.node")
 TICK_S = 0.05
+GRACE_S = 5  # on Ctrl-C, requests still running after this long (a stalled stream) are cut
 
 
 class _Server(uvicorn.Server):
@@ -33,17 +38,52 @@ class _Server(uvicorn.Server):
 class NodeService:
     """One node served on host:port, with its block producer and its network side."""
 
-    def __init__(self, node: Node, host: str, port: int, net: NetOptions | None = None) -> None:
+    def __init__(
+        self,
+        node: Node,
+        host: str,
+        port: int,
+        net: NetOptions | None = None,
+        *,
+        mine: MinerOptions | None = None,
+        store: ModelStore | None = None,
+        gateway_wallet: Keypair | None = None,
+    ) -> None:
         self.node = node
         self.host = host
         self.port = port
         self.network = Network(node, url=self.url, options=net)
+        self.store = store or ModelStore.default()
+        self.gateway = Gateway(node)
+        self.miner: Miner | None = None
+        if mine is not None:
+            from dn.runner.llama import Runner
+
+            runner = Runner(n_threads=mine.threads, n_gpu_layers=mine.gpu_layers, n_ctx=mine.n_ctx)
+            node.extra_roles.append("miner")
+            self.miner = Miner(
+                node,
+                mine.wallet,
+                self.store,
+                runner,
+                models=mine.models,
+                bond=mine.bond,
+                faults=faults_from_env(),
+            )
         config = uvicorn.Config(
-            create_app(node, self.network),
+            create_app(
+                node,
+                self.network,
+                gateway=self.gateway,
+                miner=self.miner,
+                store=self.store,
+                gateway_wallet=gateway_wallet,
+            ),
             host=host,
             port=port,
             log_level="warning",
             lifespan="off",
+            timeout_graceful_shutdown=GRACE_S,
         )
         self.server = _Server(config)
         self._stop = asyncio.Event()
@@ -70,9 +110,24 @@ class NodeService:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), TICK_S)
 
+    async def _mine(self, miner: Miner) -> None:
+        """Keep the miner registered as it wants to be, and close abandoned check sessions."""
+        while not self._stop.is_set():
+            tx = miner.registration_tx(self.network.url)
+            if tx is not None:
+                result = self.node.submit([tx.to_json()])[0]
+                if result["accepted"]:
+                    log.info("miner.register sent (%s)", tx.id[:12])
+                else:
+                    log.warning("miner.register refused: %s", result.get("message"))
+            await miner.reap()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 1.0)
+
     async def run(self) -> None:
         producer = asyncio.create_task(self._produce())
         network = asyncio.create_task(self.network.run())
+        miner = asyncio.create_task(self._mine(self.miner)) if self.miner else None
         try:
             await self.server.serve()
         except SystemExit:
@@ -84,6 +139,9 @@ class NodeService:
             self.network.stop()
             await producer
             await asyncio.gather(network, return_exceptions=True)
+            if miner is not None:
+                await asyncio.gather(miner, return_exceptions=True)
+                self.miner.close()  # type: ignore[union-attr]
             self.node.close()
 
 
@@ -114,8 +172,17 @@ async def serve_all(services: list[NodeService]) -> None:
             raise result
 
 
-def run_foreground(node: Node, host: str, port: int, net: NetOptions | None = None) -> None:
+def run_foreground(
+    node: Node,
+    host: str,
+    port: int,
+    net: NetOptions | None = None,
+    *,
+    mine: MinerOptions | None = None,
+    gateway_wallet: Keypair | None = None,
+) -> None:
     async def main() -> None:
-        await serve_all([NodeService(node, host, port, net)])
+        service = NodeService(node, host, port, net, mine=mine, gateway_wallet=gateway_wallet)
+        await serve_all([service])
 
     asyncio.run(main())

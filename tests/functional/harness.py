@@ -65,7 +65,8 @@ def init_chain(dn_home: Path, allocations: dict[str, int], name: str = "default"
 
 class NodeProcess:
     """`dn node start` as a child process. `args` are extra options for `dn node start`; the
-    node reads its test-only link deny list from `links_file` (see dn.node.net)."""
+    node reads its test-only link deny list from `links_file` (see dn.node.net). `command`
+    replaces `node start` (e.g. `["mine", "--wallet", "m1"]`); `env` adds variables."""
 
     def __init__(
         self,
@@ -73,11 +74,16 @@ class NodeProcess:
         name: str = "default",
         port: int | None = None,
         args: list[str] | None = None,
+        *,
+        command: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.dn_home = dn_home
         self.name = name
         self.port = port or free_port()
         self.args = list(args or [])
+        self.command = list(command or ["node", "start"])
+        self.extra_env = dict(env or {})
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = dn_home / f"{name}-{self.port}.log"
         self.links_file = dn_home / f"links-{name}.json"
@@ -99,6 +105,7 @@ class NodeProcess:
             "DN_HOME": str(self.dn_home),
             "PYTHONUNBUFFERED": "1",
             "DN_TEST_LINKS": str(self.links_file),
+            **self.extra_env,
         }
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
@@ -106,8 +113,7 @@ class NodeProcess:
                     sys.executable,
                     "-m",
                     "dn",
-                    "node",
-                    "start",
+                    *self.command,
                     "--name",
                     self.name,
                     "--port",
@@ -132,15 +138,15 @@ class NodeProcess:
         """SIGINT, then wait; SIGKILL if it does not exit in time. Returns the exit code."""
         if self.proc is None:
             return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
+        proc = self.proc
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(timeout)
+                proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.kill()
-        code = self.proc.returncode
         self.proc = None
-        return code
+        return proc.returncode
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -1,0 +1,419 @@
+"""The miner role: generate answers and check other miners' answers, each ending in a signed
+attestation (DESIGN.md section 7).
+
+Both roles first accept the task the same way: the ticket is signed by its consumer on this
+chain, names the input it is shown, has not expired or been settled, names a model this miner
+holds, and the selection rule at the ticket's reference height picks this miner for the role.
+A miner never works for a task it was not chosen for, so nobody can make it burn its CPU for free
+or collect attestations for a task the chain would refuse.
+
+llama.cpp work runs in worker threads; the node's event loop only moves messages. A check is a
+session over several requests (open, a chunk of tokens at a time, finish) because the tokens come
+from the generator while it is still decoding; a session idle for `idle_s` is closed.
+
+`faults` are for tests only (set through $DN_TEST_MINER_FAULTS, comma-separated): `stall`
+(the generator stops after a few tokens and hangs), `garbage` (it streams token ids that are not
+the model's answer), `wrong-key` (it signs attestations with another key), `check-stall` (the
+checker never answers a chunk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dn.chain import tasks
+from dn.chain.state import MINER, MODEL, TASK
+from dn.chain.types import Tx
+from dn.errors import InvalidTx, TaskError
+from dn.node.node import Node
+from dn.node.taskio import input_hash, normalize_input, render
+from dn.runner.check import Thresholds, TokenValue, commitment
+from dn.runner.llama import CheckSession, Runner
+from dn.runner.modelstore import ModelStore
+from dn.wallet.keys import Keypair
+
+log = logging.getLogger("dn.miner")
+FAULTS_ENV = "DN_TEST_MINER_FAULTS"
+KEEP_VALUES = 1000  # per-token values kept for validators, most recent tasks
+
+
+@dataclass
+class _Job:
+    task: str
+    ticket: dict[str, Any]
+    task_input: dict[str, Any]
+    path: Path
+    generator: str  # the miner the selection rule picked to generate
+
+
+@dataclass
+class _Session:
+    job: _Job
+    check: CheckSession
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    touched: float = field(default_factory=time.monotonic)
+
+
+def faults_from_env() -> frozenset[str]:
+    raw = os.environ.get(FAULTS_ENV, "")
+    return frozenset(f.strip() for f in raw.split(",") if f.strip())
+
+
+@dataclass(frozen=True)
+class MinerOptions:
+    """What `dn mine` asks for: the wallet that bonds and signs, the models to serve (sha256),
+    the bond (default: the genesis minimum) and llama.cpp settings."""
+
+    wallet: Keypair
+    models: tuple[str, ...]
+    bond: int | None = None
+    threads: int | None = None
+    gpu_layers: int | None = None
+    n_ctx: int = 2048
+
+
+class Miner:
+    def __init__(
+        self,
+        node: Node,
+        wallet: Keypair,
+        store: ModelStore,
+        runner: Runner,
+        *,
+        models: tuple[str, ...] = (),
+        bond: int | None = None,
+        idle_s: float = 60.0,
+        faults: frozenset[str] = frozenset(),
+    ) -> None:
+        self.node = node
+        self.wallet = wallet
+        self.models = tuple(sorted(set(models)))  # empty: every live model in the store
+        self.bond = bond
+        self._registering: str | None = None
+        self.store = store
+        self.runner = runner
+        self.idle_s = idle_s
+        self.faults = faults
+        self._signer = Keypair.generate() if "wrong-key" in faults else wallet
+        self._sessions: dict[str, _Session] = {}
+        self.kept: OrderedDict[str, list[list[int]]] = OrderedDict()
+
+    @property
+    def address(self) -> str:
+        return self.wallet.address
+
+    @property
+    def chain_id(self) -> str:
+        return self.node.genesis.chain_id
+
+    def registration(self) -> dict[str, Any] | None:
+        found = self.node.state.get(MINER + self.address)
+        return found if found is not None and found["exited"] is None else None
+
+    def stored_models(self) -> list[str]:
+        """The live models on chain that this miner holds, for a miner started without --model."""
+        live = []
+        for key, record in self.node.state.items():
+            sha = key[len(MODEL) :]
+            if key.startswith(MODEL) and not record["retired"] and self.store.has(sha):
+                live.append(sha)
+        return sorted(live)
+
+    def status(self) -> dict[str, Any]:
+        reg = self.registration()
+        return {
+            "miner": self.address,
+            "registered": reg is not None,
+            "bond": reg["bond"] if reg else 0,
+            "models": reg["models"] if reg else [],
+            "local_models": [m["sha256"] for m in self.store.list()],
+            "sessions": len(self._sessions),
+            "faults": sorted(self.faults),
+        }
+
+    def registration_tx(self, url: str) -> Tx | None:
+        """The `miner.register` this miner still needs (new, or other url or models), unless one
+        is pending already; None when the chain already has it right."""
+        if self._registering is not None and self.node.mempool.get(self._registering) is not None:
+            return None
+        if any(self.node.state.get(MODEL + sha) is None for sha in self.models):
+            return None  # not synced far enough to see the models yet
+        models = list(self.models) or self.stored_models()
+        if not models:
+            return None
+        reg = self.registration()
+        bond = max(
+            self.bond or self.node.genesis.param("miner_min_bond"), reg["bond"] if reg else 0
+        )
+        if reg and reg["url"] == url and reg["models"] == models and reg["bond"] >= bond:
+            return None
+        tx = Tx.create(
+            self.wallet,
+            chain_id=self.chain_id,
+            kind="miner.register",
+            nonce=self.node.mempool.pending_nonce(self.address),
+            fee=self.node.genesis.param("min_fee"),
+            payload={"bond": bond, "url": url, "models": models},
+        )
+        self._registering = tx.id
+        return tx
+
+    # --- accepting a task -----------------------------------------------------------------
+
+    def accept(self, ticket: Any, raw_input: Any, role: str) -> _Job:
+        """Check that this miner should do `role` for this ticket (see the module docstring)."""
+        if not isinstance(ticket, dict):
+            raise TaskError("a task needs a ticket", reason="bad-ticket")
+        try:
+            tasks.verify_ticket(self.chain_id, ticket)
+        except InvalidTx as exc:
+            raise TaskError(exc.message, reason=exc.reason) from None
+        task_input = normalize_input(raw_input)
+        if input_hash(task_input) != ticket["prompt_hash"]:
+            raise TaskError("the input is not the one the ticket names", reason="wrong-input")
+        height = self.node.tip.height
+        if ticket["expiry"] < height + 1:
+            raise TaskError(
+                f"the ticket expired at height {ticket['expiry']}", reason="expired-ticket"
+            )
+        if ticket["ref_height"] > height:
+            raise TaskError(
+                f"the ticket refers to height {ticket['ref_height']}; this miner is at {height}",
+                reason="ahead",
+            )
+        task = tasks.task_id(self.chain_id, ticket)
+        if self.node.state.get(TASK + task) is not None:
+            raise TaskError(f"task {task[:12]}… is settled already", reason="ticket-used")
+        model = ticket["model"]
+        chosen = tasks.select_miners(
+            tasks.eligible_miners(self.node.state, model, ticket["ref_height"]), task
+        )
+        if chosen[0 if role == tasks.GENERATOR else 1] != self.address:
+            raise TaskError(f"this miner is not the task's {role}", reason="not-selected")
+        if not self.store.has(model):
+            raise TaskError(f"this miner does not hold model {model[:12]}…", reason="no-model")
+        return _Job(task, ticket, task_input, self.store.path(model), chosen[0])
+
+    def _attest(self, job: _Job, role: str, tokens: list[int], verdict: str, com: str) -> Any:
+        return tasks.sign_attestation(
+            self.chain_id,
+            self._signer,
+            task=job.task,
+            role=role,
+            output_hash=tasks.output_hash(tokens),
+            tokens=len(tokens),
+            verdict=verdict,
+            commitment=com,
+        )
+
+    # --- generating -----------------------------------------------------------------------
+
+    def generate(self, ticket: Any, raw_input: Any) -> AsyncIterator[dict[str, Any]]:
+        """Accept the task now (errors before any byte is streamed), then stream
+        `{"tokens": [ids], "text"}` events (whatever was decoded since the last one was sent)
+        and `{"done": true, "attestation"}` at the end."""
+        return self._generate(self.accept(ticket, raw_input, tasks.GENERATOR))
+
+    async def _generate(self, job: _Job) -> AsyncIterator[dict[str, Any]]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue()
+        stop = threading.Event()
+
+        def put(item: dict[str, Any] | BaseException | None) -> None:
+            loop.call_soon_threadsafe(queue.put_nowait, item)
+
+        def work() -> None:
+            try:
+                model = self.runner.model(job.path, "generate")
+                prompt = render(model, job.task_input)
+                decoder = model.text_decoder()
+                produced: list[int] = []
+                stream = model.generate(prompt, job.ticket["max_tokens"])
+                try:
+                    for token in stream:
+                        if stop.is_set():
+                            return
+                        if "garbage" in self.faults:
+                            token = (token * 7919 + 13) % model.n_vocab
+                        produced.append(token)
+                        put({"tokens": [token], "text": decoder.piece(token).text})
+                        if "stall" in self.faults and len(produced) == 3:
+                            stop.wait(3600)
+                            return
+                finally:
+                    stream.close()
+                tail = decoder.flush()
+                if tail:
+                    put({"tokens": [], "text": tail})
+                att = self._attest(job, tasks.GENERATOR, produced, tasks.GENERATED, "")
+                put({"done": True, "task": job.task, "attestation": att})
+            except BaseException as exc:  # noqa: BLE001 - handed to the stream's reader
+                put(exc)
+            finally:
+                put(None)
+
+        worker = loop.run_in_executor(None, work)
+        try:
+            ended = False
+            while not ended:
+                items = [await queue.get()]
+                while not queue.empty():  # a slow reader gets tokens in batches, not late
+                    items.append(queue.get_nowait())
+                batch: dict[str, Any] | None = None
+                for item in items:
+                    if item is None:
+                        ended = True
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    if "tokens" not in item:  # the final attestation
+                        if batch is not None:
+                            yield batch
+                            batch = None
+                        yield item
+                        continue
+                    if batch is None:
+                        batch = {"tokens": [], "text": ""}
+                    batch["tokens"] += item["tokens"]
+                    batch["text"] += item["text"]
+                if batch is not None:
+                    yield batch
+        finally:
+            stop.set()
+            await asyncio.shield(worker)
+
+    # --- checking -------------------------------------------------------------------------
+
+    async def check_open(self, ticket: Any, raw_input: Any) -> dict[str, Any]:
+        job = self.accept(ticket, raw_input, tasks.CHECKER)
+        if job.task in self._sessions:
+            raise TaskError("a check of this task is open already", reason="busy")
+        thresholds = Thresholds.from_params(self.node.genesis.param)
+
+        def open_session() -> CheckSession:
+            model = self.runner.model(job.path, "check")
+            session = model.check(
+                render(model, job.task_input), job.ticket["max_tokens"], thresholds
+            )
+            return session.__enter__()
+
+        session = await asyncio.to_thread(open_session)
+        self._sessions[job.task] = _Session(job, session)
+        return {
+            "task": job.task,
+            "checker": self.address,
+            "prompt_tokens": len(session.prompt_tokens),
+        }
+
+    def _session(self, task: str) -> _Session:
+        found = self._sessions.get(task)
+        if found is None:
+            raise TaskError(f"no open check for task {task[:12]}…", reason="no-session")
+        found.touched = time.monotonic()
+        return found
+
+    async def check_feed(self, task: str, offset: int, tokens: list[int]) -> dict[str, Any]:
+        """Score the next chunk; `offset` is the index of its first token (chunks must come in
+        order, none twice)."""
+        current = self._session(task)
+        if "check-stall" in self.faults:
+            while task in self._sessions:  # never answer; give up once the gateway aborts
+                await asyncio.sleep(0.1)
+            raise TaskError("the check was aborted", reason="aborted")
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise TaskError("tokens must be a list of integers", reason="bad-tokens")
+
+        def feed() -> list[TokenValue]:
+            with current.lock:
+                if offset != len(current.check.tokens):
+                    raise TaskError(
+                        f"chunk at {offset}, expected {len(current.check.tokens)}",
+                        reason="out-of-order",
+                    )
+                return current.check.feed(tokens)
+
+        values = await asyncio.to_thread(feed)
+        return {"task": task, "checked": len(current.check.tokens), "values": len(values)}
+
+    async def check_finish(self, task: str, generator_attestation: Any) -> dict[str, Any]:
+        """The verdict and the signed checker attestation. The generator's attestation must name
+        exactly the tokens this checker was fed, or the answer is rejected."""
+        current = self._session(task)
+
+        def finish() -> dict[str, Any]:
+            with current.lock:
+                check = current.check
+                verdict = check.finish()
+                tokens = list(check.tokens)
+                com = commitment(check.values)
+                self.kept[task] = [v.quantized() for v in check.values]
+                while len(self.kept) > KEEP_VALUES:
+                    self.kept.popitem(last=False)
+                check.close()
+            agreed, why = self._matches(current.job, generator_attestation, tokens)
+            ok = verdict.ok and agreed
+            result = (
+                verdict.to_json()
+                if agreed
+                else {**verdict.to_json(), "ok": False, "reason": "attestation", "message": why}
+            )
+            att = self._attest(
+                current.job, tasks.CHECKER, tokens, tasks.CONFIRMED if ok else tasks.REJECTED, com
+            )
+            return {"task": task, "verdict": result, "attestation": att}
+
+        try:
+            return await asyncio.to_thread(finish)
+        finally:
+            self._sessions.pop(task, None)
+
+    def _matches(self, job: _Job, att: Any, tokens: list[int]) -> tuple[bool, str]:
+        if not isinstance(att, dict):
+            return False, "no generator attestation"
+        try:
+            tasks.verify_attestation(self.chain_id, att)
+        except InvalidTx as exc:
+            return False, exc.message
+        if att["miner"] != job.generator:
+            return False, "the attestation is not signed by the task's generator"
+        expected = (job.task, tasks.GENERATOR, tasks.output_hash(tokens), len(tokens))
+        if (att["task"], att["role"], att["output_hash"], att["tokens"]) != expected:
+            return False, "the generator attested to other tokens than the ones checked"
+        return True, ""
+
+    async def check_abort(self, task: str) -> dict[str, Any]:
+        """The gateway gave up on the task (a generator that stalled or lied): free the context."""
+        current = self._sessions.pop(task, None)
+        if current is not None:
+            await asyncio.to_thread(current.check.close)
+        return {"task": task, "closed": current is not None}
+
+    def values(self, task: str) -> list[list[int]]:
+        found = self.kept.get(task)
+        if found is None:
+            raise TaskError(f"no values kept for task {task[:12]}…", reason="no-values")
+        return found
+
+    async def reap(self) -> None:
+        """Close check sessions nobody has fed for `idle_s` (a gateway that went away)."""
+        now = time.monotonic()
+        for task, current in list(self._sessions.items()):
+            if now - current.touched > self.idle_s and not current.lock.locked():
+                self._sessions.pop(task, None)
+                log.info("closing idle check session %s", task[:12])
+                await asyncio.to_thread(current.check.close)
+
+    def close(self) -> None:
+        for current in self._sessions.values():
+            current.check.close()
+        self._sessions.clear()
+        self.runner.close()

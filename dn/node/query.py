@@ -1,0 +1,106 @@
+"""A consumer's side of one paid query, as a library (the CLI's `dn query` is a thin shell on it).
+
+    ticket = make_ticket(client, keypair, "smollm2", {"messages": [...]}, max_tokens=128)
+    for event in stream_query(client, ticket, task_input): ...      # start, token…, done
+    tx = settle_tx(client, keypair, done_event)                      # task.settle, signed
+    client.submit(tx.to_json())
+
+The consumer signs the ticket (what it asks and the most it pays) and, at the end, the
+`task.settle` transaction that carries both miners' attestations; the node it talks to is its
+gateway and never holds its key.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from dn.chain import tasks
+from dn.chain.types import Tx
+from dn.errors import NodeError, TaskError
+from dn.node.client import NodeClient, _error_from
+from dn.node.taskio import input_hash, normalize_input
+from dn.wallet.keys import Keypair
+
+DEFAULT_EXPIRY_BLOCKS = 50
+
+
+def make_ticket(
+    client: NodeClient,
+    keypair: Keypair,
+    model_ref: str,
+    task_input: dict[str, Any],
+    *,
+    max_tokens: int,
+    max_price: int | None = None,
+    expiry_blocks: int = DEFAULT_EXPIRY_BLOCKS,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Sign a ticket for `model_ref` (a name, id or id prefix); `max_price` defaults to what
+    `max_tokens` can cost at the model's price. Returns (ticket, model)."""
+    model = client.model(model_ref)
+    status = client.status()
+    window = client.genesis()["params"].get("ticket_window_blocks", 100)
+    height = status["height"]
+    price = tasks.price_of(model["price"], max_tokens) if max_price is None else max_price
+    ticket = tasks.sign_ticket(
+        status["chain_id"],
+        keypair,
+        model=model["id"],
+        prompt_hash=input_hash(normalize_input(task_input)),
+        max_tokens=max_tokens,
+        seed=0,
+        max_price=price,
+        ref_height=height,
+        nonce=secrets.randbits(62),
+        expiry=height + min(expiry_blocks, window - 1),
+    )
+    return ticket, model
+
+
+def stream_query(
+    client: NodeClient,
+    ticket: dict[str, Any],
+    task_input: dict[str, Any],
+    *,
+    timeout: float = 120.0,
+) -> Iterator[dict[str, Any]]:
+    """The gateway's events for this query; a TaskError (or the node's own error) on failure."""
+    body = {"ticket": ticket, "input": normalize_input(task_input)}
+    try:
+        with httpx.Client(base_url=client.url, timeout=httpx.Timeout(timeout)) as http:
+            with http.stream("POST", "/dn/v1/query", json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise _error_from(response)
+                for line in response.iter_lines():
+                    if not line.strip():
+                        continue
+                    event = json.loads(line)
+                    if event.get("event") == "error":
+                        raise TaskError(
+                            str(event.get("message")), reason=str(event.get("reason", "task"))
+                        )
+                    yield event
+    except httpx.TransportError as exc:
+        raise NodeError(f"lost the gateway at {client.url}: {type(exc).__name__}") from None
+
+
+def settle_tx(client: NodeClient, keypair: Keypair, done: dict[str, Any]) -> Tx:
+    """The `task.settle` transaction for a finished query, signed by `keypair`."""
+    status = client.status()
+    return Tx.create(
+        keypair,
+        chain_id=status["chain_id"],
+        kind="task.settle",
+        nonce=client.account(keypair.address)["next_nonce"],
+        fee=client.genesis()["params"]["min_fee"],
+        payload={
+            "ticket": done["ticket"],
+            "generator": done["generator"],
+            "checker": done["checker"],
+        },
+    )

@@ -1,0 +1,117 @@
+"""A small market on real processes: a validator that is also the gateway, two `dn mine`
+processes serving the real SmolLM2 model, funded wallets, the model registered on chain."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from dn.chain.genesis import Genesis
+from dn.chain.types import Tx
+from dn.node.client import NodeClient
+from dn.runner.modelstore import ModelStore
+from dn.wallet.keys import Keypair
+from dn.wallet.keystore import KDF_FAST, Keystore
+from tests.functional.harness import NodeProcess, make_keys, wait_until, write_genesis
+
+PASSWORD = "market-test"
+PRICE = 2_000_000  # units per 1,000 tokens
+DN = 10**9
+WALLETS = ("creator", "consumer", "poor", "m1", "m2")
+
+
+@dataclass
+class Market:
+    home: Path
+    genesis: Genesis
+    gateway: NodeProcess
+    miners: list[NodeProcess]
+    wallets: dict[str, Keypair]
+    model: str
+
+    def client(self) -> NodeClient:
+        return self.gateway.client()
+
+
+def register_model(
+    gateway: NodeProcess,
+    creator: Keypair,
+    chain_id: str,
+    sha: str,
+    size: int,
+    nonce: int = 0,
+    name: str = "smollm2",
+) -> None:
+    tx = Tx.create(
+        creator,
+        chain_id=chain_id,
+        kind="model.register",
+        nonce=nonce,
+        fee=1_000,
+        payload={
+            "model": sha,
+            "name": name,
+            "domain": "general",
+            "price": PRICE,
+            "license": "Apache-2.0",
+            "size": size,
+        },
+    )
+    with gateway.client() as client:
+        client.submit(tx.to_json())
+        client.wait_for_tx(tx.id, timeout=30)
+
+
+@contextmanager
+def running_market(
+    home: Path,
+    model_file: Path,
+    *,
+    gateway_args: list[str] | None = None,
+    gateway_env: dict[str, str] | None = None,
+    miner_env: dict[str, dict[str, str]] | None = None,
+) -> Iterator[Market]:
+    """Start the market in `home` (its own DN_HOME); stop every process on the way out.
+    `miner_env` gives extra environment per miner name (e.g. test-only faults)."""
+    keystore = Keystore(home / "wallets")
+    wallets = {name: keystore.create(name, PASSWORD, KDF_FAST) for name in WALLETS}
+    validator = make_keys(home, ["gw"])["gw"]
+    allocations = {w.address: 1_000 * DN for n, w in wallets.items() if n != "poor"}
+    allocations[wallets["poor"].address] = 2_000  # can pay a fee, not a query
+    genesis = write_genesis(
+        home,
+        [validator.address],
+        allocations,
+        ["gw", "m1", "m2"],
+        block_time_ms=200,
+        max_block_interval_ms=1000,
+    )
+    store = ModelStore(home / "models")
+    sha = store.add_file(model_file, name="smollm2-135m", source="test")
+    gateway = NodeProcess(home, "gw", None, ["--no-mdns", *(gateway_args or [])], env=gateway_env)
+    miners: list[NodeProcess] = []
+    try:
+        gateway.start()
+        register_model(
+            gateway, wallets["creator"], genesis.chain_id, sha, model_file.stat().st_size
+        )
+        for name in ("m1", "m2"):
+            miner = NodeProcess(
+                home,
+                name,
+                None,
+                ["--no-mdns", "--peer", f"127.0.0.1:{gateway.port}", "--threads", "1"],
+                command=["mine", "--wallet", name, "--model", "smollm2"],
+                env={"DN_PASSWORD": PASSWORD, **(miner_env or {}).get(name, {})},
+            )
+            miners.append(miner)
+            miner.start(timeout=60)
+        market = Market(home, genesis, gateway, miners, wallets, sha)
+        with market.client() as client:
+            wait_until(lambda: len(client.model(sha)["miners"]) == 2, 60, what="two miners")
+        yield market
+    finally:
+        for proc in [*miners, gateway]:
+            proc.stop(timeout=10)

@@ -1,0 +1,227 @@
+"""Paid queries on a real 3-node network: a validator that is also the consumer's gateway, and two
+miners (`dn mine` processes) serving the real SmolLM2 model with llama.cpp.
+
+One module-scoped market keeps the cost of starting processes and loading the model to once.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dn.chain import tasks
+from dn.chain.economics import split_fee
+from dn.errors import InvalidTx, NotFound, TaskError
+from dn.node.client import NodeClient
+from dn.node.query import make_ticket, settle_tx, stream_query
+from tests.functional.harness import wait_until
+from tests.functional.market import PASSWORD, PRICE, Market, running_market
+
+QUESTION = {"messages": [{"role": "user", "content": "Name three colours of the rainbow."}]}
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iterator[Market]:
+    with running_market(tmp_path_factory.mktemp("market"), smollm2_gguf) as running:
+        yield running
+
+
+def ask(
+    market: Market, consumer: str = "consumer", **kwargs: Any
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    with market.client() as client:
+        ticket, _ = make_ticket(
+            client, market.wallets[consumer], "smollm2", QUESTION, **{"max_tokens": 48, **kwargs}
+        )
+        return ticket, list(stream_query(client, ticket, QUESTION))
+
+
+def balances(client: NodeClient, market: Market) -> dict[str, int]:
+    return {n: client.account(w.address)["balance"] for n, w in market.wallets.items()}
+
+
+def test_a_query_streams_is_checked_and_pays_the_split_exactly(market: Market) -> None:
+    with market.client() as client:
+        before = balances(client, market)
+        pool_before = client.status()["supply"]
+    ticket, events = ask(market)
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("token") >= 1
+    assert (
+        sum(len(e["tokens"]) for e in events if e["event"] == "token") == events[-1]["tokens"] >= 4
+    )
+    start, done = events[0], events[-1]
+    assert {start["generator"], start["checker"]} == {
+        market.wallets["m1"].address,
+        market.wallets["m2"].address,
+    }
+    assert done["status"] == "confirmed", done["verdict"]
+    assert "".join(e["text"] for e in events if e["event"] == "token").strip()
+    tokens = done["tokens"]
+    price = PRICE * tokens // 1000
+    assert done["price_units"] == price <= ticket["max_price"]
+
+    consumer = market.wallets["consumer"]
+    with market.client() as client:
+        tx = settle_tx(client, consumer, done)
+        client.submit(tx.to_json())
+        client.wait_for_tx(tx.id, timeout=30)
+        after = balances(client, market)
+        status = client.status()
+    fee = market.genesis.param("min_fee")
+    shares = split_fee(price, market.genesis, {})
+    by_address = {w.address: n for n, w in market.wallets.items()}
+    assert before["consumer"] - after["consumer"] == price + fee
+    assert after["creator"] - before["creator"] == shares["creator"]
+    gen, chk = by_address[start["generator"]], by_address[start["checker"]]
+    assert after[gen] - before[gen] == shares["generator"]
+    assert after[chk] - before[chk] == shares["checker"]
+    assert sum(v for k, v in shares.items() if k != "backers") == price
+    assert status["supply"]["held"] == status["supply"]["created"]
+    assert status["supply"]["burned"] >= pool_before["burned"] + shares["burn"]
+
+    # The same ticket cannot settle twice, even in a new transaction.
+    with market.client() as client:
+        again = settle_tx(client, consumer, done)
+        with pytest.raises(InvalidTx) as refused:
+            client.submit(again.to_json())
+        assert refused.value.reason == "bad-tx" or "settled" in refused.value.message
+
+
+def test_dn_query_streams_to_the_terminal_and_reports_the_payment(market: Market) -> None:
+    env = {"DN_HOME": str(market.home), "DN_PASSWORD": PASSWORD, "DN_NODE": market.gateway.url}
+    import os
+
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dn",
+            "query",
+            "smollm2",
+            "What is two plus two?",
+            "--wallet",
+            "consumer",
+            "--max-tokens",
+            "32",
+        ],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip()
+    assert "confirmed:" in out.stderr and "task " in out.stderr and "DN" in out.stderr
+    as_json = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dn",
+            "--json",
+            "query",
+            "smollm2",
+            "Say hello.",
+            "--wallet",
+            "consumer",
+            "--max-tokens",
+            "16",
+        ],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert as_json.returncode == 0, as_json.stderr
+    import json
+
+    result = json.loads(as_json.stdout)
+    assert result["status"] == "confirmed" and result["settlement"]["status"] == "included"
+    assert result["price_units"] == PRICE * result["tokens"] // 1000
+
+
+def test_bad_queries_fail_clearly_and_cost_nothing(market: Market) -> None:
+    with market.client() as client:
+        before = balances(client, market)
+        # An unknown model.
+        with pytest.raises(NotFound):
+            make_ticket(client, market.wallets["consumer"], "no-such-model", QUESTION, max_tokens=8)
+        # max_price below what max_tokens can cost.
+        ticket, _ = make_ticket(
+            client, market.wallets["consumer"], "smollm2", QUESTION, max_tokens=64, max_price=10
+        )
+        with pytest.raises(TaskError) as low:
+            list(stream_query(client, ticket, QUESTION))
+        assert low.value.reason == "price-too-low"
+        # A consumer who cannot pay.
+        ticket, _ = make_ticket(client, market.wallets["poor"], "smollm2", QUESTION, max_tokens=64)
+        with pytest.raises(TaskError) as poor:
+            list(stream_query(client, ticket, QUESTION))
+        assert poor.value.reason == "cannot-pay"
+        # An expired ticket.
+        ticket, _ = make_ticket(
+            client, market.wallets["consumer"], "smollm2", QUESTION, max_tokens=8, expiry_blocks=0
+        )
+        wait_until(lambda: client.status()["height"] > ticket["expiry"], 10, what="expiry")
+        with pytest.raises(TaskError) as expired:
+            list(stream_query(client, ticket, QUESTION))
+        assert expired.value.reason == "expired-ticket"
+        # A different input than the ticket names.
+        ticket, _ = make_ticket(
+            client, market.wallets["consumer"], "smollm2", QUESTION, max_tokens=8
+        )
+        with pytest.raises(TaskError) as other:
+            list(stream_query(client, ticket, {"prompt": "something else"}))
+        assert other.value.reason == "wrong-input"
+    # A replayed ticket: run once, settle, then run the same ticket again.
+    ticket, events = ask(market, max_tokens=8)
+    with market.client() as client:
+        tx = settle_tx(client, market.wallets["consumer"], events[-1])
+        client.submit(tx.to_json())
+        client.wait_for_tx(tx.id, timeout=30)
+        with pytest.raises(TaskError) as replay:
+            list(stream_query(client, ticket, QUESTION))
+        assert replay.value.reason == "ticket-used"
+        after = balances(client, market)
+    spent = before["consumer"] - after["consumer"]
+    assert spent == events[-1]["price_units"] + market.genesis.param("min_fee")  # only the one paid
+
+
+def test_a_settlement_naming_other_miners_is_refused(market: Market) -> None:
+    ticket, events = ask(market, max_tokens=8)
+    done = events[-1]
+    m1, m2 = market.wallets["m1"], market.wallets["m2"]
+    swapped_gen = tasks.sign_attestation(
+        market.genesis.chain_id,
+        m1 if done["generator"]["miner"] == m2.address else m2,
+        task=done["task"],
+        role="generator",
+        output_hash=done["generator"]["output_hash"],
+        tokens=done["tokens"],
+        verdict="generated",
+        commitment="",
+    )
+    swapped_chk = tasks.sign_attestation(
+        market.genesis.chain_id,
+        m1 if done["checker"]["miner"] == m2.address else m2,
+        task=done["task"],
+        role="checker",
+        output_hash=done["checker"]["output_hash"],
+        tokens=done["tokens"],
+        verdict="confirmed",
+        commitment=done["checker"]["commitment"],
+    )
+    with market.client() as client:
+        tx = settle_tx(
+            client,
+            market.wallets["consumer"],
+            {**done, "generator": swapped_gen, "checker": swapped_chk},
+        )
+        with pytest.raises(InvalidTx) as refused:
+            client.submit(tx.to_json())
+    assert refused.value.reason == "wrong-miners"

@@ -1,0 +1,150 @@
+"""Miners that misbehave, switched on by the test-only $DN_TEST_MINER_FAULTS, and models nobody
+(or only one miner) serves: every case ends with a clear error or a rejected answer, and the
+consumer never pays for a bad answer."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dn.chain import tasks
+from dn.chain.types import Tx
+from dn.errors import TaskError
+from dn.node.query import settle_tx, stream_query
+from dn.node.taskio import input_hash
+from tests.functional.harness import wait_until
+from tests.functional.market import Market, register_model, running_market
+
+QUESTION = {"messages": [{"role": "user", "content": "Say something about the sea."}]}
+TIMEOUT_S = "3"
+
+
+@pytest.fixture(scope="module")
+def market(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iterator[Market]:
+    with running_market(
+        tmp_path_factory.mktemp("faults"),
+        smollm2_gguf,
+        gateway_env={"DN_TASK_TIMEOUT_S": TIMEOUT_S},
+    ) as running:
+        yield running
+
+
+def ticket_for(market: Market, role: str, miner: str, model: str | None = None) -> dict[str, Any]:
+    """A consumer ticket whose task puts `miner` in `role` (tickets differ by nonce; the
+    selection rule is public, so a test can look for one)."""
+    with market.client() as client:
+        height = client.status()["height"]
+    chain_id = market.genesis.chain_id
+    sha = model or market.model
+    eligible = [market.wallets[n].address for n in ("m1", "m2")]
+    for _ in range(200):
+        ticket = tasks.sign_ticket(
+            chain_id,
+            market.wallets["consumer"],
+            model=sha,
+            prompt_hash=input_hash(QUESTION),
+            max_tokens=24,
+            seed=0,
+            max_price=10**9,
+            ref_height=height,
+            nonce=secrets.randbits(62),
+            expiry=height + 50,
+        )
+        chosen = tasks.select_miners(eligible, tasks.task_id(chain_id, ticket))
+        if chosen[0 if role == "generator" else 1] == market.wallets[miner].address:
+            return ticket
+    raise AssertionError("no ticket found")
+
+
+def restart_m1(market: Market, faults: str) -> None:
+    miner = market.miners[0]
+    miner.stop()
+    miner.extra_env["DN_TEST_MINER_FAULTS"] = faults
+    miner.start(timeout=60)
+
+
+def consumer_balance(market: Market) -> int:
+    with market.client() as client:
+        return int(client.account(market.wallets["consumer"].address)["balance"])
+
+
+@pytest.mark.parametrize(
+    ("faults", "role", "reason"),
+    [
+        ("stall", "generator", "miner-timeout"),
+        ("check-stall", "checker", "miner-timeout"),
+        ("wrong-key", "generator", "miner-lied"),
+        ("wrong-key", "checker", "miner-lied"),
+    ],
+)
+def test_a_miner_that_stalls_or_signs_wrongly_ends_the_query_unpaid(
+    market: Market, faults: str, role: str, reason: str
+) -> None:
+    restart_m1(market, faults)
+    before = consumer_balance(market)
+    ticket = ticket_for(market, role, "m1")
+    with market.client() as client, pytest.raises(TaskError) as failed:
+        list(stream_query(client, ticket, QUESTION))
+    assert failed.value.reason == reason, failed.value.message
+    assert consumer_balance(market) == before
+
+
+def test_a_generator_answering_garbage_is_rejected_and_not_charged(market: Market) -> None:
+    restart_m1(market, "garbage")
+    ticket = ticket_for(market, "generator", "m1")
+    with market.client() as client:
+        events = list(stream_query(client, ticket, QUESTION))
+        done = events[-1]
+        assert done["status"] == "rejected" and done["price_units"] == 0
+        assert done["verdict"]["reason"] in {"rank", "gap", "top1", "mean-gap", "bad-token"}
+        before = consumer_balance(market)
+        tx = settle_tx(client, market.wallets["consumer"], done)  # recorded for the validators
+        client.submit(tx.to_json())
+        client.wait_for_tx(tx.id, timeout=30)
+        record = client.task(done["task"])
+    assert record["status"] == "rejected" and record["paid"] == 0
+    assert consumer_balance(market) == before - market.genesis.param("min_fee")
+
+
+def test_models_served_by_nobody_or_by_one_miner_are_refused(market: Market) -> None:
+    restart_m1(market, "")
+    chain_id = market.genesis.chain_id
+    creator = market.wallets["creator"]
+    lonely, empty = "ab" * 32, "cd" * 32
+    with market.client() as client:
+        nonce = client.account(creator.address)["next_nonce"]
+    register_model(market.gateway, creator, chain_id, empty, 1000, nonce=nonce, name="empty")
+    register_model(market.gateway, creator, chain_id, lonely, 1000, nonce=nonce + 1, name="lonely")
+    one_miner = Tx.create(
+        creator,
+        chain_id=chain_id,
+        kind="miner.register",
+        nonce=nonce + 2,
+        fee=1_000,
+        payload={"bond": 10 * 10**9, "url": "http://127.0.0.1:9", "models": [lonely]},
+    )
+    with market.client() as client:
+        client.submit(one_miner.to_json())
+        client.wait_for_tx(one_miner.id, timeout=30)
+        wait_until(lambda: client.status()["height"] > client.tx(one_miner.id)["height"], 10)
+        for sha, reason in ((empty, "no-miner"), (lonely, "one-miner")):
+            height = client.status()["height"]
+            ticket = tasks.sign_ticket(
+                chain_id,
+                market.wallets["consumer"],
+                model=sha,
+                prompt_hash=input_hash(QUESTION),
+                max_tokens=8,
+                seed=0,
+                max_price=10**9,
+                ref_height=height,
+                nonce=1,
+                expiry=height + 20,
+            )
+            with pytest.raises(TaskError) as refused:
+                list(stream_query(client, ticket, QUESTION))
+            assert refused.value.reason == reason
