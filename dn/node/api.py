@@ -142,7 +142,9 @@ def create_app(
 
     @app.get("/dn/v1/status")
     async def status() -> dict[str, Any]:
-        return node.status()
+        if miner is None:
+            return node.status()
+        return {**node.status(), "miner": miner.status()}
 
     @app.get("/dn/v1/genesis")
     async def genesis() -> dict[str, Any]:

@@ -121,6 +121,10 @@ class NodeService:
                 else:
                     log.warning("miner.register refused: %s", result.get("message"))
             await miner.reap()
+            try:
+                await asyncio.to_thread(miner.warm)
+            except DNError as exc:  # a model that will not load: its tasks will say so
+                log.warning("could not load a served model: %s", exc.message)
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 1.0)
 

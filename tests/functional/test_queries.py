@@ -45,6 +45,24 @@ def balances(client: NodeClient, market: Market) -> dict[str, int]:
     return {n: client.account(w.address)["balance"] for n, w in market.wallets.items()}
 
 
+def test_miners_load_their_models_in_both_roles_before_the_first_task(market: Market) -> None:
+    """First in this module: no task has run yet, so only the miner's warm-up can load them."""
+    wanted = {(market.model, "generate"), (market.model, "check")}
+    for miner in market.miners:
+        with miner.client() as client:
+            wait_until(
+                lambda c=client: (
+                    {  # type: ignore[misc]
+                        (m["model"], m["role"]) for m in c.status()["miner"]["loaded"]
+                    }
+                    == wanted
+                ),
+                30,
+                what="models loaded",
+            )
+            assert client.status()["miner"]["sessions"] == 0
+
+
 def test_a_query_streams_is_checked_and_pays_the_split_exactly(market: Market) -> None:
     with market.client() as client:
         before = balances(client, market)
