@@ -163,7 +163,11 @@ class LoadedModel:
     # --- evaluation ----------------------------------------------------------------------
 
     def _reset(self) -> None:
-        self.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+        self._truncate(0)
+
+    def _truncate(self, position: int) -> None:
+        """Forget the KV cache from `position` on (0: everything)."""
+        self.llm._ctx.kv_cache_seq_rm(-1, position, -1)
 
     def _decode(self, tokens: Sequence[int], n_past: int, *, all_rows: bool) -> np.ndarray:
         """Run `tokens` at positions n_past…; return the logits of every position (all_rows) or

@@ -1,0 +1,181 @@
+"""Closing a PoWR epoch: `dn.powr.consensus.close_epoch` on 100 validators x 100 models.
+
+Every validator reveals a quality score for every model (an honest value plus noise, and a few
+validators that score at random), each model has a creator, 4 miners with confirmed tokens and 5
+backers, and the whole epoch is closed: medians, clipping, agreement, scores, the emission split
+and every credit. The inputs are built before the clock starts (they come from the chain state);
+the clock times `close_epoch` alone, the median of `--runs` runs.
+
+The baseline, timed in the same run, is the least any implementation must do: per model, sort
+its (score, stake) pairs and walk them to the stake-weighted median. `ratio = close_epoch /
+baseline` says what the rest (checks, clipping, agreement, rewards) costs on top.
+
+Target: close_epoch <= 1 s (the state machine runs it inside one block). Numbers are printed,
+never asserted.
+
+    .venv/bin/python bench/epoch.py [--validators N] [--models N] [--runs N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dn.encoding import UNITS_PER_DN
+from dn.powr.consensus import PPM, EpochInputs, EpochParams, ModelEpoch, close_epoch
+
+TARGET_S = 1.0
+MINERS_PER_MODEL = 4
+BACKERS_PER_MODEL = 5
+RANDOM_VALIDATORS = 5  # validators that reveal noise instead of measurements
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def name(kind: str, i: int) -> str:
+    """An address-shaped (dn1…, 62 characters) or hash-shaped (64 hex) identifier."""
+    digest = hashlib.sha256(f"{kind}{i}".encode()).hexdigest()
+    return digest if kind == "model" else "dn1" + digest[:59]
+
+
+def build_inputs(validators: int, models: int, seed: int) -> EpochInputs:
+    rnd = random.Random(seed)
+    stakes = {
+        name("validator", i): rnd.randrange(1, 10_000) * UNITS_PER_DN for i in range(validators)
+    }
+    model_ids = [name("model", i) for i in range(models)]
+    people = [name("person", i) for i in range(4 * models)]
+    truth = {m: rnd.randrange(PPM + 1) for m in model_ids}
+    scores: dict[str, dict[str, int]] = {}
+    for i, validator in enumerate(sorted(stakes)):
+        if i < RANDOM_VALIDATORS:
+            scores[validator] = {m: rnd.randrange(PPM + 1) for m in model_ids}
+        else:
+            scores[validator] = {
+                m: min(PPM, max(0, q + rnd.randrange(-80_000, 80_001))) for m, q in truth.items()
+            }
+    info = {}
+    for m in model_ids:
+        tasks = rnd.randrange(0, 500)
+        info[m] = ModelEpoch(
+            creator=rnd.choice(people),
+            tasks=tasks,
+            confirmed=rnd.randrange(tasks + 1),
+            paid_tokens=rnd.randrange(0, 1_000_000),
+            miners={p: rnd.randrange(1, 100_000) for p in rnd.sample(people, MINERS_PER_MODEL)},
+            backers={
+                p: rnd.randrange(1, 1000) * UNITS_PER_DN
+                for p in rnd.sample(people, BACKERS_PER_MODEL)
+            },
+        )
+    return EpochInputs(epoch=7, scores=scores, validator_stakes=stakes, models=info)
+
+
+def baseline(inputs: EpochInputs) -> int:
+    """Per model, sort the (score, stake) pairs and walk them to the weighted median."""
+    stakes = inputs.validator_stakes
+    by_model: dict[str, list[tuple[int, int]]] = {}
+    for validator, revealed in inputs.scores.items():
+        for model, score in revealed.items():
+            by_model.setdefault(model, []).append((score, stakes[validator]))
+    checksum = 0
+    for pairs in by_model.values():
+        pairs.sort()
+        half = sum(stake for _, stake in pairs)
+        running = 0
+        for score, stake in pairs:
+            running += stake
+            if 2 * running >= half:
+                checksum += score
+                break
+    return checksum
+
+
+def timed(fn: Callable[[], object], runs: int) -> list[float]:
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    say(f"building {args.validators} validators x {args.models} models ...")
+    inputs = build_inputs(args.validators, args.models, args.seed)
+    params = EpochParams()
+    result = close_epoch(inputs, params)
+    if result.paid + result.unpaid != result.emission:
+        raise SystemExit("close_epoch lost units: paid + unpaid != emission")
+    say(f"timing {args.runs} runs of each ...")
+    close_times = timed(lambda: close_epoch(inputs, params), args.runs)
+    base_times = timed(lambda: baseline(inputs), args.runs)
+    close_s, base_s = statistics.median(close_times), statistics.median(base_times)
+    return {
+        "validators": args.validators,
+        "models": args.models,
+        "scores": sum(len(s) for s in inputs.scores.values()),
+        "miners_per_model": MINERS_PER_MODEL,
+        "backers_per_model": BACKERS_PER_MODEL,
+        "credits": len(result.credits),
+        "runs": args.runs,
+        "close_epoch_s": close_s,
+        "close_epoch_s_runs": close_times,
+        "baseline_s": base_s,
+        "baseline_s_runs": base_times,
+        "ratio_to_baseline": close_s / base_s,
+        "target_s": TARGET_S,
+        "ratio_to_target": close_s / TARGET_S,
+        "meets_target": close_s <= TARGET_S,
+    }
+
+
+def render(r: dict[str, Any]) -> str:
+    verdict = "PASS" if r["meets_target"] else "MISS"
+    return "\n".join(
+        [
+            f"PoWR epoch close: {r['validators']} validators x {r['models']} models "
+            f"({r['scores']:,} scores, {r['miners_per_model']} miners and "
+            f"{r['backers_per_model']} backers per model, {r['credits']:,} credits); "
+            f"median of {r['runs']} runs",
+            "",
+            f"  close_epoch   {r['close_epoch_s'] * 1000:>9.1f} ms",
+            f"  baseline      {r['baseline_s'] * 1000:>9.1f} ms   sort each model's scores to "
+            "its weighted median",
+            f"  ratio         {r['ratio_to_baseline']:>9.1f}x  close_epoch / baseline",
+            "",
+            f"  target  close_epoch <= {r['target_s']:.0f} s   {r['close_epoch_s']:.3f} s "
+            f"({r['ratio_to_target']:.3f} of the target)   {verdict}",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--validators", type=int, default=100)
+    parser.add_argument("--models", type=int, default=100)
+    parser.add_argument("--runs", type=int, default=7, help="timed runs (plus one warm-up)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    args = parser.parse_args(argv)
+    if args.validators < 1 or args.models < 1 or args.runs < 1:
+        parser.error("--validators, --models and --runs must be at least 1")
+    if args.validators <= RANDOM_VALIDATORS:
+        parser.error(f"--validators must be more than {RANDOM_VALIDATORS}")
+    results = run(args)
+    print(json.dumps(results, indent=2) if args.json else render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

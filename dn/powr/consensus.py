@@ -1,0 +1,573 @@
+"""PoWR consensus at an epoch boundary (DESIGN.md section 8), as pure integer arithmetic.
+
+No I/O, no clock, no floats: every number that reaches the chain state is an integer, so every
+node computes the same rewards to the unit. Scores are parts per million (`PPM` = 1,000,000 is a
+perfect score), shares are basis points (`BPS` = 10,000), money is in units (1 DN = 10^9).
+`close_epoch` is the one entry point the state machine calls; the pieces below it are public so
+that the CLI and tests can show and check each step.
+
+What validators reveal. Each validator reveals, per model, the quality q it measured with the
+benchmark suites. Success and demand are not revealed: the chain saw them itself, so there is
+nothing to disagree about, and the formula is applied once, to the consensus quality.
+
+1. Consensus quality (`clip`). Per model, the consensus median M is the stake-weighted median of
+   the revealed q (`weighted_median`: the *lower* weighted median, the smallest revealed value
+   at or below which sits at least half the stake). Each validator's q is clipped into
+   [M - band, M + band] (`powr_clip_band_ppm`) in both directions, so a validator can neither
+   inflate a friend's model nor bury a rival's by more than the band. The model's quality is
+   the stake-weighted mean of the clipped scores, rounded down; with band 0 it is the median.
+   Bound, tested: if validators holding more than half of the stake reveal the same h for a
+   model, any other validators together holding stake share W move its quality at most
+   ceil(W x band) away from h, whatever they reveal (an unclipped mean: W x PPM).
+   Only validators in the epoch's set with a positive stake count; a model that none of them
+   scored has no consensus and quality 0.
+
+2. Score (`powr_score`), the one formula:
+
+       score = q * (W_Q * PPM + W_S * s + W_D * d) // (BPS * PPM)
+       W_Q = 5,000   W_S = 2,500   W_D = 2,500   (basis points, summing to 10,000)
+       s = (confirmed + 1) * PPM // (tasks + 2)       (`success_ppm`)
+       d = paid tokens of the model * PPM // paid tokens of all models   (`demand_ppm`)
+
+   s is Laplace's rule of succession: a model with no tasks gets the neutral 50 %, and the
+   evidence of real tasks takes over as they accumulate (one failed task does not zero it).
+   Properties, tested: the score never falls when q, s or d rises; q = 0 gives 0; score <= q;
+   a model with no tasks keeps 5/8 of its quality (q * 0.625), so it still earns.
+
+3. Agreement (`agreement`). With span = `powr_agreement_span_ppm`, over the n models that have
+   a consensus median M_m, validator v with raw revealed score r_vm gets
+
+       agreement_v = sum_m max(0, span - |r_vm - M_m|) * PPM // (span * n)
+
+   in [0, PPM]: full marks for revealing the median, falling linearly to nothing at `span`
+   away. A model it did not score counts as 0 (skipping hard models does not pay), and a
+   validator in the set that revealed nothing is *missing*: agreement 0.
+
+4. Emission (`epoch_emission`, `split_emission`). E(epoch) = initial >> (epoch // halving), so
+   it halves every `powr_halving_epochs` epochs and reaches 0; all epochs together emit less
+   than 2 * initial * halving. The validator pot, E * `powr_validator_share_bps` // BPS, goes
+   to validators by stake x agreement; the rest goes to models by score. A model's part is
+   split by `powr_creator_share_bps`, `powr_miner_share_bps`, `powr_backer_share_bps` (summing
+   to 10,000); the miners' part by confirmed tokens served in the epoch and the backers' part by
+   stake. A part with nobody to take it goes to the creator, as in `dn.chain.economics`: no
+   backers, or no miner that served a token (reasons `creator-backers-share`,
+   `creator-miners-share`).
+
+Remainders. Every division is by `apportion`: Hamilton's largest-remainder method, whose parts
+sum exactly to the whole, each within one unit of its exact proportional share; leftover units
+go to the largest remainders, ties to the smaller key (address or model id). So the credits of
+an epoch sum to its emission to the unit. The only exception is a pot with nobody to receive it
+at all (no validator with stake x agreement > 0; no model with a score > 0): it is `unpaid`,
+and the state machine should not mint it (emitted supply grows by `EpochResult.paid` only).
+Always: sum(credits) + unpaid == emission.
+
+Everything is ordered by address or model id, never by the order of a mapping, and scaling
+every validator stake (or every backer stake, or every miner's tokens) by the same positive
+factor changes no result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from dn.encoding import MAX_AMOUNT, UNITS_PER_DN
+from dn.errors import InputError
+
+PPM = 1_000_000  # a perfect score
+BPS = 10_000  # basis points in a whole (as dn.chain.genesis.BPS)
+
+# The score formula's weights (basis points, summing to BPS): fixed here, in one place.
+SCORE_WEIGHT_QUALITY_BPS = 5_000
+SCORE_WEIGHT_SUCCESS_BPS = 2_500
+SCORE_WEIGHT_DEMAND_BPS = 2_500
+
+# The genesis parameters this module reads: name: (default, minimum, maximum), in the format of
+# dn.chain.genesis.PARAMS. Across parameters, the shares of a model's reward sum to BPS and the
+# emission of all epochs, under 2 * powr_epoch_emission * powr_halving_epochs, must leave the
+# supply below 2^63 units.
+POWR_PARAMS: dict[str, tuple[int, int, int]] = {
+    "powr_epoch_emission": (50 * UNITS_PER_DN, 0, MAX_AMOUNT),  # units minted in epochs 0, 1, …
+    "powr_halving_epochs": (10_000, 1, 1_000_000_000),  # … halved every this many epochs
+    "powr_validator_share_bps": (2_000, 0, BPS),  # of the emission, to validators
+    "powr_creator_share_bps": (3_000, 0, BPS),  # of a model's part, to its creator
+    "powr_miner_share_bps": (5_000, 0, BPS),  # … to its miners by confirmed tokens served
+    "powr_backer_share_bps": (2_000, 0, BPS),  # … to its backers by stake (the creator if none)
+    "powr_clip_band_ppm": (100_000, 0, PPM),  # scores clipped to the median ± this
+    "powr_agreement_span_ppm": (200_000, 1, PPM),  # agreement reaches 0 this far from the median
+}
+
+REASON_VALIDATOR = "validator"
+REASON_CREATOR = "creator"
+REASON_MINER = "miner"
+REASON_BACKER = "backer"
+REASON_CREATOR_MINERS = "creator-miners-share"  # no miner served a token: the creator takes it
+REASON_CREATOR_BACKERS = "creator-backers-share"  # the model has no backers: the creator takes it
+
+
+def _check_int(value: object, low: int, high: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InputError(f"{what} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+# --- parameters -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EpochParams:
+    """The economic parameters of an epoch; field `x` is genesis parameter `powr_x`."""
+
+    epoch_emission: int = POWR_PARAMS["powr_epoch_emission"][0]
+    halving_epochs: int = POWR_PARAMS["powr_halving_epochs"][0]
+    validator_share_bps: int = POWR_PARAMS["powr_validator_share_bps"][0]
+    creator_share_bps: int = POWR_PARAMS["powr_creator_share_bps"][0]
+    miner_share_bps: int = POWR_PARAMS["powr_miner_share_bps"][0]
+    backer_share_bps: int = POWR_PARAMS["powr_backer_share_bps"][0]
+    clip_band_ppm: int = POWR_PARAMS["powr_clip_band_ppm"][0]
+    agreement_span_ppm: int = POWR_PARAMS["powr_agreement_span_ppm"][0]
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _, low, high = POWR_PARAMS[f"powr_{f.name}"]
+            _check_int(getattr(self, f.name), low, high, f"powr_{f.name}")
+        shares = self.creator_share_bps + self.miner_share_bps + self.backer_share_bps
+        if shares != BPS:
+            raise InputError(
+                "powr_creator_share_bps + powr_miner_share_bps + powr_backer_share_bps must "
+                f"sum to {BPS} basis points, got {shares}"
+            )
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, int]) -> EpochParams:
+        """From a genesis params mapping (`Genesis.params`); defaults for names it lacks."""
+        return cls(
+            **{
+                f.name: params.get(f"powr_{f.name}", POWR_PARAMS[f"powr_{f.name}"][0])
+                for f in fields(cls)
+            }
+        )
+
+
+# --- the score ----------------------------------------------------------------------------------
+
+
+def success_ppm(confirmed: int, tasks: int) -> int:
+    """Task success s by Laplace's rule of succession, (confirmed + 1) / (tasks + 2) in PPM:
+    500,000 for a model with no tasks, the observed rate as tasks accumulate."""
+    _check_int(tasks, 0, MAX_AMOUNT, "tasks")
+    _check_int(confirmed, 0, tasks, "confirmed tasks")
+    return (confirmed + 1) * PPM // (tasks + 2)
+
+
+def demand_ppm(tokens: int, total_tokens: int) -> int:
+    """Demand d: the model's share of the epoch's paid tokens in PPM (0 when nothing was paid)."""
+    _check_int(total_tokens, 0, MAX_AMOUNT, "total paid tokens")
+    _check_int(tokens, 0, total_tokens, "paid tokens")
+    return tokens * PPM // total_tokens if total_tokens else 0
+
+
+def powr_score(quality_ppm: int, success_ppm: int, demand_ppm: int) -> int:
+    """The PoWR score in PPM: q * (W_Q * PPM + W_S * s + W_D * d) // (BPS * PPM).
+
+    Non-decreasing in each argument, 0 when q is 0, never above q. `success_ppm` should come from
+    `success_ppm()` so that a model without tasks gets the neutral value."""
+    q = _check_int(quality_ppm, 0, PPM, "quality")
+    s = _check_int(success_ppm, 0, PPM, "success")
+    d = _check_int(demand_ppm, 0, PPM, "demand")
+    mix = (
+        SCORE_WEIGHT_QUALITY_BPS * PPM + SCORE_WEIGHT_SUCCESS_BPS * s + SCORE_WEIGHT_DEMAND_BPS * d
+    )
+    return q * mix // (BPS * PPM)
+
+
+# --- medians, clipping, agreement ----------------------------------------------------------------
+
+
+def weighted_median(values_and_stakes: Iterable[tuple[int, int]]) -> int:
+    """The lower stake-weighted median: the smallest value v such that the values <= v hold at
+    least half of the total stake. Entries with stake 0 are ignored; the order of the entries
+    does not matter, nor does scaling every stake by the same factor. The result is always one
+    of the values. InputError for a negative stake or no positive stake at all."""
+    pairs = []
+    for value, stake in values_and_stakes:
+        if stake < 0:
+            raise InputError(f"stakes must not be negative, got {stake}")
+        if stake:
+            pairs.append((value, stake))
+    total = sum(stake for _, stake in pairs)
+    if total == 0:
+        raise InputError("a weighted median needs some positive stake")
+    pairs.sort()
+    running = 0
+    for value, stake in pairs:
+        running += stake
+        if 2 * running >= total:
+            return value
+    raise AssertionError("unreachable: the running stake reaches the total")
+
+
+@dataclass(frozen=True)
+class ClippedScore:
+    """One validator's revealed score for one model, before and after clipping."""
+
+    validator: str
+    stake: int
+    raw_ppm: int
+    clipped_ppm: int
+
+
+@dataclass(frozen=True)
+class ModelConsensus:
+    """The consensus on one model's quality: the median of the raw scores, and the quality, the
+    stake-weighted mean of the clipped scores (rounded down)."""
+
+    model: str
+    median_ppm: int
+    quality_ppm: int
+    scores: tuple[ClippedScore, ...]  # by validator address
+
+
+def clip(
+    scores_by_validator: Mapping[str, Mapping[str, int]],
+    stakes: Mapping[str, int],
+    band_ppm: int,
+) -> dict[str, ModelConsensus]:
+    """Per model (sorted by id): the stake-weighted median of the revealed scores, each score
+    clipped into [median - band, median + band] and the stake-weighted mean of those.
+
+    `scores_by_validator` is {validator: {model: score in PPM}}; only validators with a positive
+    stake in `stakes` count. Models that no such validator scored are left out."""
+    _check_int(band_ppm, 0, PPM, "the clip band")
+    by_model: dict[str, list[tuple[str, int, int]]] = {}
+    for validator in sorted(scores_by_validator):
+        stake = _check_int(stakes.get(validator, 0), 0, MAX_AMOUNT, f"stake of {validator}")
+        if not stake:
+            continue
+        for model, raw in scores_by_validator[validator].items():
+            _check_int(raw, 0, PPM, f"score of {validator} for {model}")
+            by_model.setdefault(model, []).append((validator, stake, raw))
+    out: dict[str, ModelConsensus] = {}
+    for model in sorted(by_model):
+        entries = by_model[model]  # in validator order: the outer loop is sorted
+        median = weighted_median((raw, stake) for _, stake, raw in entries)
+        low, high = max(0, median - band_ppm), min(PPM, median + band_ppm)
+        scores = tuple(
+            ClippedScore(validator, stake, raw, min(max(raw, low), high))
+            for validator, stake, raw in entries
+        )
+        total = sum(s.stake for s in scores)
+        quality = sum(s.stake * s.clipped_ppm for s in scores) // total
+        out[model] = ModelConsensus(model, median, quality, scores)
+    return out
+
+
+def agreement(
+    scores_by_validator: Mapping[str, Mapping[str, int]],
+    consensus: Mapping[str, ModelConsensus],
+    validators: Iterable[str],
+    span_ppm: int,
+) -> dict[str, int]:
+    """Each validator's agreement with consensus in [0, PPM] (by address):
+    sum over the models of `consensus` of max(0, span - |raw - median|) * PPM // (span * n).
+    A model it did not score counts as 0; a validator that revealed nothing gets 0."""
+    _check_int(span_ppm, 1, PPM, "the agreement span")
+    n = len(consensus)
+    out: dict[str, int] = {}
+    for validator in sorted(validators):
+        revealed = scores_by_validator.get(validator) or {}
+        close = 0
+        for model, found in consensus.items():
+            raw = revealed.get(model)
+            if raw is not None:
+                _check_int(raw, 0, PPM, f"score of {validator} for {model}")
+                close += max(0, span_ppm - abs(raw - found.median_ppm))
+        out[validator] = close * PPM // (span_ppm * n) if n else 0
+    return out
+
+
+# --- emission ---------------------------------------------------------------------------------
+
+
+def epoch_emission(epoch: int, initial: int, halving_epochs: int) -> int:
+    """Units minted for `epoch` (0, 1, …): `initial`, halved (rounding down) every
+    `halving_epochs` epochs, so eventually 0. All epochs together emit less than
+    2 * initial * halving_epochs."""
+    _check_int(epoch, 0, MAX_AMOUNT, "epoch")
+    _check_int(initial, 0, MAX_AMOUNT, "initial emission")
+    _check_int(halving_epochs, 1, MAX_AMOUNT, "halving epochs")
+    return initial >> (epoch // halving_epochs)
+
+
+def apportion(total: int, weights: Mapping[str, int]) -> dict[str, int]:
+    """Split `total` units in proportion to `weights` (key -> non-negative integer), exactly.
+
+    Hamilton's largest-remainder method: each key with a positive weight gets the floor of its
+    share, and the units left over (fewer than the number of keys) go one each to the largest
+    remainders, ties to the smaller key. The parts sum to `total` and each is within one unit
+    of its exact share. Keys with weight 0 are left out; {} when no weight is positive (nobody
+    can receive). Keys come back sorted."""
+    _check_int(total, 0, MAX_AMOUNT, "amount to split")
+    items = []
+    for key in sorted(weights):
+        weight = weights[key]
+        if weight < 0:
+            raise InputError(f"weight of {key} must not be negative, got {weight}")
+        if weight:
+            items.append((key, weight))
+    whole = sum(weight for _, weight in items)
+    if not whole:
+        return {}
+    parts: dict[str, int] = {}
+    remainders = []
+    for key, weight in items:
+        part, remainder = divmod(total * weight, whole)
+        parts[key] = part
+        remainders.append((-remainder, key))
+    remainders.sort()
+    for _, key in remainders[: total - sum(parts.values())]:
+        parts[key] += 1
+    return parts
+
+
+@dataclass(frozen=True)
+class ModelEpoch:
+    """What the chain saw of one model in the epoch."""
+
+    creator: str
+    tasks: int = 0  # tasks that ended in the epoch, confirmed or rejected
+    confirmed: int = 0  # of those, confirmed
+    paid_tokens: int = 0  # output tokens consumers paid for
+    miners: Mapping[str, int] = field(default_factory=dict)  # miner -> confirmed tokens served
+    backers: Mapping[str, int] = field(default_factory=dict)  # backer -> stake on the model
+
+    def check(self, model: str) -> None:
+        success_ppm(self.confirmed, self.tasks)
+        _check_int(self.paid_tokens, 0, MAX_AMOUNT, f"paid tokens of {model}")
+        for miner, tokens in self.miners.items():
+            _check_int(tokens, 0, MAX_AMOUNT, f"tokens served by {miner} for {model}")
+        for backer, stake in self.backers.items():
+            _check_int(stake, 0, MAX_AMOUNT, f"stake of {backer} on {model}")
+
+
+@dataclass(frozen=True)
+class Credit:
+    """Units paid to `address` for `reason`; `model` is the model that earned it (None for a
+    validator's share)."""
+
+    address: str
+    amount: int
+    reason: str
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class EmissionSplit:
+    credits: tuple[Credit, ...]
+    unpaid: int  # no one to receive it: not minted
+
+
+def _model_credits(model: str, amount: int, info: ModelEpoch, params: EpochParams) -> list[Credit]:
+    roles = apportion(
+        amount,
+        {
+            "creator": params.creator_share_bps,
+            "miners": params.miner_share_bps,
+            "backers": params.backer_share_bps,
+        },
+    )
+    out = [Credit(info.creator, roles.get("creator", 0), REASON_CREATOR, model)]
+    for role, holders, reason, fallback in (
+        ("miners", info.miners, REASON_MINER, REASON_CREATOR_MINERS),
+        ("backers", info.backers, REASON_BACKER, REASON_CREATOR_BACKERS),
+    ):
+        pot = roles.get(role, 0)
+        paid = apportion(pot, holders)
+        if paid:
+            out += [Credit(address, part, reason, model) for address, part in paid.items()]
+        else:
+            out.append(Credit(info.creator, pot, fallback, model))
+    return [credit for credit in out if credit.amount]
+
+
+def split_emission(
+    emission: int,
+    validator_weights: Mapping[str, int],
+    model_scores: Mapping[str, int],
+    models: Mapping[str, ModelEpoch],
+    params: EpochParams,
+) -> EmissionSplit:
+    """Split `emission` units: E * validator_share // BPS to validators by `validator_weights`
+    (stake x agreement), the rest to models by `model_scores` and, within each model, to its
+    creator, miners and backers. Credits with 0 units are left out; a pot that no one can
+    receive is unpaid. sum(credits) + unpaid == emission."""
+    validator_pot = emission * params.validator_share_bps // BPS
+    model_pot = emission - validator_pot
+    credits: list[Credit] = []
+    unpaid = 0
+    paid = apportion(validator_pot, validator_weights)
+    if not paid:
+        unpaid += validator_pot
+    credits += [Credit(a, part, REASON_VALIDATOR) for a, part in paid.items() if part]
+    shares = apportion(model_pot, model_scores)
+    if not shares:
+        unpaid += model_pot
+    for model, part in shares.items():
+        credits += _model_credits(model, part, models[model], params)
+    return EmissionSplit(tuple(credits), unpaid)
+
+
+# --- the epoch ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EpochInputs:
+    """Everything an epoch's close needs, as the chain holds it at the boundary."""
+
+    epoch: int
+    # {validator: {model: quality in PPM}}, the reveals that arrived in time
+    scores: Mapping[str, Mapping[str, int]]
+    # the validator set of the epoch: address -> stake (bond and delegations)
+    validator_stakes: Mapping[str, int]
+    # every model of the epoch: model id -> what the chain saw of it
+    models: Mapping[str, ModelEpoch]
+
+
+@dataclass(frozen=True)
+class ModelResult:
+    model: str
+    creator: str
+    median_ppm: int | None  # None: no validator with stake scored it
+    quality_ppm: int
+    success_ppm: int
+    demand_ppm: int
+    score_ppm: int
+    reward: int  # the model's part of the emission: creator, miners and backers together
+    scores: tuple[ClippedScore, ...]
+
+
+@dataclass(frozen=True)
+class ValidatorResult:
+    address: str
+    stake: int
+    revealed: bool  # False: missing, agreement 0
+    agreement_ppm: int
+    reward: int
+
+
+@dataclass(frozen=True)
+class EpochResult:
+    epoch: int
+    emission: int
+    models: tuple[ModelResult, ...]  # by model id
+    validators: tuple[ValidatorResult, ...]  # by address
+    credits: tuple[Credit, ...]  # validators by address, then models by id
+    unpaid: int  # not minted; paid + unpaid == emission
+
+    @property
+    def paid(self) -> int:
+        return sum(credit.amount for credit in self.credits)
+
+    @property
+    def missing(self) -> tuple[str, ...]:
+        """Validators of the set that revealed nothing (or too late)."""
+        return tuple(v.address for v in self.validators if not v.revealed)
+
+    def to_json(self) -> dict[str, Any]:
+        """Integers, strings, booleans and None only: what `--json` and the HTTP API show."""
+        return {
+            "epoch": self.epoch,
+            "emission": self.emission,
+            "paid": self.paid,
+            "unpaid": self.unpaid,
+            "missing": list(self.missing),
+            "models": [
+                {
+                    "model": m.model,
+                    "creator": m.creator,
+                    "median_ppm": m.median_ppm,
+                    "quality_ppm": m.quality_ppm,
+                    "success_ppm": m.success_ppm,
+                    "demand_ppm": m.demand_ppm,
+                    "score_ppm": m.score_ppm,
+                    "reward": m.reward,
+                    "scores": [asdict(s) for s in m.scores],
+                }
+                for m in self.models
+            ],
+            "validators": [asdict(v) for v in self.validators],
+            "credits": [asdict(c) for c in self.credits],
+        }
+
+
+def close_epoch(inputs: EpochInputs, params: EpochParams) -> EpochResult:
+    """The PoWR outcome of an epoch: consensus quality, score and reward of every model,
+    agreement and reward of every validator, and every credit. Pure and deterministic.
+
+    Reveals from addresses outside `validator_stakes` and scores for models outside `models` are
+    ignored. InputError for any number out of range."""
+    _check_int(inputs.epoch, 0, MAX_AMOUNT, "epoch")
+    stakes = {
+        v: _check_int(stake, 0, MAX_AMOUNT, f"stake of validator {v}")
+        for v, stake in sorted(inputs.validator_stakes.items())
+    }
+    for model, info in inputs.models.items():
+        info.check(model)
+    scores = {
+        validator: {m: raw for m, raw in revealed.items() if m in inputs.models}
+        for validator, revealed in inputs.scores.items()
+        if validator in stakes
+    }
+
+    consensus = clip(scores, stakes, params.clip_band_ppm)
+    agreements = agreement(scores, consensus, stakes, params.agreement_span_ppm)
+
+    total_tokens = sum(info.paid_tokens for info in inputs.models.values())
+    quality, success, demand, score = {}, {}, {}, {}
+    for model in sorted(inputs.models):
+        info = inputs.models[model]
+        found = consensus.get(model)
+        quality[model] = found.quality_ppm if found else 0
+        success[model] = success_ppm(info.confirmed, info.tasks)
+        demand[model] = demand_ppm(info.paid_tokens, total_tokens)
+        score[model] = powr_score(quality[model], success[model], demand[model])
+
+    emission = epoch_emission(inputs.epoch, params.epoch_emission, params.halving_epochs)
+    weights = {v: stake * agreements[v] for v, stake in stakes.items()}
+    split = split_emission(emission, weights, score, inputs.models, params)
+
+    validator_reward: dict[str, int] = {}
+    model_reward: dict[str, int] = {}
+    for credit in split.credits:
+        if credit.model is None:
+            validator_reward[credit.address] = (
+                validator_reward.get(credit.address, 0) + credit.amount
+            )
+        else:
+            model_reward[credit.model] = model_reward.get(credit.model, 0) + credit.amount
+    models = tuple(
+        ModelResult(
+            model=model,
+            creator=inputs.models[model].creator,
+            median_ppm=consensus[model].median_ppm if model in consensus else None,
+            quality_ppm=quality[model],
+            success_ppm=success[model],
+            demand_ppm=demand[model],
+            score_ppm=score[model],
+            reward=model_reward.get(model, 0),
+            scores=consensus[model].scores if model in consensus else (),
+        )
+        for model in sorted(inputs.models)
+    )
+    validators = tuple(
+        ValidatorResult(
+            address=v,
+            stake=stake,
+            revealed=v in scores,
+            agreement_ppm=agreements[v],
+            reward=validator_reward.get(v, 0),
+        )
+        for v, stake in stakes.items()
+    )
+    return EpochResult(inputs.epoch, emission, models, validators, split.credits, split.unpaid)

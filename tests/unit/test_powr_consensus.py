@@ -1,0 +1,691 @@
+"""PoWR consensus math: the score formula, the weighted median, clipping, agreement, emission and
+the exact split of an epoch's rewards (dn/powr/consensus.py).
+
+The property tests state what a user relies on: a minority cannot move a model's score by more
+than its clipped share, every unit of an epoch's emission is accounted for, and nothing depends
+on the scale of stakes or the order of a mapping. The example tests pin hand-computed numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Callable, Mapping
+from fractions import Fraction
+from typing import TypeVar
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dn.errors import InputError
+from dn.powr.consensus import (
+    BPS,
+    POWR_PARAMS,
+    PPM,
+    REASON_BACKER,
+    REASON_CREATOR,
+    REASON_CREATOR_BACKERS,
+    REASON_CREATOR_MINERS,
+    REASON_MINER,
+    REASON_VALIDATOR,
+    Credit,
+    EpochInputs,
+    EpochParams,
+    EpochResult,
+    ModelEpoch,
+    agreement,
+    apportion,
+    clip,
+    close_epoch,
+    demand_ppm,
+    epoch_emission,
+    powr_score,
+    split_emission,
+    success_ppm,
+    weighted_median,
+)
+
+VALIDATORS = [f"val{i}" for i in range(8)]
+MODELS = [f"model{i}" for i in range(6)]
+PEOPLE = [f"person{i}" for i in range(6)]
+
+ppms = st.integers(min_value=0, max_value=PPM)
+stakes_st = st.integers(min_value=1, max_value=10**12)  # times a factor <= 10**6: < 2^63
+factors = st.integers(min_value=2, max_value=10**6)
+
+
+# --- the score formula ------------------------------------------------------------------------
+
+
+def test_score_examples() -> None:
+    # 800,000 * (0.5 + 0.25 * 0.9 + 0.25 * 0.2) = 800,000 * 0.775
+    assert powr_score(800_000, 900_000, 200_000) == 620_000
+    assert powr_score(PPM, PPM, PPM) == PPM
+    assert powr_score(PPM, 0, 0) == 500_000
+    assert powr_score(0, PPM, PPM) == 0
+    assert powr_score(3, 0, 0) == 1  # rounded down
+
+
+def test_success_and_demand_examples() -> None:
+    assert success_ppm(0, 0) == 500_000  # no tasks: neutral
+    assert success_ppm(0, 1) == 333_333  # one failed task does not zero it
+    assert success_ppm(1, 1) == 666_666
+    assert success_ppm(8, 10) == 750_000
+    assert success_ppm(1000, 1000) == 999_001
+    assert demand_ppm(0, 0) == 0
+    assert demand_ppm(1, 3) == 333_333
+    assert demand_ppm(5, 5) == PPM
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: powr_score(PPM + 1, 0, 0),
+        lambda: powr_score(-1, 0, 0),
+        lambda: powr_score(1, PPM + 1, 0),
+        lambda: powr_score(1, 0, -1),
+        lambda: powr_score(True, 0, 0),
+        lambda: success_ppm(3, 2),
+        lambda: success_ppm(-1, 2),
+        lambda: demand_ppm(4, 3),
+    ],
+)
+def test_score_inputs_out_of_range_are_refused(call: Callable[[], int]) -> None:
+    with pytest.raises(InputError):
+        call()
+
+
+@settings(max_examples=300, deadline=None)
+@given(ppms, ppms, ppms, ppms, st.sampled_from(["q", "s", "d"]))
+def test_score_never_falls_when_one_input_rises(
+    q: int, s: int, d: int, other: int, which: str
+) -> None:
+    low = {"q": q, "s": s, "d": d}
+    high = dict(low)
+    low[which], high[which] = sorted((low[which], other))
+    assert powr_score(low["q"], low["s"], low["d"]) <= powr_score(high["q"], high["s"], high["d"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(ppms, ppms, ppms)
+def test_score_is_zero_without_quality_and_never_above_it(q: int, s: int, d: int) -> None:
+    assert powr_score(0, s, d) == 0
+    assert 0 <= powr_score(q, s, d) <= q
+
+
+@settings(max_examples=200, deadline=None)
+@given(ppms)
+def test_a_model_without_tasks_earns_from_quality(q: int) -> None:
+    score = powr_score(q, success_ppm(0, 0), demand_ppm(0, 1000))
+    assert score == q * 5 // 8  # q * (0.5 + 0.25 * 0.5)
+    if q >= 2:
+        assert score > 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 10_000), st.integers(0, 10_000))
+def test_success_rises_with_confirmed_tasks(confirmed: int, extra: int) -> None:
+    tasks = confirmed + extra
+    assert success_ppm(confirmed, tasks) <= success_ppm(confirmed + 1, tasks + 1)
+    assert success_ppm(confirmed, tasks + 1) <= success_ppm(confirmed, tasks)  # one more failure
+
+
+# --- the weighted median ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pairs", "median"),
+    [
+        ([(10, 1), (20, 1)], 10),  # an even split: the lower one
+        ([(10, 1), (20, 2)], 20),
+        ([(10, 2), (20, 1)], 10),
+        ([(30, 1), (10, 1), (20, 1)], 20),
+        ([(5, 0), (10, 1)], 10),  # stake 0 does not count
+        ([(7, 4), (7, 1), (1, 4)], 7),
+        ([(1, 3), (2, 1), (3, 1), (4, 1)], 1),  # 3 of 6 at or below 1: half is enough
+    ],
+)
+def test_weighted_median_examples(pairs: list[tuple[int, int]], median: int) -> None:
+    assert weighted_median(pairs) == median
+
+
+def test_weighted_median_needs_positive_stake() -> None:
+    with pytest.raises(InputError, match="positive stake"):
+        weighted_median([])
+    with pytest.raises(InputError, match="positive stake"):
+        weighted_median([(5, 0)])
+    with pytest.raises(InputError, match="negative"):
+        weighted_median([(5, 2), (6, -1)])
+
+
+pairs_st = st.lists(st.tuples(ppms, st.integers(0, 10**12)), min_size=1, max_size=12).filter(
+    lambda pairs: any(stake for _, stake in pairs)
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(pairs_st, st.randoms(use_true_random=False), factors)
+def test_weighted_median_is_the_lower_median_whatever_the_order_or_scale(
+    pairs: list[tuple[int, int]], rnd: random.Random, factor: int
+) -> None:
+    median = weighted_median(pairs)
+    total = sum(stake for _, stake in pairs)
+    below = sum(stake for value, stake in pairs if value < median)
+    at_or_below = sum(stake for value, stake in pairs if value <= median)
+    assert median in {value for value, stake in pairs if stake}
+    assert 2 * below < total <= 2 * at_or_below  # the defining property, lower of any tie
+    shuffled = list(pairs)
+    rnd.shuffle(shuffled)
+    assert weighted_median(shuffled) == median
+    assert weighted_median((value, stake * factor) for value, stake in pairs) == median
+
+
+# --- clipping ---------------------------------------------------------------------------------
+
+EXAMPLE_SCORES = {
+    "A": {"m1": 800_000, "m2": 600_000},
+    "B": {"m1": 700_000, "m2": 600_000},
+    "C": {"m1": 100_000, "m2": 650_000},
+}
+EXAMPLE_STAKES = {"A": 3, "B": 1, "C": 1, "D": 5}
+
+
+def test_clip_example() -> None:
+    found = clip(EXAMPLE_SCORES, EXAMPLE_STAKES, 100_000)
+    assert list(found) == ["m1", "m2"]
+    m1, m2 = found["m1"], found["m2"]
+    # m1: 100k (stake 1), 700k (1), 800k (3): half of 5 is first reached at 800k
+    assert m1.median_ppm == 800_000
+    assert [(s.validator, s.raw_ppm, s.clipped_ppm) for s in m1.scores] == [
+        ("A", 800_000, 800_000),
+        ("B", 700_000, 700_000),
+        ("C", 100_000, 700_000),  # the outlier, clipped up to the band
+    ]
+    assert m1.quality_ppm == (3 * 800_000 + 700_000 + 700_000) // 5 == 760_000  # unclipped: 640k
+    assert m2.median_ppm == 600_000
+    assert m2.quality_ppm == (3 * 600_000 + 600_000 + 650_000) // 5 == 610_000
+
+
+def test_clip_works_in_both_directions() -> None:
+    stakes = {"h1": 1, "h2": 1, "h3": 1, "x": 1}
+    up = clip(
+        {"h1": {"m": 500_000}, "h2": {"m": 500_000}, "h3": {"m": 500_000}, "x": {"m": PPM}},
+        stakes,
+        50_000,
+    )
+    down = clip(
+        {"h1": {"m": 500_000}, "h2": {"m": 500_000}, "h3": {"m": 500_000}, "x": {"m": 0}},
+        stakes,
+        50_000,
+    )
+    assert up["m"].scores[-1].clipped_ppm == 550_000
+    assert up["m"].quality_ppm == 512_500
+    assert down["m"].scores[-1].clipped_ppm == 450_000
+    assert down["m"].quality_ppm == 487_500
+
+
+def test_clip_ignores_validators_without_stake() -> None:
+    scores = {"A": {"m": 400_000}, "B": {"m": 900_000}, "ghost": {"m": 0, "other": 5}}
+    found = clip(scores, {"A": 1, "B": 0}, 100_000)
+    assert list(found) == ["m"]
+    assert [s.validator for s in found["m"].scores] == ["A"]
+    assert found["m"].quality_ppm == 400_000
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(stakes_st, min_size=1, max_size=8), ppms, ppms)
+def test_equal_scores_give_that_score(stakes: list[int], score: int, band: int) -> None:
+    names = VALIDATORS[: len(stakes)]
+    found = clip({v: {"m": score} for v in names}, dict(zip(names, stakes, strict=True)), band)
+    assert found["m"].median_ppm == score
+    assert found["m"].quality_ppm == score
+    assert all(s.clipped_ppm == score for s in found["m"].scores)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(stakes_st, min_size=1, max_size=4),
+    st.lists(st.tuples(stakes_st, ppms), min_size=1, max_size=4),
+    ppms,
+    ppms,
+)
+def test_a_minority_moves_the_score_at_most_its_clipped_share(
+    honest: list[int], others: list[tuple[int, int]], h: int, band: int
+) -> None:
+    """The bound: when validators holding more than half of the stake reveal h, validators
+    holding stake S_C of the total S move the model's quality at most ceil(S_C * band / S)
+    away from h, whatever they reveal (an unclipped mean could be moved S_C * PPM / S)."""
+    outsider_stake = sum(stake for stake, _ in others)
+    if sum(honest) <= outsider_stake:
+        honest = [*honest, outsider_stake - sum(honest) + 1]  # make the honest side a majority
+    names = [f"honest{i}" for i in range(len(honest))] + [f"other{i}" for i in range(len(others))]
+    stake_list = honest + [stake for stake, _ in others]
+    score_list = [h] * len(honest) + [score for _, score in others]
+    found = clip(
+        {v: {"m": r} for v, r in zip(names, score_list, strict=True)},
+        dict(zip(names, stake_list, strict=True)),
+        band,
+    )["m"]
+    total = sum(stake_list)
+    assert found.median_ppm == h
+    bound = -(-outsider_stake * band // total)  # ceil
+    assert abs(found.quality_ppm - h) <= bound
+    # and the bound is what they get by pushing as far as they can
+    if all(score == PPM for _, score in others) and h + band <= PPM:
+        assert found.quality_ppm == h + outsider_stake * band // total
+    if all(score == 0 for _, score in others) and h - band >= 0:
+        assert found.quality_ppm == (total * h - outsider_stake * band) // total
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(stakes_st, ppms), min_size=1, max_size=10), ppms, factors)
+def test_clipped_scores_stay_near_the_median(
+    entries: list[tuple[int, int]], band: int, factor: int
+) -> None:
+    names = VALIDATORS[: len(entries)] + [f"extra{i}" for i in range(len(entries))]
+    scores = {names[i]: {"m": raw} for i, (_, raw) in enumerate(entries)}
+    stakes = {names[i]: stake for i, (stake, _) in enumerate(entries)}
+    found = clip(scores, stakes, band)["m"]
+    median = found.median_ppm
+    raws = [raw for _, raw in entries]
+    for s in found.scores:
+        assert abs(s.clipped_ppm - median) <= band
+        assert min(s.raw_ppm, median) <= s.clipped_ppm <= max(s.raw_ppm, median)
+    assert abs(found.quality_ppm - median) <= band
+    assert min(raws) <= found.quality_ppm <= max(raws)
+    if band == 0:
+        assert found.quality_ppm == median
+    scaled = clip(scores, {v: stake * factor for v, stake in stakes.items()}, band)["m"]
+    assert (scaled.median_ppm, scaled.quality_ppm) == (median, found.quality_ppm)
+    assert [s.clipped_ppm for s in scaled.scores] == [s.clipped_ppm for s in found.scores]
+
+
+# --- agreement --------------------------------------------------------------------------------
+
+
+def test_agreement_example() -> None:
+    found = clip(EXAMPLE_SCORES, EXAMPLE_STAKES, 100_000)
+    got = agreement(EXAMPLE_SCORES, found, EXAMPLE_STAKES, 200_000)
+    # A: at both medians; B: 100k off on m1 (half marks), on m2's median;
+    # C: 700k off on m1 (nothing), 50k off on m2 (3/4); D revealed nothing
+    assert got == {"A": PPM, "B": 750_000, "C": 375_000, "D": 0}
+
+
+def test_agreement_counts_an_unscored_model_as_zero() -> None:
+    scores = {"A": {"m1": 500_000, "m2": 500_000}, "B": {"m1": 500_000}}
+    found = clip(scores, {"A": 1, "B": 1}, 0)
+    assert agreement(scores, found, ["A", "B"], 100_000) == {"A": PPM, "B": 500_000}
+    assert agreement(scores, {}, ["A", "B"], 100_000) == {"A": 0, "B": 0}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(VALIDATORS), st.dictionaries(st.sampled_from(MODELS), ppms), min_size=1
+    ),
+    st.integers(1, PPM),
+)
+def test_agreement_is_within_bounds(scores: dict[str, dict[str, int]], span: int) -> None:
+    stakes = dict.fromkeys(VALIDATORS, 1)
+    found = clip(scores, stakes, 0)
+    got = agreement(scores, found, stakes, span)
+    assert all(0 <= value <= PPM for value in got.values())
+    for v in VALIDATORS:
+        if v not in scores:
+            assert got[v] == 0
+        elif found and all(scores[v].get(m) == c.median_ppm for m, c in found.items()):
+            assert got[v] == PPM
+
+
+# --- emission ---------------------------------------------------------------------------------
+
+
+def test_emission_examples() -> None:
+    assert epoch_emission(0, 1000, 10) == 1000
+    assert epoch_emission(9, 1000, 10) == 1000
+    assert epoch_emission(10, 1000, 10) == 500
+    assert epoch_emission(25, 1000, 10) == 250
+    assert epoch_emission(99, 1000, 10) == 1  # 1000 >> 9
+    assert epoch_emission(100, 1000, 10) == 0
+    assert epoch_emission(10**15, 2**63 - 1, 1) == 0
+    with pytest.raises(InputError):
+        epoch_emission(0, 1000, 0)
+    with pytest.raises(InputError):
+        epoch_emission(-1, 1000, 10)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(0, 2**63 - 1), st.integers(1, 50), st.integers(0, 5000))
+def test_halving_schedule(initial: int, halving: int, epoch: int) -> None:
+    now = epoch_emission(epoch, initial, halving)
+    assert epoch_emission(epoch + 1, initial, halving) <= now
+    assert epoch_emission(epoch + halving, initial, halving) == now // 2
+    assert epoch_emission(halving * initial.bit_length(), initial, halving) == 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 10**12), st.integers(1, 20))
+def test_all_epochs_emit_less_than_twice_a_halving_period(initial: int, halving: int) -> None:
+    total = sum(
+        epoch_emission(e, initial, halving) for e in range(halving * (initial.bit_length() + 1))
+    )
+    assert initial * halving <= total < 2 * initial * halving
+
+
+# --- apportioning -----------------------------------------------------------------------------
+
+
+def test_apportion_examples() -> None:
+    assert apportion(10, {"c": 1, "a": 1, "b": 1}) == {"a": 4, "b": 3, "c": 3}  # ties: lower key
+    assert apportion(1, {"b": 1, "a": 1}) == {"a": 1, "b": 0}
+    assert apportion(7, {"x": 2, "y": 5}) == {"x": 2, "y": 5}
+    assert apportion(10, {"x": 1, "y": 2}) == {"x": 3, "y": 7}  # 3.33 and 6.67
+    assert apportion(5, {"x": 0, "y": 3}) == {"y": 5}
+    assert apportion(5, {"x": 0}) == {}
+    assert apportion(0, {"x": 1}) == {"x": 0}
+    with pytest.raises(InputError):
+        apportion(5, {"x": -1, "y": 3})
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(0, 2**63 - 1),
+    st.dictionaries(st.sampled_from(PEOPLE), st.integers(0, 10**15), min_size=1),
+    factors,
+)
+def test_apportion_is_exact_and_fair(total: int, weights: dict[str, int], factor: int) -> None:
+    parts = apportion(total, weights)
+    whole = sum(weights.values())
+    if whole == 0:
+        assert parts == {}
+        return
+    assert sum(parts.values()) == total
+    assert set(parts) == {k for k, w in weights.items() if w}
+    for key, part in parts.items():
+        assert abs(Fraction(part) - Fraction(total * weights[key], whole)) < 1
+    assert apportion(total, {k: w * factor for k, w in weights.items()}) == parts
+    assert apportion(total, dict(reversed(list(weights.items())))) == parts
+
+
+# --- whole epochs -----------------------------------------------------------------------------
+
+EXAMPLE_MODELS = {
+    "m1": ModelEpoch(
+        creator="K1",
+        tasks=10,
+        confirmed=8,
+        paid_tokens=3000,
+        miners={"X": 2000, "Y": 1000},
+        backers={"P": 1},
+    ),
+    "m2": ModelEpoch(creator="K2"),  # no tasks, no miners served, no backers
+}
+
+
+def test_close_epoch_example() -> None:
+    result = close_epoch(
+        EpochInputs(0, EXAMPLE_SCORES, EXAMPLE_STAKES, EXAMPLE_MODELS),
+        EpochParams(epoch_emission=1_000_000),
+    )
+    assert result.emission == 1_000_000
+    assert result.unpaid == 0
+    assert result.paid == 1_000_000
+    assert result.missing == ("D",)
+    m1, m2 = result.models
+    # m1: q 760,000; s = 9/12; d = 1 -> 760,000 * 0.9375
+    assert (m1.quality_ppm, m1.success_ppm, m1.demand_ppm, m1.score_ppm) == (
+        760_000,
+        750_000,
+        PPM,
+        712_500,
+    )
+    # m2: q 610,000; no tasks: s = 1/2, d = 0 -> 610,000 * 0.625
+    assert (m2.quality_ppm, m2.success_ppm, m2.demand_ppm, m2.score_ppm) == (
+        610_000,
+        500_000,
+        0,
+        381_250,
+    )
+    # 800,000 for models: 521,142.86 and 278,857.14; the leftover unit to m1
+    assert (m1.reward, m2.reward) == (521_143, 278_857)
+    assert [(v.address, v.agreement_ppm, v.reward) for v in result.validators] == [
+        # 200,000 by stake x agreement 3,000,000 : 750,000 : 375,000 (floors 145,454, 36,363,
+        # 18,181; the two leftover units to the largest remainders, C's .82 and B's .64)
+        ("A", PPM, 145_454),
+        ("B", 750_000, 36_364),
+        ("C", 375_000, 18_182),
+        ("D", 0, 0),
+    ]
+    assert result.credits == (
+        Credit("A", 145_454, REASON_VALIDATOR),
+        Credit("B", 36_364, REASON_VALIDATOR),
+        Credit("C", 18_182, REASON_VALIDATOR),
+        # 521,143: creator 156,342.9, miners 260,571.5, backers 104,228.6 -> +1 creator, backers
+        Credit("K1", 156_343, REASON_CREATOR, "m1"),
+        Credit("X", 173_714, REASON_MINER, "m1"),
+        Credit("Y", 86_857, REASON_MINER, "m1"),
+        Credit("P", 104_229, REASON_BACKER, "m1"),
+        # 278,857: creator 83,657.1, miners 139,428.5, backers 55,771.4 -> +1 miners; the
+        # miners' and backers' parts go to the creator, who stands behind the model alone
+        Credit("K2", 83_657, REASON_CREATOR, "m2"),
+        Credit("K2", 139_429, REASON_CREATOR_MINERS, "m2"),
+        Credit("K2", 55_771, REASON_CREATOR_BACKERS, "m2"),
+    )
+    doc = result.to_json()
+    assert doc["missing"] == ["D"]
+    assert doc["models"][0]["scores"][2] == {
+        "validator": "C",
+        "stake": 1,
+        "raw_ppm": 100_000,
+        "clipped_ppm": 700_000,
+    }
+    assert doc["credits"][-1] == {
+        "address": "K2",
+        "amount": 55_771,
+        "reason": REASON_CREATOR_BACKERS,
+        "model": "m2",
+    }
+
+
+def test_an_epoch_with_nobody_to_pay_leaves_it_all_unpaid() -> None:
+    params = EpochParams(epoch_emission=1_000)
+    nobody = close_epoch(EpochInputs(0, {}, {}, {}), params)
+    assert (nobody.emission, nobody.unpaid, nobody.credits) == (1_000, 1_000, ())
+    silent = close_epoch(EpochInputs(0, {}, {"A": 5}, EXAMPLE_MODELS), params)
+    assert (silent.unpaid, silent.credits, silent.missing) == (1_000, (), ("A",))
+    assert all(m.median_ppm is None and m.score_ppm == 0 for m in silent.models)
+
+
+def test_validators_who_score_every_model_zero_do_not_take_the_models_pot() -> None:
+    scores = {"A": {"m1": 0, "m2": 0}}
+    result = close_epoch(
+        EpochInputs(0, scores, {"A": 1}, EXAMPLE_MODELS), EpochParams(epoch_emission=1_000)
+    )
+    assert result.credits == (Credit("A", 200, REASON_VALIDATOR),)
+    assert result.unpaid == 800
+
+
+def test_reveals_from_outsiders_and_for_unknown_models_are_ignored() -> None:
+    base = close_epoch(
+        EpochInputs(3, EXAMPLE_SCORES, EXAMPLE_STAKES, EXAMPLE_MODELS), EpochParams()
+    )
+    noisy = {
+        **{v: {**s, "m9": 0} for v, s in EXAMPLE_SCORES.items()},
+        "outsider": {"m1": 0, "m2": 0},
+    }
+    assert close_epoch(EpochInputs(3, noisy, EXAMPLE_STAKES, EXAMPLE_MODELS), EpochParams()) == base
+
+
+def test_emission_halves_at_the_halving_epoch() -> None:
+    params = EpochParams(epoch_emission=1_000, halving_epochs=4)
+    run = [
+        close_epoch(EpochInputs(e, EXAMPLE_SCORES, EXAMPLE_STAKES, EXAMPLE_MODELS), params)
+        for e in (3, 4)
+    ]
+    assert [r.emission for r in run] == [1_000, 500]
+    assert [r.paid for r in run] == [1_000, 500]
+
+
+def test_params_are_checked_and_read_from_genesis_names() -> None:
+    assert EpochParams.from_params({}) == EpochParams()
+    assert EpochParams.from_params({"powr_clip_band_ppm": 7, "block_time_ms": 5}).clip_band_ppm == 7
+    assert (
+        EpochParams().creator_share_bps
+        + EpochParams().miner_share_bps
+        + EpochParams().backer_share_bps
+        == BPS
+    )
+    with pytest.raises(InputError, match="sum to 10000"):
+        EpochParams(creator_share_bps=3_001)
+    with pytest.raises(InputError, match="powr_agreement_span_ppm"):
+        EpochParams(agreement_span_ppm=0)
+    for name, (default, low, high) in POWR_PARAMS.items():
+        assert low <= default <= high, name
+
+
+@st.composite
+def epochs(draw: st.DrawFn) -> tuple[EpochInputs, EpochParams]:
+    validators = draw(st.lists(st.sampled_from(VALIDATORS), unique=True, max_size=6))
+    stakes = {v: draw(st.integers(0, 10**12)) for v in validators}
+    model_ids = draw(st.lists(st.sampled_from(MODELS), unique=True, max_size=5))
+    models = {}
+    for model in model_ids:
+        tasks = draw(st.integers(0, 50))
+        models[model] = ModelEpoch(
+            creator=draw(st.sampled_from(PEOPLE)),
+            tasks=tasks,
+            confirmed=draw(st.integers(0, tasks)),
+            paid_tokens=draw(st.integers(0, 10**6)),
+            miners=draw(
+                st.dictionaries(st.sampled_from(PEOPLE), st.integers(0, 10**6), max_size=4)
+            ),
+            backers=draw(
+                st.dictionaries(st.sampled_from(PEOPLE), st.integers(0, 10**12), max_size=4)
+            ),
+        )
+    revealers = draw(st.lists(st.sampled_from([*validators, "outsider"]), unique=True))
+    scores = {
+        v: draw(st.dictionaries(st.sampled_from([*model_ids, "unknown"]), ppms)) for v in revealers
+    }
+    creator = draw(st.integers(0, BPS))
+    miners = draw(st.integers(0, BPS - creator))
+    params = EpochParams(
+        epoch_emission=draw(st.integers(0, 10**18)),
+        halving_epochs=draw(st.integers(1, 50)),
+        validator_share_bps=draw(st.integers(0, BPS)),
+        creator_share_bps=creator,
+        miner_share_bps=miners,
+        backer_share_bps=BPS - creator - miners,
+        clip_band_ppm=draw(ppms),
+        agreement_span_ppm=draw(st.integers(1, PPM)),
+    )
+    return EpochInputs(draw(st.integers(0, 200)), scores, stakes, models), params
+
+
+def _unstaked(result: EpochResult) -> tuple[object, ...]:
+    """The result without the stakes themselves (which a scaling test changes on purpose)."""
+    return (
+        result.emission,
+        result.unpaid,
+        result.credits,
+        tuple((v.address, v.revealed, v.agreement_ppm, v.reward) for v in result.validators),
+        tuple(
+            (
+                m.model,
+                m.median_ppm,
+                m.quality_ppm,
+                m.score_ppm,
+                m.reward,
+                tuple((s.validator, s.raw_ppm, s.clipped_ppm) for s in m.scores),
+            )
+            for m in result.models
+        ),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(epochs())
+def test_the_rewards_of_an_epoch_sum_exactly_to_its_emission(
+    case: tuple[EpochInputs, EpochParams],
+) -> None:
+    inputs, params = case
+    result = close_epoch(inputs, params)
+    assert result.emission == epoch_emission(
+        inputs.epoch, params.epoch_emission, params.halving_epochs
+    )
+    assert result.paid + result.unpaid == result.emission
+    assert all(credit.amount > 0 for credit in result.credits)
+    assert sum(m.reward for m in result.models) + sum(v.reward for v in result.validators) == (
+        result.paid
+    )
+    assert all(v.reward == 0 for v in result.validators if not v.revealed)
+    assert all(m.reward == 0 for m in result.models if m.score_ppm == 0)
+    validator_pot = result.emission * params.validator_share_bps // BPS
+    if any(v.stake * v.agreement_ppm for v in result.validators):
+        assert sum(v.reward for v in result.validators) == validator_pot
+    if any(m.score_ppm for m in result.models):
+        assert sum(m.reward for m in result.models) == result.emission - validator_pot
+    else:
+        assert result.unpaid >= result.emission - validator_pot
+
+
+@settings(max_examples=200, deadline=None)
+@given(epochs(), factors)
+def test_scaling_every_stake_by_one_factor_changes_nothing(
+    case: tuple[EpochInputs, EpochParams], factor: int
+) -> None:
+    inputs, params = case
+    scaled = dataclasses.replace(
+        inputs,
+        validator_stakes={v: s * factor for v, s in inputs.validator_stakes.items()},
+        models={
+            m: dataclasses.replace(
+                info,
+                backers={b: s * factor for b, s in info.backers.items()},
+                miners={a: t * factor for a, t in info.miners.items()},
+            )
+            for m, info in inputs.models.items()
+        },
+    )
+    assert _unstaked(close_epoch(scaled, params)) == _unstaked(close_epoch(inputs, params))
+
+
+V = TypeVar("V")
+
+
+def _flip(mapping: Mapping[str, V]) -> dict[str, V]:
+    return dict(reversed(list(mapping.items())))
+
+
+@settings(max_examples=100, deadline=None)
+@given(epochs())
+def test_the_order_of_the_mappings_does_not_matter(case: tuple[EpochInputs, EpochParams]) -> None:
+    inputs, params = case
+
+    flipped = EpochInputs(
+        inputs.epoch,
+        _flip({v: _flip(scores) for v, scores in inputs.scores.items()}),
+        _flip(inputs.validator_stakes),
+        _flip(inputs.models),
+    )
+    assert close_epoch(flipped, params) == close_epoch(inputs, params)
+
+
+def test_split_emission_gives_a_share_without_holders_to_the_creator() -> None:
+    params = EpochParams(creator_share_bps=5_000, miner_share_bps=3_000, backer_share_bps=2_000)
+    models = {"m": ModelEpoch(creator="K", miners={"X": 0}, backers={"B": 0})}
+    split = split_emission(1_000, {}, {"m": 1}, models, params)
+    assert split.unpaid == 200  # the validator pot: no validator earned
+    assert split.credits == (
+        Credit("K", 400, REASON_CREATOR, "m"),
+        Credit("K", 240, REASON_CREATOR_MINERS, "m"),
+        Credit("K", 160, REASON_CREATOR_BACKERS, "m"),
+    )
+
+
+def test_scores_out_of_range_are_refused_even_without_stake() -> None:
+    for stake in (0, 1):
+        scores = {"A": {"m1": 500_000}, "Z": {"m1": PPM + 1}}
+        with pytest.raises(InputError, match="score of Z for m1"):
+            close_epoch(EpochInputs(0, scores, {"A": 1, "Z": stake}, EXAMPLE_MODELS), EpochParams())
