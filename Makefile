@@ -29,6 +29,10 @@ bench: install
 	$(PY) bench/chain_ingest.py
 	$(PY) bench/sync.py
 	$(PY) bench/propagation.py
+	$(PY) bench/check.py
+	$(PY) bench/query.py
+	$(PY) bench/powr.py
+	$(PY) bench/epoch.py
 
 lint: install
 	$(VENV)/bin/ruff check dn tests bench
