@@ -48,6 +48,8 @@ PARAMS: dict[str, tuple[int, int, int]] = {
     "miner_min_bond": (10 * UNITS_PER_DN, 1, MAX_AMOUNT),  # units
     "unbonding_blocks": (100, 1, 1_000_000),  # an exited miner's bond comes back after this
     "ticket_window_blocks": (100, 1, 100_000),  # how far a ticket's ref_height may lag its block
+    # Staking (backing a model, delegating to a validator); unstaked funds wait unbonding_blocks.
+    "stake_min": (UNITS_PER_DN, 1, MAX_AMOUNT),  # units: the least stake, and the least left
     # The checker's verification thresholds (DESIGN.md section 7; read by the runner).
     "check_max_rank": (64, 0, 1_000_000),  # every claimed token within this rank …
     "check_max_gap_milli": (8_000, 0, 1_000_000),  # … and this logit gap (thousandths)

@@ -14,14 +14,16 @@ None deletes a key):
     miner:<address>         {"bond": units still bonded, "url", "models": [sha256, …] sorted,
                              "since": height of this registration, "exited": height | null}
     serving:<sha256>        [{"miner", "from", "until"}, …] who served a model when (tasks.py)
-    unlock:<height>         [{"address", "amount"}, …] bonds released at the start of that block
+    unlock:<height>         [{"address", "amount"}, …] bonds and unstaked funds released at
+                            the start of that block
     pool:validators         {"balance": units} the validators' share of paid queries
     task:<task id>          {"model", "consumer", "generator", "checker", "tokens", "paid",
                              "status": "confirmed" | "rejected", "height", "output_hash",
                              "commitment"}
-    backers:<sha256>        [address, …] and stake:<sha256>:<address> {"amount": units}: a
-                            model's backers, read when a query is paid; written by `stake` (a
-                            later issue), so empty today
+    stake:<target>:<address> {"amount": units} staked by that address on a model (sha256) or
+                            a validator (address); written by `stake` / `unstake` (staking.py)
+    backers:<target>        [address, …] sorted: who holds a stake on the target; a model's
+                            backers share its query fees pro rata to their stakes
 
 Later kinds add their own prefixes (validator:, …); the store keeps any key, so adding rules never
 reshapes it.
@@ -35,8 +37,8 @@ The order of checks mirrors the spec: a block's header is checked against its pa
 finish unbonding at its height are released, then every transaction is applied in order on an
 overlay, then the computed roots are compared with the header; any failure raises InvalidBlock and
 leaves nothing changed. A transaction pays its fee and bumps its sender's nonce, then its kind's
-rule (one function per kind, below) checks and applies the payload; any failure raises InvalidTx
-and leaves nothing changed.
+rule (one function per kind, below; `stake` and `unstake` in staking.py) checks and applies the
+payload; any failure raises InvalidTx and leaves nothing changed.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dn.chain import consensus
+from dn.chain import consensus, staking
 from dn.chain.economics import split_fee
 from dn.chain.genesis import BPS, Genesis
 from dn.chain.tasks import (
@@ -75,11 +77,20 @@ UNLOCK = "unlock:"
 POOL = "pool:"
 POOL_VALIDATORS = "pool:validators"
 TASK = "task:"
-BACKERS = "backers:"
-STAKE = "stake:"
+BACKERS = staking.BACKERS
+STAKE = staking.STAKE
 # Kinds whose state rules exist today; the others parse but are refused until their issue lands.
 ENABLED_KINDS = frozenset(
-    {"transfer", "model.register", "model.retire", "miner.register", "miner.exit", "task.settle"}
+    {
+        "transfer",
+        "model.register",
+        "model.retire",
+        "stake",
+        "unstake",
+        "miner.register",
+        "miner.exit",
+        "task.settle",
+    }
 )
 
 
@@ -362,8 +373,8 @@ def _miner_exit(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
 
 
 def begin_block(state: Overlay, height: int) -> None:
-    """What happens at the start of block `height`, before its transactions: the bonds whose
-    unbonding ends there are paid out (only the entries due are read)."""
+    """What happens at the start of block `height`, before its transactions: the bonds and
+    stakes whose unbonding ends there are paid out (only the entries due are read)."""
     due = state.get(UNLOCK + str(height))
     if due is None:
         return
@@ -377,7 +388,7 @@ def begin_block(state: Overlay, height: int) -> None:
 
 def backers_of(state: StateReader, model: str) -> dict[str, int]:
     """A model's backers and their stakes (`backers:<model>` lists them, `stake:<model>:<addr>`
-    holds each). Nothing writes these until the `stake` kind is enabled."""
+    holds each; both written by `stake` and `unstake`)."""
     backers: dict[str, int] = {}
     for address in state.get(BACKERS + model) or []:
         stake = state.get(f"{STAKE}{model}:{address}")
@@ -480,6 +491,8 @@ RULES: dict[str, Rule] = {
     "transfer": _transfer,
     "model.register": _model_register,
     "model.retire": _model_retire,
+    "stake": staking.stake,
+    "unstake": staking.unstake,
     "miner.register": _miner_register,
     "miner.exit": _miner_exit,
     "task.settle": _task_settle,

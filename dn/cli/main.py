@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from dn.cli import chain, devnet, mine, model, node, powr, query, wallet
+from dn.cli import chain, devnet, mine, model, node, powr, query, stake, wallet
 from dn.cli.output import Options, stderr
 from dn.errors import DNError
 
@@ -41,6 +41,7 @@ app.add_typer(node.app, name="node")
 app.add_typer(devnet.app, name="devnet")
 app.add_typer(model.app, name="model")
 app.add_typer(powr.app, name="powr")
+app.add_typer(stake.app, name="stake")
 app.command("mine")(mine.mine)
 app.command("query")(query.query)
 

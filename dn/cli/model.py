@@ -253,6 +253,12 @@ def show(
             )
         else:
             out.print("no miners serve it yet")
+        backers = model.get("backers") or []
+        if backers:
+            rows = [[b["address"], format_dn(b["amount"])] for b in backers]
+            out.print(table("backers", ["address", "stake (DN)"], rows))
+        else:
+            out.print("no backers yet (dn stake add MODEL AMOUNT)")
 
     emit(ctx, data, human)
 

@@ -16,7 +16,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from dn.chain.staking import is_model, stakes_of
 from dn.chain.types import Block
+from dn.encoding import pubkey_from_address
 from dn.errors import DNError, Forbidden, InputError, NotFound, PayloadTooLarge
 from dn.node.net import FROM_HEADER  # the sender's own URL on node-to-node pushes
 from dn.node.node import Node
@@ -231,6 +233,17 @@ def create_app(
     @app.get("/dn/v1/accounts/{address}")
     async def get_account(address: str) -> dict[str, Any]:
         return node.account(address)
+
+    @app.get("/dn/v1/stakes")
+    async def stakes(target: str | None = None, backer: str | None = None) -> dict[str, Any]:
+        """Stakes as `{target, backer, amount}`, those on `target` (a model sha256 or a validator
+        address) and/or by `backer`; a malformed address is a 400, never an empty answer."""
+        if target is not None and not is_model(target):
+            pubkey_from_address(target)
+        if backer is not None:
+            pubkey_from_address(backer)
+        found = stakes_of(node.state.items(), target=target, backer=backer)
+        return {"height": node.tip.height, "stakes": found}
 
     if gateway is not None and store is not None:
         from dn.node.openai_api import add_openai_routes

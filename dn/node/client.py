@@ -105,6 +105,12 @@ class NodeClient:
         """One model by SHA-256, unique hash prefix or name; NotFound when the chain has none."""
         return dict(self._request("GET", f"/models/{quote(ref.strip(), safe='')}"))
 
+    def stakes(self, *, target: str | None = None, backer: str | None = None) -> dict[str, Any]:
+        """`{"height", "stakes": [{target, backer, amount}, …]}`: the stakes on `target` (a model
+        sha256 or a validator address) and/or by `backer`; every stake without either."""
+        params = {k: v for k, v in (("target", target), ("backer", backer)) if v is not None}
+        return dict(self._request("GET", "/stakes", params=params))
+
     def task(self, task_id: str) -> dict[str, Any]:
         """A settled task's record (status, miners, tokens, paid); NotFound before settling."""
         return dict(self._request("GET", f"/tasks/{task_id}"))

@@ -26,7 +26,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, StreamingResponse
 
 from dn.chain import tasks
-from dn.chain.state import MINER, MODEL, MODEL_NAME, TASK
+from dn.chain.state import MINER, MODEL, MODEL_NAME, TASK, backers_of
 from dn.errors import InputError, NotFound, TaskError
 from dn.node.gateway import Gateway, error_event
 from dn.node.miner import Miner
@@ -63,7 +63,10 @@ def model_view(node: Node, sha: str, record: dict[str, Any]) -> dict[str, Any]:
         "miners": [
             {"address": m, "url": (node.state.get(MINER + m) or {}).get("url")} for m in serving
         ],
-        "backers": [],  # staking arrives with the validators issue
+        "backers": [
+            {"address": a, "amount": amount}
+            for a, amount in sorted(backers_of(node.state, sha).items())
+        ],
     }
 
 

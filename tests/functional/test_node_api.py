@@ -228,10 +228,10 @@ INVALID_TXS: list[tuple[str, Callable[[Api], Any], str]] = [
         lambda api: Tx.create(
             api.alice,
             chain_id=api.chain_id,
-            kind="stake",
+            kind="validator.bond",
             nonce=api.next_nonce(),
             fee=FEE,
-            payload={"target": api.alice.address, "amount": 1_000},
+            payload={"amount": 1_000},
         ).to_json(),
         "kind-disabled",
     ),

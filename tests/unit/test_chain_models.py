@@ -428,8 +428,6 @@ def test_a_block_whose_miner_tx_does_not_apply_is_invalid(chain: Chain) -> None:
 @pytest.mark.parametrize(
     ("kind", "payload"),
     [
-        ("stake", {"target": V.address, "amount": DN}),
-        ("unstake", {"target": V.address, "amount": DN}),
         ("validator.bond", {"amount": DN}),
         ("task.verdict", {"task": "00" * 32, "loser": V.address, "evidence": ""}),
         ("powr.commit", {"epoch": 0, "commitment": "00" * 32}),

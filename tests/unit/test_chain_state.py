@@ -266,10 +266,10 @@ def test_disabled_kind(env: Env) -> None:
     tx = Tx.create(
         A,
         chain_id=env.genesis.chain_id,
-        kind="stake",
+        kind="validator.bond",
         nonce=0,
         fee=env.min_fee,
-        payload={"target": V.address, "amount": DN},
+        payload={"amount": DN},
     )
     assert_rejected(env, tx, "kind-disabled")
 
