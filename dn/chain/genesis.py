@@ -6,7 +6,8 @@ for one is invalid on every other. All numbers are integers; shares are in basis
 
 A file may leave out any parameter: it then has its default (`Genesis.param`). That is how a
 genesis written before a parameter existed keeps loading, with the same hash and chain id, when
-a later version adds one. The six `fee_split_*` shares must sum to exactly 10,000.
+a later version adds one. The six `fee_split_*` shares must sum to exactly 10,000, and so must
+the three `powr_*_share_bps` that split a model's part of the PoWR emission.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from dn.config import atomic_write
 from dn.encoding import MAX_AMOUNT, UNITS_PER_DN, hash_hex, merkle_root, pubkey_from_address
 from dn.errors import DNError, GenesisError, InputError
+from dn.powr.consensus import POWR_PARAMS
 
 FORMAT = 1
 ZERO_HASH = "0" * 64
@@ -50,6 +52,12 @@ PARAMS: dict[str, tuple[int, int, int]] = {
     "ticket_window_blocks": (100, 1, 100_000),  # how far a ticket's ref_height may lag its block
     # Staking (backing a model, delegating to a validator); unstaked funds wait unbonding_blocks.
     "stake_min": (UNITS_PER_DN, 1, MAX_AMOUNT),  # units: the least stake, and the least left
+    # PoWR (DESIGN.md section 8): epoch e is heights e*epoch_blocks+1 … (e+1)*epoch_blocks,
+    # commits in its first half, reveals in its second (dn/chain/powr_rules.py).
+    "epoch_blocks": (100, 4, 1_000_000),
+    # units of stake a genesis validator counts for by itself (delegations add to it)
+    "validator_base_weight": (UNITS_PER_DN, 1, MAX_AMOUNT),
+    **POWR_PARAMS,  # emission, halving, shares, clip band, agreement span (dn/powr/consensus.py)
     # The checker's verification thresholds (DESIGN.md section 7; read by the runner).
     "check_max_rank": (64, 0, 1_000_000),  # every claimed token within this rank …
     "check_max_gap_milli": (8_000, 0, 1_000_000),  # … and this logit gap (thousandths)
@@ -65,6 +73,8 @@ FEE_SPLIT = (
     "fee_split_backers",
     "fee_split_burn",
 )
+
+POWR_SHARES = ("powr_creator_share_bps", "powr_miner_share_bps", "powr_backer_share_bps")
 
 _NETWORK_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 
@@ -84,10 +94,24 @@ def fee_split_problem(params: Mapping[str, int]) -> str | None:
     return f"the fee_split_* shares must sum to {BPS} basis points, got {total}"
 
 
+def powr_share_problem(params: Mapping[str, int]) -> str | None:
+    """Why the three `powr_*_share_bps` that split a model's reward (defaults for those missing)
+    are not a whole, or None when they sum to exactly 10,000 basis points."""
+    total = sum(params.get(name, PARAMS[name][0]) for name in POWR_SHARES)
+    if total == BPS:
+        return None
+    return f"the {', '.join(POWR_SHARES)} shares must sum to {BPS} basis points, got {total}"
+
+
+def params_problem(params: Mapping[str, int]) -> str | None:
+    """The first reason the shares in `params` do not add up, or None."""
+    return fee_split_problem(params) or powr_share_problem(params)
+
+
 def checked_params(overrides: Mapping[str, int]) -> dict[str, int]:
-    """The default params with `overrides`, each a known name with a value in its range and the
-    fee split summing to 10,000; InputError (naming the known names, the allowed range, or the
-    split's total) for any that is not."""
+    """The default params with `overrides`, each a known name with a value in its range, and the
+    fee split and the PoWR shares each summing to 10,000; InputError (naming the known names,
+    the allowed range, or the split's total) for any that is not."""
     for name, value in overrides.items():
         if name not in PARAMS:
             raise InputError(
@@ -99,7 +123,7 @@ def checked_params(overrides: Mapping[str, int]) -> dict[str, int]:
                 f"genesis parameter {name} must be an integer from {low} to {high}, got {value!r}"
             )
     params = default_params(**overrides)
-    problem = fee_split_problem(params)
+    problem = params_problem(params)
     if problem is not None:
         raise InputError(f"genesis parameters: {problem}")
     return params
@@ -232,6 +256,6 @@ def _validate(doc: Any) -> None:
         _, low, high = PARAMS[name]
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise GenesisError(f"param {name} must be an integer from {low} to {high}")
-    problem = fee_split_problem(params)
+    problem = params_problem(params)
     if problem is not None:
         raise GenesisError(f"genesis params: {problem}")

@@ -31,9 +31,10 @@ class Mempool:
         self._view = self._next_block_view(base)
 
     def _next_block_view(self, base: StateReader) -> Overlay:
-        """`base` as the next block's transactions see it (bonds due then are paid out)."""
+        """`base` as the next block's transactions see it (bonds due then are paid out, and at
+        an epoch's first block the previous epoch's rewards)."""
         view = Overlay(base)
-        begin_block(view, self.height)
+        begin_block(view, self.height, self.genesis)
         return view
 
     def __len__(self) -> int:

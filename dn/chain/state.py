@@ -24,6 +24,8 @@ None deletes a key):
                             a validator (address); written by `stake` / `unstake` (staking.py)
     backers:<target>        [address, …] sorted: who holds a stake on the target; a model's
                             backers share its query fees pro rata to their stakes
+    powr:<epoch>:…          commitments, reveals, per-model task statistics and the result of
+                            each PoWR epoch (powr_rules.py)
 
 Later kinds add their own prefixes (validator:, …); the store keeps any key, so adding rules never
 reshapes it.
@@ -37,8 +39,10 @@ The order of checks mirrors the spec: a block's header is checked against its pa
 finish unbonding at its height are released, then every transaction is applied in order on an
 overlay, then the computed roots are compared with the header; any failure raises InvalidBlock and
 leaves nothing changed. A transaction pays its fee and bumps its sender's nonce, then its kind's
-rule (one function per kind, below; `stake` and `unstake` in staking.py) checks and applies the
-payload; any failure raises InvalidTx and leaves nothing changed.
+rule (one function per kind, below; `stake` and `unstake` in staking.py, `powr.commit` and
+`powr.reveal` in powr_rules.py) checks and applies the payload; any failure raises InvalidTx and
+leaves nothing changed. At the first block of each PoWR epoch, after the unlocks and before the
+transactions, the previous epoch is closed and its emission paid (`begin_block`).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dn.chain import consensus, staking
+from dn.chain import consensus, powr_rules, staking
 from dn.chain.economics import split_fee
 from dn.chain.genesis import BPS, Genesis
 from dn.chain.tasks import (
@@ -90,6 +94,8 @@ ENABLED_KINDS = frozenset(
         "miner.register",
         "miner.exit",
         "task.settle",
+        "powr.commit",
+        "powr.reveal",
     }
 )
 
@@ -372,15 +378,19 @@ def _miner_exit(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
     state.set(MINER + tx.sender, {**current, "bond": 0, "exited": height})
 
 
-def begin_block(state: Overlay, height: int) -> None:
+def begin_block(state: Overlay, height: int, genesis: Genesis) -> None:
     """What happens at the start of block `height`, before its transactions: the bonds and
-    stakes whose unbonding ends there are paid out (only the entries due are read)."""
+    stakes whose unbonding ends there are paid out (only the entries due are read); then, at the
+    first block of an epoch, the previous PoWR epoch is closed and its emission credited
+    (`powr_rules.close`)."""
     due = state.get(UNLOCK + str(height))
-    if due is None:
-        return
-    for entry in due:
-        _credit(state, entry["address"], entry["amount"])
-    state.set(UNLOCK + str(height), None)
+    if due is not None:
+        for entry in due:
+            _credit(state, entry["address"], entry["amount"])
+        state.set(UNLOCK + str(height), None)
+    epoch = powr_rules.Epoch.closed_at(height, genesis.param("epoch_blocks"))
+    if epoch is not None:
+        powr_rules.close(state, epoch, genesis)
 
 
 # --- paid queries ---------------------------------------------------------------------------
@@ -454,6 +464,7 @@ def _task_settle(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
     else:
         model.update(rejected=model["rejected"] + 1)  # validators rule on it (a later issue)
     state.set(MODEL + sha, model)
+    powr_rules.record_task(state, genesis, height, sha, gen["miner"], tokens, confirmed=confirmed)
     state.set(
         TASK + task,
         {
@@ -496,6 +507,8 @@ RULES: dict[str, Rule] = {
     "miner.register": _miner_register,
     "miner.exit": _miner_exit,
     "task.settle": _task_settle,
+    "powr.commit": powr_rules.commit,
+    "powr.reveal": powr_rules.reveal,
 }
 
 
@@ -571,7 +584,7 @@ def apply_block(
     if txs_root(list(block.txs)) != header.txs_root:
         raise InvalidBlock("txs_root does not match the transactions", reason="bad-txs-root")
     overlay = Overlay(state)
-    begin_block(overlay, header.height)
+    begin_block(overlay, header.height, genesis)
     seen: set[str] = set()
     for i, tx in enumerate(block.txs):
         if tx.id in seen:
@@ -600,7 +613,7 @@ def build_block(
     recent = _check_signer(state, keypair.address, genesis)
     height = parent.height + 1
     overlay = Overlay(state)
-    begin_block(overlay, height)
+    begin_block(overlay, height, genesis)
     included: list[Tx] = []
     rejected: list[tuple[Tx, InvalidTx]] = []
     limit = genesis.param("max_block_txs")

@@ -10,7 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dn.chain.genesis import FEE_SPLIT, PARAMS, Genesis, checked_params, default_params
+from dn.chain.genesis import (
+    FEE_SPLIT,
+    PARAMS,
+    POWR_SHARES,
+    Genesis,
+    checked_params,
+    default_params,
+)
 from dn.errors import GenesisError, InputError
 from dn.wallet.keys import Keypair
 
@@ -18,11 +25,13 @@ VALIDATORS = [Keypair.from_seed(bytes([i]) * 32).address for i in range(3)]
 
 
 def balanced(name: str, value: int) -> dict[str, int]:
-    """`{name: value}`, plus, for a fee split share, another share that keeps the six at 10,000."""
-    if name not in FEE_SPLIT:
+    """`{name: value}`, plus, for a share of a whole (the fee split, the PoWR model shares),
+    another share of that whole that keeps it at 10,000."""
+    group = next((g for g in (FEE_SPLIT, POWR_SHARES) if name in g), None)
+    if group is None:
         return {name: value}
-    partner = "fee_split_burn" if name != "fee_split_burn" else "fee_split_creator"
-    others = {n: 0 for n in FEE_SPLIT if n not in (name, partner)}
+    partner = group[-1] if name != group[-1] else group[0]
+    others = {n: 0 for n in group if n not in (name, partner)}
     return {**others, name: value, partner: 10_000 - value}
 
 
@@ -132,18 +141,22 @@ def test_an_edited_file_is_another_chain_or_refused(tmp_path):
         optional={
             name: st.integers(min_value=low, max_value=high)
             for name, (_, low, high) in PARAMS.items()
-            if name not in FEE_SPLIT
+            if name not in FEE_SPLIT and name not in POWR_SHARES
         },
     ),
     split=st.lists(st.integers(min_value=0, max_value=10_000), min_size=5, max_size=5).map(
         lambda cuts: sorted(cuts)
     ),
+    powr_split=st.lists(st.integers(min_value=0, max_value=10_000), min_size=2, max_size=2).map(
+        lambda cuts: sorted(cuts)
+    ),
     validators=st.lists(st.sampled_from(VALIDATORS), min_size=1, unique=True),
     time_ms=st.integers(min_value=0, max_value=2**53),
 )
-def test_any_valid_genesis_round_trips(params, split, validators, time_ms):
-    bounds = [0, *split, 10_000]
-    params.update({name: bounds[i + 1] - bounds[i] for i, name in enumerate(FEE_SPLIT)})
+def test_any_valid_genesis_round_trips(params, split, powr_split, validators, time_ms):
+    for names, cuts in ((FEE_SPLIT, split), (POWR_SHARES, powr_split)):
+        bounds = [0, *cuts, 10_000]
+        params.update({name: bounds[i + 1] - bounds[i] for i, name in enumerate(names)})
     genesis = Genesis.build(
         network="lan",
         time_ms=time_ms,

@@ -430,7 +430,7 @@ def test_a_block_whose_miner_tx_does_not_apply_is_invalid(chain: Chain) -> None:
     [
         ("validator.bond", {"amount": DN}),
         ("task.verdict", {"task": "00" * 32, "loser": V.address, "evidence": ""}),
-        ("powr.commit", {"epoch": 0, "commitment": "00" * 32}),
+        ("validator.unbond", {"amount": DN}),
     ],
 )
 def test_later_kinds_stay_disabled(chain: Chain, kind: str, payload: dict[str, Any]) -> None:

@@ -1,0 +1,330 @@
+"""PoWR on the chain (DESIGN.md section 8): epochs, the `powr.commit` and `powr.reveal` rules, the
+per-epoch task statistics, and the epoch close that mints the emission.
+
+Epochs. With E = `epoch_blocks`, epoch e covers heights [e*E + 1, (e+1)*E] (height 0 is
+genesis). Its commit phase is the first E // 2 of those heights, its reveal phase the rest
+(`Epoch`). Epoch e is closed at the start of block (e+1)*E + 1, the first of epoch e+1, after
+that block's unlocks and before its transactions (`state.begin_block`).
+
+    powr:<e>:commit:<validator>  the commitment hash (deleted when the epoch closes)
+    powr:<e>:reveal:<validator>  {model sha: quality in ppm}, as revealed
+    powr:<e>:stats:<model sha>   {"tasks", "confirmed", "tokens", "miners": {generator: tokens}}
+                                 tasks settled in the epoch (`tokens`: paid tokens of confirmed
+                                 tasks; `miners`: confirmed tokens by generator)
+    powr:<e>:settled             [model sha, …] sorted: the models with stats (deleted at close)
+    powr:<e>:result              the epoch's outcome (`result_record`), written at close
+
+Rules, checks in order:
+- `powr.commit` {epoch, commitment}: the sender is a genesis validator (`not-validator`); the
+  block is in the commit phase of `epoch` (`wrong-phase`, also for any other epoch); the sender
+  has not committed this epoch (`already-committed`); no other validator committed the same hash
+  this epoch (`copied-commitment`).
+- `powr.reveal` {epoch, scores, salt}: a genesis validator (`not-validator`); the block is in
+  the reveal phase of `epoch` (`wrong-phase`); the sender committed this epoch
+  (`no-commitment`) and has not revealed (`already-revealed`); `powr_commitment(epoch, sender,
+  scores, salt)` equals the commitment (`reveal-mismatch`); every scored model is registered
+  (`unknown-model`). The commitment binds the validator's own address, so a copied commitment
+  can never be revealed by the copier.
+
+Scores are quality q in ppm only: success and demand are what the chain itself saw
+(`dn.powr.consensus` explains why). A validator's stake is `validator_base_weight` plus what is
+delegated to it (`stake:<validator>:<address>`); delegators are not paid from the validator's
+reward yet.
+
+`state` imports this module for its rule table; the rules import the few `state` helpers they
+share with other kinds when they run, since importing them here at load time would be a cycle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dn.encoding import MAX_AMOUNT, hash_hex
+from dn.errors import InvalidTx
+from dn.powr.consensus import EpochInputs, EpochParams, EpochResult, ModelEpoch, close_epoch
+
+if TYPE_CHECKING:
+    from dn.chain.genesis import Genesis
+    from dn.chain.state import Overlay, StateReader
+    from dn.chain.types import Tx
+
+POWR = "powr:"
+COMMIT = "commit"
+REVEAL = "reveal"
+
+
+def commit_key(epoch: int, validator: str) -> str:
+    return f"{POWR}{epoch}:commit:{validator}"
+
+
+def reveal_key(epoch: int, validator: str) -> str:
+    return f"{POWR}{epoch}:reveal:{validator}"
+
+
+def stats_key(epoch: int, model: str) -> str:
+    return f"{POWR}{epoch}:stats:{model}"
+
+
+def settled_key(epoch: int) -> str:
+    return f"{POWR}{epoch}:settled"
+
+
+def result_key(epoch: int) -> str:
+    return f"{POWR}{epoch}:result"
+
+
+def powr_commitment(epoch: int, validator: str, scores: dict[str, int], salt: str) -> str:
+    """The hash a validator commits to before revealing `scores` with `salt` (hex)."""
+    return hash_hex({"epoch": epoch, "validator": validator, "scores": scores, "salt": salt})
+
+
+# --- epochs -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """Epoch `number` of `blocks` heights: [number*blocks + 1, (number+1)*blocks]; commits from
+    `first` to `reveal_from - 1`, reveals from `reveal_from` to `last`."""
+
+    number: int
+    blocks: int
+
+    @classmethod
+    def at(cls, height: int, blocks: int) -> Epoch:
+        """The epoch that block `height` (≥ 1) belongs to."""
+        if height < 1:
+            raise ValueError("genesis (height 0) belongs to no epoch")
+        return cls((height - 1) // blocks, blocks)
+
+    @staticmethod
+    def closed_at(height: int, blocks: int) -> int | None:
+        """The epoch that is closed at the start of block `height` (the first block of the next
+        epoch), or None."""
+        if height > blocks and (height - 1) % blocks == 0:
+            return (height - 1) // blocks - 1
+        return None
+
+    @property
+    def first(self) -> int:
+        return self.number * self.blocks + 1
+
+    @property
+    def reveal_from(self) -> int:
+        return self.first + self.blocks // 2
+
+    @property
+    def last(self) -> int:
+        return (self.number + 1) * self.blocks
+
+    def phase(self, height: int) -> str:
+        return COMMIT if height < self.reveal_from else REVEAL
+
+    def heights(self, phase: str) -> tuple[int, int]:
+        """The first and last height of `phase`."""
+        if phase == COMMIT:
+            return self.first, self.reveal_from - 1
+        return self.reveal_from, self.last
+
+
+# --- rules ------------------------------------------------------------------------------------
+
+
+def _check_validator(tx: Tx, genesis: Genesis) -> None:
+    if tx.sender not in genesis.validators:
+        raise InvalidTx(f"{tx.sender} is not a validator", reason="not-validator")
+
+
+def _check_phase(tx: Tx, genesis: Genesis, height: int, phase: str) -> int:
+    blocks = genesis.param("epoch_blocks")
+    wanted = tx.payload["epoch"]
+    now = Epoch.at(height, blocks)
+    if wanted != now.number or now.phase(height) != phase:
+        low, high = Epoch(wanted, blocks).heights(phase)
+        raise InvalidTx(
+            f"{phase}s for epoch {wanted} go in blocks {low} to {high}; block {height} is in "
+            f"the {now.phase(height)} phase of epoch {now.number}",
+            reason="wrong-phase",
+        )
+    return int(wanted)
+
+
+def commit(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
+    _check_validator(tx, genesis)
+    epoch = _check_phase(tx, genesis, height, COMMIT)
+    if state.get(commit_key(epoch, tx.sender)) is not None:
+        raise InvalidTx(
+            f"the sender has committed for epoch {epoch} already", reason="already-committed"
+        )
+    commitment = tx.payload["commitment"]
+    for other in genesis.validators:
+        if other != tx.sender and state.get(commit_key(epoch, other)) == commitment:
+            raise InvalidTx(
+                f"validator {other} committed this hash for epoch {epoch} already",
+                reason="copied-commitment",
+            )
+    state.set(commit_key(epoch, tx.sender), commitment)
+
+
+def reveal(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
+    from dn.chain.state import MODEL
+
+    _check_validator(tx, genesis)
+    epoch = _check_phase(tx, genesis, height, REVEAL)
+    committed = state.get(commit_key(epoch, tx.sender))
+    if committed is None:
+        raise InvalidTx(f"the sender made no commitment for epoch {epoch}", reason="no-commitment")
+    if state.get(reveal_key(epoch, tx.sender)) is not None:
+        raise InvalidTx(
+            f"the sender has revealed for epoch {epoch} already", reason="already-revealed"
+        )
+    scores, salt = dict(tx.payload["scores"]), tx.payload["salt"]
+    if powr_commitment(epoch, tx.sender, scores, salt) != committed:
+        raise InvalidTx(
+            "these scores and salt do not hash to the sender's commitment",
+            reason="reveal-mismatch",
+        )
+    for sha in sorted(scores):
+        if state.get(MODEL + sha) is None:
+            raise InvalidTx(f"no model {sha[:12]}… is registered", reason="unknown-model")
+    state.set(reveal_key(epoch, tx.sender), dict(sorted(scores.items())))
+
+
+# --- task statistics --------------------------------------------------------------------------
+
+
+def record_task(
+    state: Overlay,
+    genesis: Genesis,
+    height: int,
+    model: str,
+    generator: str,
+    tokens: int,
+    *,
+    confirmed: bool,
+) -> None:
+    """Count one settled task of `model` in the epoch of block `height` (`task.settle`)."""
+    epoch = Epoch.at(height, genesis.param("epoch_blocks")).number
+    key = stats_key(epoch, model)
+    found = state.get(key)
+    if found is None:
+        found = {"tasks": 0, "confirmed": 0, "tokens": 0, "miners": {}}
+        settled = state.get(settled_key(epoch)) or []
+        state.set(settled_key(epoch), sorted({*settled, model}))
+    miners = dict(found["miners"])
+    if confirmed:
+        miners[generator] = miners.get(generator, 0) + tokens
+    state.set(
+        key,
+        {
+            "tasks": found["tasks"] + 1,
+            "confirmed": found["confirmed"] + int(confirmed),
+            "tokens": found["tokens"] + (tokens if confirmed else 0),
+            "miners": dict(sorted(miners.items())),
+        },
+    )
+
+
+# --- the epoch close --------------------------------------------------------------------------
+
+
+def validator_stakes(state: StateReader, genesis: Genesis) -> dict[str, int]:
+    """Each genesis validator's stake: `validator_base_weight` plus what is delegated to it."""
+    from dn.chain.state import backers_of
+
+    base = genesis.param("validator_base_weight")
+    return {
+        v: min(MAX_AMOUNT, base + sum(backers_of(state, v).values())) for v in genesis.validators
+    }
+
+
+def epoch_inputs(state: StateReader, epoch: int, genesis: Genesis) -> EpochInputs:
+    """What `close_epoch` needs, from the state at the end of `epoch`. The models are those with
+    a task settled in the epoch or a revealed score; a retired model's scores are left out, so
+    it gets quality 0 (and nothing)."""
+    from dn.chain.state import MODEL, backers_of
+
+    reveals = {}
+    for v in genesis.validators:
+        revealed = state.get(reveal_key(epoch, v))
+        if revealed is not None:  # committed but not revealed: missing
+            reveals[v] = revealed
+    shas = set(state.get(settled_key(epoch)) or [])
+    shas.update(sha for scores in reveals.values() for sha in scores)
+    models: dict[str, ModelEpoch] = {}
+    retired = set()
+    for sha in sorted(shas):
+        record = state.get(MODEL + sha)  # registered: reveals and settlements check it
+        if record["retired"]:
+            retired.add(sha)
+        stats = state.get(stats_key(epoch, sha)) or {}
+        models[sha] = ModelEpoch(
+            creator=record["creator"],
+            tasks=stats.get("tasks", 0),
+            confirmed=stats.get("confirmed", 0),
+            paid_tokens=stats.get("tokens", 0),
+            miners=stats.get("miners", {}),
+            backers=backers_of(state, sha),
+        )
+    scores = {
+        v: {sha: q for sha, q in revealed.items() if sha not in retired}
+        for v, revealed in reveals.items()
+    }
+    return EpochInputs(epoch, scores, validator_stakes(state, genesis), models)
+
+
+def result_record(result: EpochResult) -> dict[str, Any]:
+    """The compact form of an epoch's outcome kept under `powr:<e>:result`."""
+    return {
+        "emission": result.emission,
+        "paid": result.paid,
+        "unpaid": result.unpaid,
+        "models": {
+            m.model: {
+                "median": m.median_ppm,
+                "quality": m.quality_ppm,
+                "success": m.success_ppm,
+                "demand": m.demand_ppm,
+                "score": m.score_ppm,
+                "reward": m.reward,
+            }
+            for m in result.models
+        },
+        "validators": {
+            v.address: {
+                "stake": v.stake,
+                "revealed": v.revealed,
+                "agreement": v.agreement_ppm,
+                "reward": v.reward,
+            }
+            for v in result.validators
+        },
+        "credits": [
+            {"address": c.address, "amount": c.amount, "reason": c.reason, "model": c.model}
+            for c in result.credits
+        ],
+    }
+
+
+def close(state: Overlay, epoch: int, genesis: Genesis) -> EpochResult:
+    """Close `epoch` (`dn.powr.consensus.close_epoch`): credit every reward to its address's
+    balance, add what was paid to `supply.emitted` (the unpaid rest is never minted), store
+    `powr:<e>:result` and delete the epoch's commitments and `settled` index (reveals and stats
+    stay). Delegators to a validator are not paid yet: the validator's reward is all its own."""
+    from dn.chain.state import SUPPLY, _credit
+
+    result = close_epoch(
+        epoch_inputs(state, epoch, genesis), EpochParams.from_params(genesis.params)
+    )
+    for credit in result.credits:
+        _credit(state, credit.address, credit.amount)
+    if result.paid:
+        supply = state.get(SUPPLY)
+        state.set(SUPPLY, {**supply, "emitted": supply["emitted"] + result.paid})
+    state.set(result_key(epoch), result_record(result))
+    for v in genesis.validators:
+        if state.get(commit_key(epoch, v)) is not None:
+            state.set(commit_key(epoch, v), None)
+    if state.get(settled_key(epoch)) is not None:
+        state.set(settled_key(epoch), None)
+    return result
