@@ -50,6 +50,13 @@ def up(
         help="How many of the nodes (the last M, not validators) also mine, with funded "
         "devnet-miner<j> wallets, serving every registered model in $DN_HOME/models.",
     ),
+    powr: bool = typer.Option(
+        False,
+        "--powr/--no-powr",
+        help="Every validator node also does its PoWR duty: each epoch it evaluates the live "
+        "models in $DN_HOME/models and commits, then reveals, their quality scores. Off by "
+        "default for now.",
+    ),
 ) -> None:
     """Run a local network of N nodes in this process until Ctrl-C.
 
@@ -88,7 +95,7 @@ def up(
 
         state = "resuming" if net.resumed else "starting"
         say(f"{state} devnet {net.genesis.chain_id} ({net.shape.describe()}) in {base}")
-        devnet.run(net, port_base, ready)
+        devnet.run(net, port_base, ready, powr=powr)
     say("devnet stopped")
 
 

@@ -56,6 +56,21 @@ def start(
         "--password-file",
         help="Read the gateway wallet's password from this file (else $DN_PASSWORD or a prompt).",
     ),
+    validate: bool = typer.Option(
+        False,
+        "--validate/--no-validate",
+        help="Do the PoWR duty of a genesis validator: every epoch, evaluate the live models "
+        "held in $DN_HOME/models on the built-in suites, then commit and reveal their quality "
+        "scores (the node key pays the fees).",
+    ),
+    powr_items: int = typer.Option(
+        8,
+        "--powr-items",
+        min=1,
+        max=1000,
+        metavar="N",
+        help="With --validate: benchmark items per model and epoch.",
+    ),
 ) -> None:
     """Run the node in the foreground until Ctrl-C."""
     from dn.node.service import run_foreground
@@ -77,6 +92,20 @@ def start(
         mdns_interface=mdns_interface,
         peer_expiry=peer_expiry,
     )
+    validator = None
+    if validate:
+        if not node.is_validator:
+            node.close()
+            raise InputError(
+                f"--validate is for genesis validators; node {name!r} ({node.key.address}) is "
+                f"not one of the validators of chain {node.genesis.chain_id}"
+            )
+        from dn.config import home
+        from dn.node.validator import for_node
+        from dn.runner.modelstore import ModelStore
+
+        models = ModelStore.default(home(opts(ctx).home))
+        validator = for_node(node, models, items_per_model=powr_items)
     role = "validator" if node.is_validator else "full node"
     say(
         f"node {node.key.address} ({role}) on {node.genesis.chain_id} at height "
@@ -87,7 +116,12 @@ def start(
             f"OpenAI-compatible API at http://{host}:{port}/v1, paid by {gateway_wallet} "
             f"({wallet.address}); it answers clients on this machine only"
         )
-    run_foreground(node, host, port, net, gateway_wallet=wallet)
+    if validate:
+        say(
+            f"PoWR: each epoch, the live models in {models.root} are evaluated on {powr_items} "
+            "items each; commits and reveals are paid by the node key"
+        )
+    run_foreground(node, host, port, net, gateway_wallet=wallet, validate=validator)
     say("node stopped")
 
 

@@ -1,5 +1,6 @@
-"""`dn powr …`: Proof-of-Work-Relevance. `dn powr eval MODEL` runs a benchmark suite on a local
-model and grades it, as a validator does every epoch (DESIGN.md section 8)."""
+"""`dn powr …`: Proof-of-Work-Relevance (DESIGN.md section 8). `dn powr eval MODEL` runs a
+benchmark suite on a local model and grades it, as a validator does every epoch; `status`,
+`scores` and `leaderboard` show what the chain decided at each epoch's close."""
 
 from __future__ import annotations
 
@@ -215,5 +216,129 @@ def eval_(
             f"items/s, {evaluation.llama_share:.0%} inside llama.cpp, "
             f"{n_threads} thread{'s' if n_threads > 1 else ''})"
         )
+
+    emit(ctx, data, human)
+
+
+def _ppm(value: int | None) -> str:
+    return "-" if value is None else f"{value / 1_000_000:.3f}"
+
+
+@app.command("status")
+def status_(ctx: typer.Context) -> None:
+    """Where the current PoWR epoch stands: its phase (commit or reveal) and the last closed."""
+    with opts(ctx).client() as client:
+        data = client.powr_status()
+
+    def human(out: Console) -> None:
+        out.print(
+            f"height {data['height']}: epoch {data['epoch']} ({data['epoch_blocks']} blocks), "
+            f"{data['phase']} phase until block {data['phase_to']}"
+        )
+        closed = data["last_closed"]
+        out.print("no epoch closed yet" if closed is None else f"last closed epoch: {closed}")
+
+    emit(ctx, data, human)
+
+
+@app.command()
+def scores(
+    ctx: typer.Context,
+    epoch: int = typer.Option(..., "--epoch", min=0, help="The epoch to show."),
+) -> None:
+    """Each validator's scores for an epoch, before and after clipping, and its reward.
+
+    Clipping moves every revealed score to within the clip band of the model's stake-weighted
+    median, in both directions."""
+    with opts(ctx).client() as client:
+        data = client.powr_epoch(epoch)
+        names = {m["id"]: m["name"] for m in client.models()["models"]}
+
+    def human(out: Console) -> None:
+        from dn.encoding import format_dn
+
+        result = data["result"] or {}
+        state = "closed" if data["closed"] else "open (medians and clipping come at its close)"
+        out.print(f"epoch {epoch}: {state}; clip band ±{_ppm(data['clip_band'])}")
+        rows = []
+        for model, entries in sorted(data["scores"].items()):
+            median = result.get("models", {}).get(model, {}).get("median")
+            for entry in entries:
+                rows.append(
+                    [
+                        names.get(model, model[:12]),
+                        entry["validator"],
+                        _ppm(entry["raw"]),
+                        _ppm(entry["clipped"]),
+                        _ppm(median),
+                    ]
+                )
+        if rows:
+            columns = ["model", "validator", "revealed", "clipped", "median"]
+            out.print(table("scores", columns, rows))
+        else:
+            out.print("no scores revealed")
+        validators = result.get("validators", {})
+        if validators:
+            vrows = [
+                [
+                    address,
+                    format_dn(v["stake"]),
+                    "yes" if v["revealed"] else "no",
+                    _ppm(v["agreement"]),
+                    format_dn(v["reward"]),
+                ]
+                for address, v in sorted(validators.items())
+            ]
+            columns = ["validator", "stake (DN)", "revealed", "agreement", "reward (DN)"]
+            out.print(table("validators", columns, vrows))
+
+    emit(ctx, data, human)
+
+
+@app.command()
+def leaderboard(
+    ctx: typer.Context,
+    domain: str | None = typer.Option(None, "--domain", help="Only models of this domain."),
+    epoch: int | None = typer.Option(
+        None, "--epoch", min=0, help="The epoch (default: the last closed one)."
+    ),
+) -> None:
+    """Models ranked by consensus PoWR score in a closed epoch, with what each earned.
+
+    Also shows each model's consensus quality, task success rate and demand."""
+    with opts(ctx).client() as client:
+        data = client.powr_leaderboard(epoch=epoch, domain=domain)
+
+    def human(out: Console) -> None:
+        from dn.encoding import format_dn
+
+        if data["epoch"] is None:
+            out.print("no epoch has closed yet")
+            return
+        out.print(
+            f"epoch {data['epoch']}: {format_dn(data['paid'])} DN of {format_dn(data['emission'])} "
+            "DN emission paid"
+        )
+        if not data["rows"]:
+            out.print("no models were scored or used in that epoch")
+            return
+        rows = [
+            [
+                r["rank"],
+                r["name"],
+                r["creator"][:16] + "…",
+                r["domain"],
+                _ppm(r["score"]),
+                _ppm(r["quality"]),
+                _ppm(r["success"]),
+                _ppm(r["demand"]),
+                r["tasks"],
+                format_dn(r["reward"]),
+            ]
+            for r in data["rows"]
+        ]
+        columns = ["rank", "model", "creator", "domain", "score", "quality", "success", "demand"]
+        out.print(table(None, [*columns, "tasks", "reward (DN)"], rows))
 
     emit(ctx, data, human)

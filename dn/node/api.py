@@ -245,6 +245,9 @@ def create_app(
         found = stakes_of(node.state.items(), target=target, backer=backer)
         return {"height": node.tip.height, "stakes": found}
 
+    from dn.node.powr_api import add_powr_routes
+
+    add_powr_routes(app, node)
     if gateway is not None and store is not None:
         from dn.node.openai_api import add_openai_routes
         from dn.node.task_api import add_task_routes

@@ -111,6 +111,21 @@ class NodeClient:
         params = {k: v for k, v in (("target", target), ("backer", backer)) if v is not None}
         return dict(self._request("GET", "/stakes", params=params))
 
+    def powr_status(self) -> dict[str, Any]:
+        """The current PoWR epoch, its phase and the last closed epoch."""
+        return dict(self._request("GET", "/powr/status"))
+
+    def powr_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch's revealed scores (raw and clipped), task stats and result record."""
+        return dict(self._request("GET", f"/powr/epochs/{int(epoch)}"))
+
+    def powr_leaderboard(
+        self, *, epoch: int | None = None, domain: str | None = None
+    ) -> dict[str, Any]:
+        """Models ranked by consensus score in `epoch` (default: the last closed)."""
+        params = {k: v for k, v in (("epoch", epoch), ("domain", domain)) if v is not None}
+        return dict(self._request("GET", "/powr/leaderboard", params=params))
+
     def task(self, task_id: str) -> dict[str, Any]:
         """A settled task's record (status, miners, tokens, paid); NotFound before settling."""
         return dict(self._request("GET", f"/tasks/{task_id}"))

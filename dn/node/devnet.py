@@ -12,6 +12,9 @@ off, so nothing leaves loopback. The first K nodes are the validators. The node 
 `devnet-<i>` belong to the devnet: starting over removes those folders and `devnet.json`, and
 nothing else (wallets are kept, so their addresses stay the same across restarts).
 
+Each validator's node key is funded too (VALIDATOR_FUNDS), so that with `--powr` it can pay the
+fees of its PoWR commits and reveals.
+
 The devnet wallets are sealed with the fast KDF and the published password `DEVNET_PASSWORD`:
 they are for trying things out and must never hold anything of value.
 """
@@ -44,6 +47,7 @@ NETWORK = "devnet"
 DEVNET_PASSWORD = "devnet"
 WALLETS = ("devnet-alice", "devnet-bob", "devnet-carol")
 FUNDS = 1_000_000 * UNITS_PER_DN  # each devnet wallet's allocation at genesis
+VALIDATOR_FUNDS = 1_000 * UNITS_PER_DN  # each validator node key's: the fees of its PoWR duty
 DEFAULT_PORT_BASE = 8780
 DEFAULT_NODES = 3
 DEFAULT_BLOCK_TIME_MS = 1000
@@ -344,7 +348,10 @@ def _create(base: Path, shape: Shape, wallets: dict[str, str]) -> Genesis:
         network=NETWORK,
         time_ms=now_ms(),
         validators=[key.address for key in keys[: shape.validators]],
-        allocations=dict.fromkeys(wallets.values(), FUNDS),
+        allocations={
+            **dict.fromkeys(wallets.values(), FUNDS),
+            **{key.address: VALIDATOR_FUNDS for key in keys[: shape.validators]},
+        },
         params=params,
     )
     for home in homes:
@@ -414,15 +421,28 @@ async def serve(
     port_base: int,
     on_ready: Callable[[], None] | None = None,
     miners: dict[int, Keypair] | None = None,
+    powr: bool = False,
 ) -> None:
     """Serve every node on 127.0.0.1:port_base+i, each peered with all the others, until
     SIGINT/SIGTERM; `on_ready` is called once every node listens. Node i in `miners` also runs
-    the miner role with that wallet, serving every registered model in the local store."""
+    the miner role with that wallet, serving every registered model in the local store. With
+    `powr`, every validator node also does its PoWR duty (`dn.node.validator`) on the models in
+    the local store, its fees paid by its node key."""
     from dn.node.miner import MinerOptions
     from dn.node.net import NetOptions
     from dn.node.service import NodeService, serve_all
+    from dn.node.validator import PowrValidator, for_node
+    from dn.runner.modelstore import ModelStore
 
     miners = miners or {}
+    validators: dict[int, PowrValidator] = {}
+    if powr:
+        count = sum(1 for node in nodes if node.is_validator)
+        validators = {
+            i: for_node(node, ModelStore.default(), threads=miner_threads(count))
+            for i, node in enumerate(nodes)
+            if node.is_validator
+        }
 
     urls = [f"{HOST}:{port_base + i}" for i in range(len(nodes))]
     try:
@@ -435,6 +455,7 @@ async def serve(
                 mine=MinerOptions(wallet=miners[i], models=(), threads=miner_threads(len(miners)))
                 if i in miners
                 else None,
+                validate=validators.get(i),
             )
             for i, node in enumerate(nodes)
         ]
@@ -458,11 +479,17 @@ async def serve(
             await watcher
 
 
-def run(devnet: Devnet, port_base: int, on_ready: Callable[[], None] | None = None) -> None:
-    """Run the devnet in the foreground until SIGINT/SIGTERM."""
+def run(
+    devnet: Devnet,
+    port_base: int,
+    on_ready: Callable[[], None] | None = None,
+    *,
+    powr: bool = False,
+) -> None:
+    """Run the devnet in the foreground until SIGINT/SIGTERM (`powr`: see `serve`)."""
     store = Keystore(wallets_dir(devnet.base))
     miners = {
         i: store.load(name, DEVNET_PASSWORD) for i, name in devnet.shape.miner_wallets().items()
     }
     nodes = open_nodes(devnet)
-    asyncio.run(serve(nodes, port_base, on_ready, miners))
+    asyncio.run(serve(nodes, port_base, on_ready, miners, powr))

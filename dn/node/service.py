@@ -21,6 +21,7 @@ from dn.node.gateway import Gateway
 from dn.node.miner import Miner, MinerOptions, faults_from_env
 from dn.node.net import NetOptions, Network
 from dn.node.node import Node, now_ms
+from dn.node.validator import PowrValidator
 from dn.runner.modelstore import ModelStore
 from dn.wallet.keys import Keypair
 
@@ -48,6 +49,7 @@ class NodeService:
         mine: MinerOptions | None = None,
         store: ModelStore | None = None,
         gateway_wallet: Keypair | None = None,
+        validate: PowrValidator | None = None,
     ) -> None:
         self.node = node
         self.host = host
@@ -70,6 +72,9 @@ class NodeService:
                 bond=mine.bond,
                 faults=faults_from_env(),
             )
+        self.validator = validate
+        if validate is not None:
+            node.extra_roles.append("powr")
         config = uvicorn.Config(
             create_app(
                 node,
@@ -96,6 +101,8 @@ class NodeService:
         self.server.should_exit = True
         self.network.stop()
         self._stop.set()
+        if self.validator is not None:
+            self.validator.stop()
 
     async def _produce(self) -> None:
         while not self._stop.is_set():
@@ -128,10 +135,38 @@ class NodeService:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 1.0)
 
+    async def _validate(self, validator: PowrValidator) -> None:
+        """The PoWR duty: once a second, see what the epoch asks of this validator; evaluate (in
+        a worker thread: it runs llama.cpp for seconds) and send the commit or the reveal.
+        Reading the chain (`next_step`) stays on this loop, beside the code that changes it."""
+        while not self._stop.is_set():
+            try:
+                step = validator.next_step()
+                txs = await asyncio.to_thread(validator.perform, step) if step else []
+            except DNError as exc:
+                log.warning("PoWR validation failed: %s", exc.message)
+                txs = []
+            except Exception:  # a bug here must not stop the validator's other work
+                log.exception("PoWR validation failed")
+                txs = []
+            for tx in txs:
+                if self._stop.is_set():
+                    break
+                result = self.node.submit([tx.to_json()])[0]
+                epoch = tx.payload["epoch"]
+                if result["accepted"]:
+                    log.info("%s for epoch %d sent (%s)", tx.kind, epoch, tx.id[:12])
+                else:
+                    log.warning("%s for epoch %d refused: %s", tx.kind, epoch, result["message"])
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 1.0)
+
     async def run(self) -> None:
         producer = asyncio.create_task(self._produce())
         network = asyncio.create_task(self.network.run())
         miner = asyncio.create_task(self._mine(self.miner)) if self.miner else None
+        validator = self.validator
+        validating = asyncio.create_task(self._validate(validator)) if validator else None
         try:
             await self.server.serve()
         except SystemExit:
@@ -146,6 +181,9 @@ class NodeService:
             if miner is not None:
                 await asyncio.gather(miner, return_exceptions=True)
                 self.miner.close()  # type: ignore[union-attr]
+            if validator is not None and validating is not None:
+                await asyncio.gather(validating, return_exceptions=True)
+                validator.close()
             self.node.close()
 
 
@@ -184,9 +222,12 @@ def run_foreground(
     *,
     mine: MinerOptions | None = None,
     gateway_wallet: Keypair | None = None,
+    validate: PowrValidator | None = None,
 ) -> None:
     async def main() -> None:
-        service = NodeService(node, host, port, net, mine=mine, gateway_wallet=gateway_wallet)
+        service = NodeService(
+            node, host, port, net, mine=mine, gateway_wallet=gateway_wallet, validate=validate
+        )
         await serve_all([service])
 
     asyncio.run(main())

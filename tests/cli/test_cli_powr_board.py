@@ -1,0 +1,130 @@
+"""`dn powr status | scores | leaderboard` against a real `dn node start` whose one validator
+commits and reveals scores for two models through the real rules, in short epochs.
+
+The validator's transactions are signed here with the node's own key (what the validator loop
+does); everything shown is read back through the node's API and the CLI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dn.chain.powr_rules import powr_commitment
+from dn.cli.txs import send_tx
+from dn.node.client import NodeClient
+from dn.node.node import NodeHome
+from dn.wallet.keystore import Keystore
+from tests.cli.conftest import PASSWORD
+from tests.cli.helpers import said
+from tests.cli.test_cli_chain import Devnet, make_wallet
+from tests.functional.harness import NodeProcess, init_chain, wait_until
+
+DN = 10**9
+EPOCH = 8  # blocks: commits in the first 4, reveals in the last 4
+GOOD, POOR = "ab" * 32, "cd" * 32
+SCORES = {GOOD: 800_000, POOR: 200_000}
+SALT = "5a" * 16
+
+
+def _register(client: NodeClient, keypair: Any, sha: str, name: str) -> None:
+    payload = {"model": sha, "name": name, "domain": "general", "price": 1000, "license": "",
+               "size": 1234}  # fmt: skip
+    send_tx(client, keypair, "model.register", payload)
+
+
+def _wait_phase(client: NodeClient, phase: str) -> dict[str, Any]:
+    """The status once the block being built next is in `phase` with at least two blocks of the
+    phase left (room for the transaction to land in it)."""
+
+    def ready() -> dict[str, Any] | None:
+        status = client.powr_status()
+        left = status["phase_to"] - status["height"]
+        return status if status["phase"] == phase and left >= 2 else None
+
+    return dict(wait_until(ready, 40, what=f"the {phase} phase"))
+
+
+@pytest.fixture
+def board(dn_home: Path, password_file: Path) -> Iterator[tuple[Devnet, int]]:
+    alice = make_wallet("alice", password_file, dn_home)
+    bob = make_wallet("bob", password_file, dn_home)
+    made = init_chain(
+        dn_home, {alice: 1000 * DN}, block_time_ms=100, max_block_interval_ms=1000,
+        epoch_blocks=EPOCH,
+    )  # fmt: skip
+    node = NodeProcess(dn_home).start()
+    devnet = Devnet(dn_home, node, {"chain_id": made.chain_id}, alice, bob, password_file)
+    validator = NodeHome.named("default", dn_home).key()
+    keypair = Keystore(dn_home / "wallets").load("alice", PASSWORD)
+    try:
+        with node.client() as client:
+            _register(client, keypair, GOOD, "good")
+            _register(client, keypair, POOR, "poor")
+            send_tx(client, keypair, "transfer", {"to": validator.address, "amount": DN})
+            status = _wait_phase(client, "commit")
+            epoch = status["epoch"]
+            commitment = powr_commitment(epoch, validator.address, SCORES, SALT)
+            sent = send_tx(
+                client, validator, "powr.commit", {"epoch": epoch, "commitment": commitment}
+            )
+            assert sent["status"] == "included"
+            _wait_phase(client, "reveal")
+            payload = {"epoch": epoch, "scores": SCORES, "salt": SALT}
+            assert send_tx(client, validator, "powr.reveal", payload)["status"] == "included"
+            wait_until(
+                lambda: (client.powr_status()["last_closed"] or -1) >= epoch, 40, what="the close"
+            )
+        yield devnet, epoch
+    finally:
+        node.stop(timeout=5)
+
+
+def test_leaderboard_scores_and_status_show_the_closed_epoch(board: tuple[Devnet, int]) -> None:
+    devnet, epoch = board
+    status = devnet.dn_json("powr", "status")
+    assert status["last_closed"] >= epoch and status["epoch_blocks"] == EPOCH
+
+    ranked = devnet.dn_json("powr", "leaderboard", "--epoch", str(epoch))
+    assert [r["name"] for r in ranked["rows"]] == ["good", "poor"]
+    assert [r["rank"] for r in ranked["rows"]] == [1, 2]
+    good, poor = ranked["rows"]
+    assert good["quality"] == 800_000 and poor["quality"] == 200_000  # one validator: its scores
+    assert good["score"] > poor["score"] > 0 and good["reward"] > poor["reward"] > 0
+    assert ranked["paid"] == ranked["emission"] > 0  # every unit found an owner
+    # The default is the last closed epoch; a domain nobody uses is empty.
+    assert devnet.dn_json("powr", "leaderboard")["epoch"] == status["last_closed"]
+    assert (
+        devnet.dn_json("powr", "leaderboard", "--domain", "code", "--epoch", str(epoch))["rows"]
+        == []
+    )
+    table = said(devnet.dn("powr", "leaderboard", "--epoch", str(epoch)))
+    assert "good" in table and "poor" in table and f"epoch {epoch}" in table
+
+    shown = devnet.dn_json("powr", "scores", "--epoch", str(epoch))
+    assert shown["closed"] is True
+    assert {m: [e["raw"] for e in entries] for m, entries in shown["scores"].items()} == {
+        GOOD: [800_000],
+        POOR: [200_000],
+    }
+    assert all(e["clipped"] == e["raw"] for entries in shown["scores"].values() for e in entries)
+    (record,) = shown["result"]["validators"].values()
+    assert record["revealed"] is True and record["reward"] > 0
+    credited = sum(c["amount"] for c in shown["result"]["credits"])
+    assert credited == shown["result"]["paid"]
+    assert "validators" in said(devnet.dn("powr", "scores", "--epoch", str(epoch)))
+
+
+def test_epochs_not_closed_or_not_started_are_explained(board: tuple[Devnet, int]) -> None:
+    devnet, _ = board
+    with devnet.node.client() as client:
+        current = client.powr_status()["epoch"]
+    future = devnet.dn("powr", "scores", "--epoch", str(current + 50), code=None)
+    assert "has not started" in said(future)
+    open_now = devnet.dn("powr", "leaderboard", "--epoch", str(current + 1), code=None)
+    assert "not closed" in said(open_now)
+    devnet.dn("powr", "scores", "--epoch", "-1", code=2)
+    assert devnet.dn_json("powr", "scores", "--epoch", str(current))["closed"] is False
