@@ -1,4 +1,4 @@
-"""`dn chain …`: init, info, blocks, block, tx, verify."""
+"""`dn chain …`: init, info, blocks, block, tx, verify, explain."""
 
 from __future__ import annotations
 
@@ -365,3 +365,73 @@ def verify(ctx: typer.Context, name: str = NodeName) -> None:
         raise ChainError("verification failed")
     if opts(ctx).verbose:
         say(f"verified chain {report['chain_id']} up to height {report['height']}")
+
+
+@app.command()
+def explain(
+    ctx: typer.Context,
+    who: str = typer.Argument(..., metavar="ADDRESS", help="An address (dn1…) or a wallet name."),
+    name: str = NodeName,
+    start: int = typer.Option(
+        0, "--from", min=0, help="List the entries from this height on (the rest is the opening)."
+    ),
+) -> None:
+    """Trace every credit and debit of an address's balance to its cause (a transaction, a
+    task, an epoch reward, a bond or stake coming back), replaying the local node's store."""
+    from dn.chain.explain import UNEXPLAINED
+    from dn.chain.explain import explain as explain_address
+    from dn.chain.store import Store
+    from dn.cli.wallet import resolve_address
+    from dn.config import home
+    from dn.encoding import format_dn
+    from dn.node.node import NodeHome
+
+    address = resolve_address(ctx, who)
+    node_home = NodeHome.named(name, home(opts(ctx).home))
+    store = Store.open(node_home.store_file, readonly=True)
+    try:
+        with progress("replaying", store.tip().height) as update:
+            found = explain_address(store, address, start, update)
+    finally:
+        store.close()
+    data = found.to_json()
+    totals = data["totals"]
+
+    def signed(units: int) -> str:
+        return ("+" if units > 0 else "") + format_dn(units)
+
+    def human(out: Any) -> None:
+        out.print(f"{address} at height {found.height}")
+        rows = [
+            [e.height, _short(e.tx) if e.tx else "", e.cause, signed(e.amount)]
+            for e in found.entries
+        ]
+        if start:
+            rows.insert(0, [start, "", "opening balance", format_dn(found.opening)])
+        out.print(table(None, ["height", "tx", "cause", "DN"], rows))
+        if found.locked:
+            locked = [[_locked(item), format_dn(item["amount"])] for item in found.locked]
+            out.print(table("locked (not in the balance)", ["where", "DN"], locked))
+        out.print(
+            f"received {format_dn(totals['received'])} DN, spent {format_dn(totals['spent'])} "
+            f"DN, balance [bold]{format_dn(totals['balance'])} DN[/]"
+            + (f", locked {format_dn(totals['locked'])} DN" if totals["locked"] else "")
+        )
+        if totals["unexplained"] or any(e.kind == UNEXPLAINED for e in found.entries):
+            out.print(f"[red]unexplained[/]: {signed(totals['unexplained'])} units")
+        else:
+            out.print("[green]ok[/]: every unit explained")
+
+    emit(ctx, data, human)
+    if any(e.kind == UNEXPLAINED for e in found.entries):
+        raise ChainError("some balance changes have no cause the explainer knows")
+
+
+def _locked(item: dict[str, Any]) -> str:
+    if item["kind"] == "bond":
+        return "miner bond"
+    if item["kind"] == "stake" and "name" in item:
+        return f"stake on model {item['name']} ({_short(item['target'])})"
+    if item["kind"] == "stake":
+        return f"stake on validator {item['target']}"
+    return f"unbonding, back at block {item['due']}"
