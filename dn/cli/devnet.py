@@ -50,12 +50,28 @@ def up(
         help="How many of the nodes (the last M, not validators) also mine, with funded "
         "devnet-miner<j> wallets, serving every registered model in $DN_HOME/models.",
     ),
+    idle_interval: int | None = typer.Option(
+        None,
+        "--idle-interval",
+        metavar="MS",
+        help="An empty block at least this often, in milliseconds (default 5000, or what the "
+        "stored devnet has).",
+    ),
+    epoch_blocks: int | None = typer.Option(
+        None,
+        "--epoch-blocks",
+        metavar="N",
+        help="Blocks per PoWR epoch (default 100, or what the stored devnet has).",
+    ),
     powr: bool = typer.Option(
         False,
         "--powr/--no-powr",
         help="Every validator node also does its PoWR duty: each epoch it evaluates the live "
         "models in $DN_HOME/models and commits, then reveals, their quality scores. Off by "
         "default for now.",
+    ),
+    powr_items: int | None = typer.Option(
+        None, "--powr-items", min=1, help="With --powr: benchmark items per model per epoch."
     ),
 ) -> None:
     """Run a local network of N nodes in this process until Ctrl-C.
@@ -73,6 +89,8 @@ def up(
         validators,
         block_time if block_time is not None else devnet.DEFAULT_BLOCK_TIME_MS,
         miners,
+        epoch_blocks,
+        idle_interval,
     )
     devnet.check_ports(port_base, nodes)
     with devnet.lock(base):
@@ -83,6 +101,8 @@ def up(
             block_time_ms=block_time,
             fresh=fresh,
             miners=miners,
+            epoch_blocks=epoch_blocks,
+            idle_ms=idle_interval,
             notify=say,
         )
         info = net.describe(port_base)
@@ -95,7 +115,7 @@ def up(
 
         state = "resuming" if net.resumed else "starting"
         say(f"{state} devnet {net.genesis.chain_id} ({net.shape.describe()}) in {base}")
-        devnet.run(net, port_base, ready, powr=powr)
+        devnet.run(net, port_base, ready, powr=powr, powr_items=powr_items)
     say("devnet stopped")
 
 

@@ -81,10 +81,18 @@ class Shape:
     validators: int
     block_time_ms: int
     miners: int = 0  # the last M nodes run the miner role with the devnet-miner<j> wallets
+    epoch_blocks: int = PARAMS["epoch_blocks"][0]  # PoWR epoch length
+    idle_ms: int = IDLE_INTERVAL_MS  # an empty block at least this often
 
     @classmethod
     def check(
-        cls, nodes: int, validators: int | None, block_time_ms: int, miners: int = 0
+        cls,
+        nodes: int,
+        validators: int | None,
+        block_time_ms: int,
+        miners: int = 0,
+        epoch_blocks: int | None = None,
+        idle_ms: int | None = None,
     ) -> Shape:
         """The shape for these options; InputError for any value that cannot make a devnet."""
         if nodes < 1:
@@ -107,7 +115,15 @@ class Shape:
                 f"--miners must be from 0 to {nodes - count} (the nodes that are not "
                 f"validators), got {miners}"
             )
-        return cls(nodes, count, block_time_ms, miners)
+        _, low, high = PARAMS["epoch_blocks"]
+        epoch = PARAMS["epoch_blocks"][0] if epoch_blocks is None else epoch_blocks
+        if not low <= epoch <= high:
+            raise InputError(f"--epoch-blocks must be from {low} to {high}, got {epoch}")
+        idle = max(IDLE_INTERVAL_MS if idle_ms is None else idle_ms, block_time_ms)
+        _, low, high = PARAMS["max_block_interval_ms"]
+        if not low <= idle <= high:
+            raise InputError(f"--idle-interval must be from {low} to {high} ms, got {idle}")
+        return cls(nodes, count, block_time_ms, miners, epoch, idle)
 
     def describe(self) -> str:
         miners = f", {self.miners} miner{'s' * (self.miners != 1)}" if self.miners else ""
@@ -148,10 +164,16 @@ class Record:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"devnet record has a malformed {key}")
             numbers.append(value)
-        miners = doc.get("miners", 0)
-        if isinstance(miners, bool) or not isinstance(miners, int):
-            raise ValueError("devnet record has a malformed miners")
-        numbers.append(miners)
+        defaults = (
+            ("miners", 0),
+            ("epoch_blocks", PARAMS["epoch_blocks"][0]),
+            ("idle_ms", max(IDLE_INTERVAL_MS, numbers[2])),
+        )
+        for key, default in defaults:
+            value = doc.get(key, default)  # records written before these existed
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"devnet record has a malformed {key}")
+            numbers.append(value)
         genesis_hash, chain_id = doc.get("genesis_hash"), doc.get("chain_id")
         if not (isinstance(genesis_hash, str) and isinstance(chain_id, str)):
             raise ValueError("devnet record has malformed fields")
@@ -342,7 +364,8 @@ def _create(base: Path, shape: Shape, wallets: dict[str, str]) -> Genesis:
     keys = [home.key() for home in homes]
     params = default_params(
         block_time_ms=shape.block_time_ms,
-        max_block_interval_ms=max(IDLE_INTERVAL_MS, shape.block_time_ms),
+        max_block_interval_ms=shape.idle_ms,
+        epoch_blocks=shape.epoch_blocks,
     )
     genesis = Genesis.build(
         network=NETWORK,
@@ -368,16 +391,22 @@ def prepare(
     block_time_ms: int | None = None,
     fresh: bool = False,
     miners: int = 0,
+    epoch_blocks: int | None = None,
+    idle_ms: int | None = None,
     notify: Notify = lambda _: None,
 ) -> Devnet:
     """Resume the devnet stored under `base` if it has this shape, else make a new one.
 
-    `block_time_ms` None keeps the stored devnet's block time (DEFAULT_BLOCK_TIME_MS for a new
-    one). Starting over removes only the devnet's node folders and record (see `remove`)."""
+    `block_time_ms`, `epoch_blocks` and `idle_ms` None keep the stored devnet's (the defaults
+    for a new one). Starting over removes only the devnet's node folders and record (see
+    `remove`)."""
     record = read_record(base)
     if block_time_ms is None:
         block_time_ms = record.shape.block_time_ms if record else DEFAULT_BLOCK_TIME_MS
-    shape = Shape.check(nodes, validators, block_time_ms, miners)
+    if record is not None:
+        epoch_blocks = record.shape.epoch_blocks if epoch_blocks is None else epoch_blocks
+        idle_ms = record.shape.idle_ms if idle_ms is None else idle_ms
+    shape = Shape.check(nodes, validators, block_time_ms, miners, epoch_blocks, idle_ms)
     private_dir(base)
     wallets = ensure_wallets(base, notify, shape.miners)
     if record is not None and not fresh:
@@ -422,12 +451,14 @@ async def serve(
     on_ready: Callable[[], None] | None = None,
     miners: dict[int, Keypair] | None = None,
     powr: bool = False,
+    powr_items: int | None = None,
 ) -> None:
     """Serve every node on 127.0.0.1:port_base+i, each peered with all the others, until
     SIGINT/SIGTERM; `on_ready` is called once every node listens. Node i in `miners` also runs
     the miner role with that wallet, serving every registered model in the local store. With
     `powr`, every validator node also does its PoWR duty (`dn.node.validator`) on the models in
-    the local store, its fees paid by its node key."""
+    the local store (`powr_items` items per model, default the validator's), its fees paid by
+    its node key."""
     from dn.node.miner import MinerOptions
     from dn.node.net import NetOptions
     from dn.node.service import NodeService, serve_all
@@ -439,7 +470,12 @@ async def serve(
     if powr:
         count = sum(1 for node in nodes if node.is_validator)
         validators = {
-            i: for_node(node, ModelStore.default(), threads=miner_threads(count))
+            i: for_node(
+                node,
+                ModelStore.default(),
+                threads=miner_threads(count),
+                **({"items_per_model": powr_items} if powr_items else {}),
+            )
             for i, node in enumerate(nodes)
             if node.is_validator
         }
@@ -485,6 +521,7 @@ def run(
     on_ready: Callable[[], None] | None = None,
     *,
     powr: bool = False,
+    powr_items: int | None = None,
 ) -> None:
     """Run the devnet in the foreground until SIGINT/SIGTERM (`powr`: see `serve`)."""
     store = Keystore(wallets_dir(devnet.base))
@@ -492,4 +529,4 @@ def run(
         i: store.load(name, DEVNET_PASSWORD) for i, name in devnet.shape.miner_wallets().items()
     }
     nodes = open_nodes(devnet)
-    asyncio.run(serve(nodes, port_base, on_ready, miners, powr))
+    asyncio.run(serve(nodes, port_base, on_ready, miners, powr, powr_items))
