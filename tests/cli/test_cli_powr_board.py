@@ -8,7 +8,6 @@ does); everything shown is read back through the node's API and the CLI.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -48,8 +47,12 @@ def _wait_phase(client: NodeClient, phase: str) -> dict[str, Any]:
     return dict(wait_until(ready, 40, what=f"the {phase} phase"))
 
 
-@pytest.fixture
-def board(dn_home: Path, password_file: Path) -> Iterator[tuple[Devnet, int]]:
+@pytest.fixture(scope="module")
+def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Devnet, int]]:
+    """One closed epoch, shared by the tests here (they only read)."""
+    dn_home = tmp_path_factory.mktemp("powr-board")
+    password_file = dn_home / "password.txt"
+    password_file.write_text(PASSWORD + "\n")
     alice = make_wallet("alice", password_file, dn_home)
     bob = make_wallet("bob", password_file, dn_home)
     made = init_chain(
