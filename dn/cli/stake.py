@@ -103,8 +103,10 @@ def add(
     wait: bool = Wait,
     password_file: Path | None = PasswordFile,
 ) -> None:
-    """Stake DN on a model (its backers share its query fees) or on a validator (recorded only:
-    validators earn nothing until PoWR rewards exist). At least the chain's stake_min."""
+    """Stake DN on a model or on a validator (at least the chain's stake_min).
+
+    A model's backers share its query fees and PoWR rewards; a stake on a validator adds to its
+    weight in the PoWR epoch close (delegators are not paid a share of its reward yet)."""
     from dn.cli.txs import check_wallet
     from dn.encoding import format_dn, parse_dn
 

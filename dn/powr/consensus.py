@@ -72,7 +72,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from dn.encoding import MAX_AMOUNT, UNITS_PER_DN
+from dn.chain.genesis import PARAMS
+from dn.encoding import MAX_AMOUNT
 from dn.errors import InputError
 
 PPM = 1_000_000  # a perfect score
@@ -83,19 +84,12 @@ SCORE_WEIGHT_QUALITY_BPS = 5_000
 SCORE_WEIGHT_SUCCESS_BPS = 2_500
 SCORE_WEIGHT_DEMAND_BPS = 2_500
 
-# The genesis parameters this module reads: name: (default, minimum, maximum), in the format of
-# dn.chain.genesis.PARAMS. Across parameters, the shares of a model's reward sum to BPS and the
-# emission of all epochs, under 2 * powr_epoch_emission * powr_halving_epochs, must leave the
-# supply below 2^63 units.
+# The genesis parameters this module reads (defined with every other one in
+# dn.chain.genesis.PARAMS): name: (default, minimum, maximum). Across parameters, the shares of
+# a model's reward sum to BPS and the emission of all epochs, under 2 * powr_epoch_emission *
+# powr_halving_epochs, must leave the supply below 2^63 units.
 POWR_PARAMS: dict[str, tuple[int, int, int]] = {
-    "powr_epoch_emission": (50 * UNITS_PER_DN, 0, MAX_AMOUNT),  # units minted in epochs 0, 1, …
-    "powr_halving_epochs": (10_000, 1, 1_000_000_000),  # … halved every this many epochs
-    "powr_validator_share_bps": (2_000, 0, BPS),  # of the emission, to validators
-    "powr_creator_share_bps": (3_000, 0, BPS),  # of a model's part, to its creator
-    "powr_miner_share_bps": (5_000, 0, BPS),  # … to its miners by confirmed tokens served
-    "powr_backer_share_bps": (2_000, 0, BPS),  # … to its backers by stake (the creator if none)
-    "powr_clip_band_ppm": (100_000, 0, PPM),  # scores clipped to the median ± this
-    "powr_agreement_span_ppm": (200_000, 1, PPM),  # agreement reaches 0 this far from the median
+    name: spec for name, spec in PARAMS.items() if name.startswith("powr_")
 }
 
 REASON_VALIDATOR = "validator"
