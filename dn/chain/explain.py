@@ -13,11 +13,12 @@ re-derived from what caused them, reading the state just before each step:
     each tx         the fee (sender) and the proposer's share of it; a transfer's amount; the
                     bond a `miner.register` locks (`bond` minus what the miner held); a `stake`;
                     a `task.settle`'s price (the ticket's consumer) and its split (creator,
-                    generator, checker, backers: `split_fee` over the backers at that moment)
+                    generator, checker, backers: `split_fee` over the backers at that moment);
+                    a `task.verdict`'s refund to the consumer of a bad answer
 
-`miner.exit` and `unstake` move nothing from the balance until the unlock height. Whatever part
-of a block's balance change the derived entries do not cover is reported as an `unexplained`
-entry; on a chain that follows these rules there is none.
+`miner.exit`, `unstake` and a verdict that takes a miner out of service move nothing from the
+balance until the unlock height. Whatever part of a block's balance change the derived entries do
+not cover is reported as an `unexplained` entry; on a chain that follows these rules there is none.
 
 Locked funds (a live miner's bond, stakes, funds unbonding under `unlock:`) are not in the
 balance; `Explanation.locked` lists them as they stand at the tip.
@@ -29,12 +30,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dn.chain import powr_rules, staking
+from dn.chain import disputes, powr_rules, staking
 from dn.chain.economics import split_fee
 from dn.chain.genesis import BPS, Genesis
 from dn.chain.state import (
     MINER,
     MODEL,
+    TASK,
     UNLOCK,
     DictState,
     Overlay,
@@ -244,6 +246,15 @@ class _Tracer:
             self.pending.setdefault(due, []).append(_Lock("stake", height, tx.id, p["target"]))
         elif tx.kind == "task.settle":
             out += self._settle_effects(state, tx)
+        elif tx.kind == "task.verdict":
+            ruling = disputes.outcome(state, tx, self.genesis, height)
+            task = p["task"]
+            if ruling.refund and state.get(TASK + task)["consumer"] == me:
+                cause = f"refund for task {task[:12]}…: a validator found the answer invalid"
+                out.append(("refund", cause, ruling.refund, {"task": task}))
+            if me in ruling.exits:
+                due = height + self.genesis.param("unbonding_blocks")
+                self.pending.setdefault(due, []).append(_Lock("bond", height, tx.id))
         return out
 
     def _settle_effects(

@@ -72,6 +72,18 @@ PARAMS: dict[str, tuple[int, int, int]] = {
     "check_max_gap_milli": (8_000, 0, 1_000_000),  # … and this logit gap (thousandths)
     "check_min_top1_bps": (3_000, 0, BPS),  # share of tokens that are the checker's top-1
     "check_max_mean_gap_milli": (2_000, 0, 1_000_000),  # mean logit gap (thousandths)
+    # Disputes (dn/chain/disputes.py): validators re-check every rejected task and this share of
+    # confirmed ones, within this many blocks of settlement (never longer than unbonding_blocks,
+    # so a miner cannot exit and take its bond back before it is judged); a miner at fault loses
+    # slash_bps of its bond, of which slash_pool_bps goes to the validator pool, the rest burned.
+    "spot_check_bps": (1_000, 0, BPS),
+    "dispute_window_blocks": (50, 1, 1_000_000),
+    "slash_bps": (2_000, 0, BPS),
+    "slash_pool_bps": (5_000, 0, BPS),
+    # How far an honest checker's committed values may differ from a validator's own
+    # (dn/runner/check.py `Drift`): per-token gap, and mean |logit| difference (thousandths).
+    "dispute_max_gap_milli": (4_000, 0, 1_000_000),
+    "dispute_max_mean_logit_milli": (1_000, 0, 1_000_000),
 }
 
 FEE_SPLIT = (

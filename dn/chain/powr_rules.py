@@ -225,6 +225,43 @@ def record_task(
     )
 
 
+def unrecord_task(
+    state: Overlay,
+    genesis: Genesis,
+    height: int,
+    settled: int,
+    model: str,
+    generator: str,
+    tokens: int,
+) -> None:
+    """A verdict in block `height` found that a task confirmed in block `settled` was a bad
+    answer: if its epoch is still open, count it as not confirmed (its tokens earn the generator
+    no emission and no longer count as demand). A closed epoch is paid and stays as it was."""
+    blocks = genesis.param("epoch_blocks")
+    epoch = Epoch.at(settled, blocks).number
+    if epoch != Epoch.at(height, blocks).number:
+        return
+    key = stats_key(epoch, model)
+    found = state.get(key)
+    if found is None:
+        return
+    miners = dict(found["miners"])
+    left = miners.get(generator, 0) - tokens
+    if left > 0:
+        miners[generator] = left
+    else:
+        miners.pop(generator, None)
+    state.set(
+        key,
+        {
+            **found,
+            "confirmed": max(0, found["confirmed"] - 1),
+            "tokens": max(0, found["tokens"] - tokens),
+            "miners": miners,
+        },
+    )
+
+
 # --- the epoch close --------------------------------------------------------------------------
 
 

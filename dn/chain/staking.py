@@ -108,7 +108,8 @@ def unstake(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
         _check_floor(rest, genesis, "the stake left")
     _set_stake(state, target, tx.sender, rest)
     key = UNLOCK + str(height + genesis.param("unbonding_blocks"))
-    state.set(key, [*(state.get(key) or []), {"address": tx.sender, "amount": amount}])
+    entry = {"address": tx.sender, "amount": amount, "what": "stake"}
+    state.set(key, [*(state.get(key) or []), entry])
 
 
 def stakes_of(

@@ -12,14 +12,15 @@ None deletes a key):
                              "rejected": rejected tasks}
     model-name:<name>       the sha256 of the live (not retired) model holding that name
     miner:<address>         {"bond": units still bonded, "url", "models": [sha256, …] sorted,
-                             "since": height of this registration, "exited": height | null}
+                             "since": height of this registration, "exited": height | null,
+                             "slashed": units lost to verdicts (once slashed)}
     serving:<sha256>        [{"miner", "from", "until"}, …] who served a model when (tasks.py)
-    unlock:<height>         [{"address", "amount"}, …] bonds and unstaked funds released at
-                            the start of that block
+    unlock:<height>         [{"address", "amount", "what": "bond" | "stake"}, …] bonds and
+                            unstaked funds released at the start of that block
     pool:validators         {"balance": units} the validators' share of paid queries
     task:<task id>          {"model", "consumer", "generator", "checker", "tokens", "paid",
                              "status": "confirmed" | "rejected", "height", "output_hash",
-                             "commitment"}
+                             "commitment", "verdict" (once a validator ruled: disputes.py)}
     stake:<target>:<address> {"amount": units} staked by that address on a model (sha256) or
                             a validator (address); written by `stake` / `unstake` (staking.py)
     backers:<target>        [address, …] sorted: who holds a stake on the target; a model's
@@ -51,7 +52,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dn.chain import consensus, powr_rules, staking
+from dn.chain import consensus, disputes, powr_rules, staking
 from dn.chain.economics import split_fee
 from dn.chain.genesis import BPS, Genesis
 from dn.chain.tasks import (
@@ -94,6 +95,7 @@ ENABLED_KINDS = frozenset(
         "miner.register",
         "miner.exit",
         "task.settle",
+        "task.verdict",
         "powr.commit",
         "powr.reveal",
     }
@@ -371,11 +373,20 @@ def _miner_exit(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
     current = state.get(MINER + tx.sender)
     if current is None or current["exited"] is not None:
         raise InvalidTx("the sender is not a registered miner", reason="not-miner")
+    exit_miner(state, tx.sender, height, genesis)
+
+
+def exit_miner(state: Overlay, address: str, height: int, genesis: Genesis) -> None:
+    """Take a live miner out of service in block `height` (its `miner.exit`, or a slash that left
+    its bond below the minimum): it stops serving, and its bond unbonds (`what`: "bond", so a
+    verdict can still find and slash it)."""
+    current = state.get(MINER + address)
     for sha in current["models"]:
-        _set_serving(state, sha, tx.sender, height, genesis, serving=False)
+        _set_serving(state, sha, address, height, genesis, serving=False)
     key = UNLOCK + str(height + genesis.param("unbonding_blocks"))
-    state.set(key, [*(state.get(key) or []), {"address": tx.sender, "amount": current["bond"]}])
-    state.set(MINER + tx.sender, {**current, "bond": 0, "exited": height})
+    entry = {"address": address, "amount": current["bond"], "what": "bond"}
+    state.set(key, [*(state.get(key) or []), entry])
+    state.set(MINER + address, {**current, "bond": 0, "exited": height})
 
 
 def begin_block(state: Overlay, height: int, genesis: Genesis) -> None:
@@ -507,6 +518,7 @@ RULES: dict[str, Rule] = {
     "miner.register": _miner_register,
     "miner.exit": _miner_exit,
     "task.settle": _task_settle,
+    "task.verdict": disputes.task_verdict,
     "powr.commit": powr_rules.commit,
     "powr.reveal": powr_rules.reveal,
 }

@@ -133,10 +133,16 @@ class TaskSettle(Payload):
     checker: Attestation
 
 
+FaultReason = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
+
+
 class TaskVerdict(Payload):
+    """A validator's ruling on one settled task (dn/chain/disputes.py): who was at fault and why
+    (empty: nobody), and `evidence`, the commitment to the values the validator computed."""
+
     task: Hash
-    loser: Address
-    evidence: Hex
+    faults: Annotated[dict[Address, FaultReason], Field(max_length=2)]
+    evidence: Hash
 
 
 class PowrCommit(Payload):

@@ -4,8 +4,9 @@
 ids; the checker evaluates the prompt plus those ids in prefill passes and, for every claimed
 token, records
 
-    rank  how many vocabulary entries had a strictly higher logit than the claimed token
-    gap   best logit minus the claimed token's logit (>= 0; 0 when the claim is the argmax)
+    rank   how many vocabulary entries had a strictly higher logit than the claimed token
+    gap    best logit minus the claimed token's logit (>= 0; 0 when the claim is the argmax)
+    logit  the claimed token's raw logit (what a checker cannot guess without computing)
 
 Greedy output is not bit-identical across thread counts, batch sizes or CPU/GPU, so an honest
 answer is not always rank 0; but it is always near the top, while a token from another model, for
@@ -55,10 +56,16 @@ class TokenValue:
     token: int
     rank: int
     gap: float
+    logit: float = 0.0
 
     def quantized(self) -> list[int]:
-        """The committed form: rank and gap in thousandths of a logit."""
-        return [self.token, self.rank, round(self.gap * 1000)]
+        """The committed form: token, rank, and gap and logit in thousandths of a logit."""
+        return [self.token, self.rank, round(self.gap * 1000), round(self.logit * 1000)]
+
+    @classmethod
+    def from_quantized(cls, row: Sequence[int]) -> TokenValue:
+        token, rank, gap, logit = row
+        return cls(int(token), int(rank), gap / 1000, logit / 1000)
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,50 @@ def judge(
 def commitment(values: Sequence[TokenValue]) -> str:
     """A compact commitment to what the checker computed: the hash of the quantized per-token
     values. The checker keeps the values; a validator who asks for them can check them against
-    this hash and then against its own prefill pass (within the drift the thresholds allow), so
-    a checker cannot approve without computing."""
-    return hash_hex([v.quantized() for v in values])
+    this hash and then against its own prefill pass (`consistent`), so a checker cannot approve
+    without computing."""
+    return quantized_commitment([v.quantized() for v in values])
+
+
+def quantized_commitment(rows: Sequence[Sequence[int]]) -> str:
+    """`commitment` of values already in their quantized form (as a miner keeps and sends them)."""
+    return hash_hex([list(row) for row in rows])
+
+
+@dataclass(frozen=True)
+class Drift:
+    """How far two honest computations of the same values may differ (different thread counts,
+    batch sizes, CPU or GPU): per token, the gaps by at most `max_gap`; over the answer, the
+    claimed tokens' logits by at most `max_mean_logit` on average. Genesis parameters
+    (`dispute_*`); docs/verification.md has the margins."""
+
+    max_gap: float = 4.0
+    max_mean_logit: float = 1.0
+
+    @classmethod
+    def from_params(cls, param: Any) -> Drift:
+        return cls(
+            max_gap=param("dispute_max_gap_milli") / 1000,
+            max_mean_logit=param("dispute_max_mean_logit_milli") / 1000,
+        )
+
+
+def consistent(
+    claimed: Sequence[TokenValue], own: Sequence[TokenValue], drift: Drift
+) -> tuple[bool, str]:
+    """Whether values a checker committed to (`claimed`) could have come from computing what a
+    validator computed (`own`) on other hardware. Logits are what give a lazy checker away: a
+    greedy answer is mostly rank 0 and gap 0, which anyone can write down, but the claimed
+    token's logit has to be computed."""
+    if len(claimed) != len(own):
+        return False, f"values for {len(claimed)} tokens, the answer has {len(own)}"
+    for i, (c, o) in enumerate(zip(claimed, own, strict=True)):
+        if c.token != o.token:
+            return False, f"token {i} is {c.token} in the values, {o.token} in the answer"
+        if abs(c.gap - o.gap) > drift.max_gap:
+            return False, f"token {i}: gap {c.gap:.2f} claimed, {o.gap:.2f} computed"
+    if own:
+        mean = sum(abs(c.logit - o.logit) for c, o in zip(claimed, own, strict=True)) / len(own)
+        if mean > drift.max_mean_logit:
+            return False, f"the claimed logits are {mean:.2f} off on average"
+    return True, "within drift"

@@ -317,7 +317,8 @@ class CheckSession:
         self._pending = rows[-1]
         self._n_past += len(tokens)
         fresh = [
-            TokenValue(t, int(r), float(g)) for t, r, g in zip(tokens, ranks, gaps, strict=True)
+            TokenValue(t, int(r), float(g), float(c))
+            for t, r, g, c in zip(tokens, ranks, gaps, claimed, strict=True)
         ]
         self.tokens.extend(tokens)
         self.values.extend(fresh)

@@ -317,7 +317,9 @@ def test_exit_releases_the_bond_exactly_after_unbonding(served: Chain) -> None:
         "since": 2,
         "exited": 3,
     }
-    assert served.state.get(f"unlock:{release}") == [{"address": M1.address, "amount": BOND}]
+    assert served.state.get(f"unlock:{release}") == [
+        {"address": M1.address, "amount": BOND, "what": "bond"}
+    ]
     after_exit = served.balance(M1)
     report = supply_report(served.state.items())
     assert (report["bonds"], report["unbonding"]) == (BOND, BOND)
@@ -347,8 +349,8 @@ def test_released_bond_can_be_spent_in_the_block_that_releases_it(served: Chain)
 def test_exits_in_one_block_share_the_unlock_entry(served: Chain) -> None:
     served.commit([served.exit_miner(M1), served.exit_miner(M2)])
     assert served.state.get(f"unlock:{3 + UNBONDING}") == [
-        {"address": M1.address, "amount": BOND},
-        {"address": M2.address, "amount": BOND},
+        {"address": M1.address, "amount": BOND, "what": "bond"},
+        {"address": M2.address, "amount": BOND, "what": "bond"},
     ]
     served.advance_to(3 + UNBONDING)
     assert served.balance(M1) == served.balance(M2) == 100 * DN - 2 * served.min_fee
@@ -429,7 +431,6 @@ def test_a_block_whose_miner_tx_does_not_apply_is_invalid(chain: Chain) -> None:
     ("kind", "payload"),
     [
         ("validator.bond", {"amount": DN}),
-        ("task.verdict", {"task": "00" * 32, "loser": V.address, "evidence": ""}),
         ("validator.unbond", {"amount": DN}),
     ],
 )

@@ -190,7 +190,9 @@ def test_unstake_releases_the_funds_exactly_after_unbonding(backed: Chain) -> No
     backed.commit([tx])  # height 4
     release = 4 + UNBONDING
     assert staked(backed, SMOL, OTHER) == 3 * DN
-    assert backed.state.get(f"unlock:{release}") == [{"address": OTHER.address, "amount": 2 * DN}]
+    assert backed.state.get(f"unlock:{release}") == [
+        {"address": OTHER.address, "amount": 2 * DN, "what": "stake"}
+    ]
     report = supply_report(backed.state.items())
     assert (report["stakes"], report["unbonding"]) == (5 * DN, 2 * DN)
     assert backed.balance(OTHER) == before - tx.fee  # nothing credited yet
@@ -214,8 +216,8 @@ def test_unstaking_everything_removes_the_backer(backed: Chain) -> None:
     assert backed.state.get("backers:" + SMOL) == [M1.address]
     assert backed.state.get("backers:" + V.address) is None  # an empty list is deleted
     assert backed.state.get(f"unlock:{5 + UNBONDING}") == [
-        {"address": OTHER.address, "amount": 5 * DN},
-        {"address": OTHER.address, "amount": 2 * DN},
+        {"address": OTHER.address, "amount": 5 * DN, "what": "stake"},
+        {"address": OTHER.address, "amount": 2 * DN, "what": "stake"},
     ]
     assert_rejected(backed, unstake(backed, OTHER, SMOL, DN), "no-stake")
     before = backed.balance(OTHER)
@@ -240,7 +242,7 @@ def test_stake_and_unstake_in_one_block(chain: Chain) -> None:
     assert staked(chain, SMOL, OTHER) is None
     assert chain.state.get("backers:" + SMOL) is None
     assert chain.state.get(f"unlock:{3 + UNBONDING}") == [
-        {"address": OTHER.address, "amount": 2 * DN}
+        {"address": OTHER.address, "amount": 2 * DN, "what": "stake"}
     ]
 
 
