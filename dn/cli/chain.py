@@ -1,4 +1,4 @@
-"""`dn chain …`: init, info, blocks, block, tx, verify, explain."""
+"""`dn chain …`: init, info, blocks, block, tx, task, verify, explain."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import typer
 from dn.chain.genesis import PARAMS
 from dn.cli.output import emit, opts, progress, say, table
 from dn.config import DEFAULT_NODE_NAME
+from dn.encoding import format_dn
 from dn.errors import ChainError, InputError
 
 app = typer.Typer(
@@ -331,6 +332,36 @@ def tx(ctx: typer.Context, tx_id: str = typer.Argument(..., help="Transaction id
         rows = [[k, body[k]] for k in ("kind", "sender", "nonce", "fee")]
         rows += [[f"payload.{k}", v] for k, v in body["payload"].items()]
         out.print(table(None, ["", ""], rows))
+
+    emit(ctx, data, human)
+
+
+@app.command()
+def task(
+    ctx: typer.Context, task_id: str = typer.Argument(..., help="Task id (hex), as dn query says.")
+) -> None:
+    """Show a settled task: who generated and checked it, what it cost, and a validator's
+    verdict on it once there is one (who was at fault and what they lost)."""
+    with opts(ctx).client() as client:
+        data = client.task(task_id.lower())
+
+    def human(out: Any) -> None:
+        out.print(f"task {data['task']}: {data['status']} in block {data['height']}")
+        rows = [[k, data[k]] for k in ("model", "consumer", "generator", "checker", "tokens")]
+        rows.append(["paid", f"{format_dn(data['paid'])} DN"])
+        out.print(table(None, ["", ""], rows))
+        verdict = data.get("verdict")
+        if verdict is None:
+            out.print("no verdict (yet): validators judge rejected and spot-checked tasks")
+            return
+        out.print(f"verdict by {verdict['by']} in block {verdict['height']}:")
+        if not verdict["faults"]:
+            out.print("  nobody at fault")
+        for address, reason in verdict["faults"].items():
+            lost = format_dn(verdict["slashed"].get(address, 0))
+            out.print(f"  {address}: {reason}, slashed {lost} DN")
+        if verdict["refund"]:
+            out.print(f"  the consumer got {format_dn(verdict['refund'])} DN back")
 
     emit(ctx, data, human)
 

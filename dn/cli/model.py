@@ -248,9 +248,16 @@ def show(
             out.print(f"{key:<{width}}  {value}")
         miners = model.get("miners") or []
         if miners:
-            out.print(
-                table("miners", ["address", "url"], [[m["address"], m["url"]] for m in miners])
-            )
+            rows = [
+                [
+                    m["address"],
+                    m["url"],
+                    format_dn(m.get("bond", 0)),
+                    format_dn(m.get("slashed", 0)),
+                ]
+                for m in miners
+            ]
+            out.print(table("miners", ["address", "url", "bond (DN)", "slashed (DN)"], rows))
         else:
             out.print("no miners serve it yet")
         backers = model.get("backers") or []

@@ -11,10 +11,16 @@ llama.cpp work runs in worker threads; the node's event loop only moves messages
 session over several requests (open, a chunk of tokens at a time, finish) because the tokens come
 from the generator while it is still decoding; a session idle for `idle_s` is closed.
 
-`faults` are for tests only (set through $DN_TEST_MINER_FAULTS, comma-separated): `stall`
-(the generator stops after a few tokens and hangs), `garbage` (it streams token ids that are not
-the model's answer), `wrong-key` (it signs attestations with another key), `check-stall` (the
-checker never answers a chunk).
+Every task is recorded (`dn.node.records`) before its attestation is returned: the ticket, the
+input, the tokens and, for a checker, the per-token values it committed to, so a validator can
+judge the task later (dn/node/referee.py).
+
+`faults` are for tests only (set through $DN_TEST_MINER_FAULTS, comma-separated). Generators:
+`stall` (stops after a few tokens and hangs), `garbage` (streams token ids that are not the
+model's answer), `tamper` (changes one token of the answer), `other-model` (answers with another
+model it holds), `wrong-key` (signs attestations with another key). Checkers: `check-stall`
+(never answers a chunk), `lazy-check` (approves without computing, committing to made-up
+values), `spiteful` (computes, then rejects every answer).
 """
 
 from __future__ import annotations
@@ -24,7 +30,6 @@ import logging
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,15 +40,17 @@ from dn.chain.state import MINER, MODEL, TASK
 from dn.chain.types import Tx
 from dn.errors import InvalidTx, TaskError
 from dn.node.node import Node
+from dn.node.records import TaskRecords, request_ok
 from dn.node.taskio import input_hash, normalize_input, render
-from dn.runner.check import Thresholds, TokenValue, commitment
+from dn.runner.check import Thresholds, TokenValue, Verdict, commitment, judge
 from dn.runner.llama import CheckSession, Runner
 from dn.runner.modelstore import ModelStore
 from dn.wallet.keys import Keypair
 
 log = logging.getLogger("dn.miner")
 FAULTS_ENV = "DN_TEST_MINER_FAULTS"
-KEEP_VALUES = 1000  # per-token values kept for validators, most recent tasks
+RECORDS_FILE = "miner_tasks.db"
+TAMPERED_AT = 2  # the token the `tamper` fault changes
 
 
 @dataclass
@@ -55,10 +62,34 @@ class _Job:
     generator: str  # the miner the selection rule picked to generate
 
 
+class _LazyCheck:
+    """The `lazy-check` fault: a check session that computes nothing, approves every answer and
+    makes up the values it commits to (rank 0, gap 0, logit 0: what a greedy answer mostly
+    looks like)."""
+
+    def __init__(self, max_tokens: int) -> None:
+        self.max_tokens = max_tokens
+        self.prompt_tokens: list[int] = []
+        self.tokens: list[int] = []
+        self.values: list[TokenValue] = []
+
+    def feed(self, tokens: list[int]) -> list[TokenValue]:
+        fresh = [TokenValue(int(t), 0, 0.0, 0.0) for t in tokens]
+        self.tokens.extend(int(t) for t in tokens)
+        self.values.extend(fresh)
+        return fresh
+
+    def finish(self) -> Verdict:
+        return judge(self.values, Thresholds(), max_tokens=self.max_tokens, ended=True)
+
+    def close(self) -> None:
+        pass
+
+
 @dataclass
 class _Session:
     job: _Job
-    check: CheckSession
+    check: CheckSession | _LazyCheck
     lock: threading.Lock = field(default_factory=threading.Lock)
     touched: float = field(default_factory=time.monotonic)
 
@@ -93,6 +124,7 @@ class Miner:
         bond: int | None = None,
         idle_s: float = 60.0,
         faults: frozenset[str] = frozenset(),
+        records: TaskRecords | None = None,
     ) -> None:
         self.node = node
         self.wallet = wallet
@@ -105,7 +137,9 @@ class Miner:
         self.faults = faults
         self._signer = Keypair.generate() if "wrong-key" in faults else wallet
         self._sessions: dict[str, _Session] = {}
-        self.kept: OrderedDict[str, list[list[int]]] = OrderedDict()
+        if records is None:
+            records = TaskRecords(node.home.path / RECORDS_FILE)
+        self.records = records
 
     @property
     def address(self) -> str:
@@ -137,6 +171,7 @@ class Miner:
             "models": reg["models"] if reg else [],
             "local_models": [m["sha256"] for m in self.store.list()],
             "sessions": len(self._sessions),
+            "records": self.records.count(),
             "loaded": [
                 {"model": Path(path).stem, "role": role} for path, role in self.runner.loaded()
             ],
@@ -253,7 +288,7 @@ class Miner:
 
         def work() -> None:
             try:
-                model = self.runner.model(job.path, "generate")
+                model = self.runner.model(self._generating_path(job), "generate")
                 prompt = render(model, job.task_input)
                 decoder = model.text_decoder()
                 produced: list[int] = []
@@ -264,6 +299,8 @@ class Miner:
                             return
                         if "garbage" in self.faults:
                             token = (token * 7919 + 13) % model.n_vocab
+                        if "tamper" in self.faults and len(produced) == TAMPERED_AT:
+                            token = (token + 1) % model.n_vocab
                         produced.append(token)
                         put({"tokens": [token], "text": decoder.piece(token).text})
                         if "stall" in self.faults and len(produced) == 3:
@@ -274,6 +311,13 @@ class Miner:
                 tail = decoder.flush()
                 if tail:
                     put({"tokens": [], "text": tail})
+                self.records.put(
+                    job.task,
+                    tasks.GENERATOR,
+                    ticket=job.ticket,
+                    task_input=job.task_input,
+                    tokens=produced,
+                )
                 att = self._attest(job, tasks.GENERATOR, produced, tasks.GENERATED, "")
                 put({"done": True, "task": job.task, "attestation": att})
             except BaseException as exc:  # noqa: BLE001 - handed to the stream's reader
@@ -319,7 +363,9 @@ class Miner:
             raise TaskError("a check of this task is open already", reason="busy")
         thresholds = Thresholds.from_params(self.node.genesis.param)
 
-        def open_session() -> CheckSession:
+        def open_session() -> CheckSession | _LazyCheck:
+            if "lazy-check" in self.faults:
+                return _LazyCheck(job.ticket["max_tokens"])
             model = self.runner.model(job.path, "check")
             session = model.check(
                 render(model, job.task_input), job.ticket["max_tokens"], thresholds
@@ -375,12 +421,18 @@ class Miner:
                 verdict = check.finish()
                 tokens = list(check.tokens)
                 com = commitment(check.values)
-                self.kept[task] = [v.quantized() for v in check.values]
-                while len(self.kept) > KEEP_VALUES:
-                    self.kept.popitem(last=False)
+                job = current.job
+                self.records.put(
+                    task,
+                    tasks.CHECKER,
+                    ticket=job.ticket,
+                    task_input=job.task_input,
+                    tokens=tokens,
+                    values=[v.quantized() for v in check.values],
+                )
                 check.close()
             agreed, why = self._matches(current.job, generator_attestation, tokens)
-            ok = verdict.ok and agreed
+            ok = verdict.ok and agreed and "spiteful" not in self.faults
             result = (
                 verdict.to_json()
                 if agreed
@@ -418,10 +470,33 @@ class Miner:
         return {"task": task, "closed": current is not None}
 
     def values(self, task: str) -> list[list[int]]:
-        found = self.kept.get(task)
-        if found is None:
+        """The per-token values this miner committed to as the checker of `task`."""
+        found = self.records.get(task)
+        if found is None or found["values"] is None:
             raise TaskError(f"no values kept for task {task[:12]}…", reason="no-values")
+        return list(found["values"])
+
+    def record(self, task: str, request: Any) -> dict[str, Any]:
+        """The whole record of `task` (ticket, input, tokens, values), for a validator whose
+        signed `request` (`records.sign_request`) says who it is."""
+        if not request_ok(self.chain_id, task, request, self.node.genesis.validators):
+            raise TaskError(
+                "only a validator may read a task's record (a signed request is needed)",
+                reason="not-validator",
+            )
+        found = self.records.get(task)
+        if found is None:
+            raise TaskError(f"no record of task {task[:12]}…", reason="no-record")
         return found
+
+    def _generating_path(self, job: _Job) -> Path:
+        """The model file the generator runs: the ticket's, unless the `other-model` fault makes
+        it answer with another model it holds."""
+        if "other-model" not in self.faults:
+            return job.path
+        wanted = job.ticket["model"]
+        others = [m["sha256"] for m in self.store.list() if m["sha256"] != wanted]
+        return self.store.path(others[0]) if others else job.path
 
     async def reap(self) -> None:
         """Close check sessions nobody has fed for `idle_s` (a gateway that went away)."""
@@ -437,3 +512,4 @@ class Miner:
             current.check.close()
         self._sessions.clear()
         self.runner.close()
+        self.records.close()

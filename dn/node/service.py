@@ -21,6 +21,8 @@ from dn.node.gateway import Gateway
 from dn.node.miner import Miner, MinerOptions, faults_from_env
 from dn.node.net import NetOptions, Network
 from dn.node.node import Node, now_ms
+from dn.node.referee import Referee
+from dn.node.referee import for_node as referee_for_node
 from dn.node.validator import PowrValidator
 from dn.runner.modelstore import ModelStore
 from dn.wallet.keys import Keypair
@@ -73,8 +75,10 @@ class NodeService:
                 faults=faults_from_env(),
             )
         self.validator = validate
+        self.referee: Referee | None = None
         if validate is not None:
             node.extra_roles.append("powr")
+            self.referee = referee_for_node(node, self.store)
         config = uvicorn.Config(
             create_app(
                 node,
@@ -161,12 +165,40 @@ class NodeService:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 1.0)
 
+    async def _judge(self, referee: Referee) -> None:
+        """The referee duty: judge the rejected and spot-checked tasks (dn/node/referee.py),
+        one at a time, the llama.cpp work in a worker thread."""
+        while not self._stop.is_set():
+            case = None
+            try:
+                case = referee.next_case()
+                ruling = await asyncio.to_thread(referee.perform, case) if case else None
+                txs = [referee.verdict_tx(case, ruling)] if case and ruling else []
+            except DNError as exc:
+                log.warning("judging a task failed: %s", exc.message)
+                txs = []
+            except Exception:  # a bug here must not stop the validator's other work
+                log.exception("judging a task failed")
+                txs = []
+            for tx in txs:
+                result = self.node.submit([tx.to_json()])[0]
+                task = tx.payload["task"][:12]
+                if result["accepted"]:
+                    log.info("task.verdict for %s sent (%s)", task, tx.id[:12])
+                else:
+                    log.warning("task.verdict for %s refused: %s", task, result["message"])
+            pause = 0.2 if txs or case else 1.0
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), pause)
+
     async def run(self) -> None:
         producer = asyncio.create_task(self._produce())
         network = asyncio.create_task(self.network.run())
         miner = asyncio.create_task(self._mine(self.miner)) if self.miner else None
         validator = self.validator
         validating = asyncio.create_task(self._validate(validator)) if validator else None
+        referee = self.referee
+        judging = asyncio.create_task(self._judge(referee)) if referee else None
         try:
             await self.server.serve()
         except SystemExit:
@@ -184,6 +216,9 @@ class NodeService:
             if validator is not None and validating is not None:
                 await asyncio.gather(validating, return_exceptions=True)
                 validator.close()
+            if referee is not None and judging is not None:
+                await asyncio.gather(judging, return_exceptions=True)
+                referee.close()
             self.node.close()
 
 

@@ -11,6 +11,8 @@
     POST /dn/v1/tasks/check/{task}/finish      miner: verdict and signed attestation
     POST /dn/v1/tasks/check/{task}/abort       miner: the gateway gave up; close the session
     GET  /dn/v1/tasks/{task}/values            miner: the per-token values it committed to
+    POST /dn/v1/tasks/{task}/record            miner: ticket, input, tokens and values, for a
+                                               validator's signed request (dn/node/records.py)
 
 Streams are newline-delimited JSON. An error found before streaming starts is an ordinary JSON
 error with its status; one found later is the stream's last line, `{"event": "error", …}`.
@@ -60,13 +62,21 @@ def model_view(node: Node, sha: str, record: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": sha,
         **record,
-        "miners": [
-            {"address": m, "url": (node.state.get(MINER + m) or {}).get("url")} for m in serving
-        ],
+        "miners": [_miner_view(node, m) for m in serving],
         "backers": [
             {"address": a, "amount": amount}
             for a, amount in sorted(backers_of(node.state, sha).items())
         ],
+    }
+
+
+def _miner_view(node: Node, address: str) -> dict[str, Any]:
+    found = node.state.get(MINER + address) or {}
+    return {
+        "address": address,
+        "url": found.get("url"),
+        "bond": found.get("bond", 0),
+        "slashed": found.get("slashed", 0),
     }
 
 
@@ -165,3 +175,8 @@ def add_task_routes(
     @app.get("/dn/v1/tasks/{task}/values")
     async def values(task: str) -> dict[str, Any]:
         return {"task": task, "values": mining().values(task)}
+
+    @app.post("/dn/v1/tasks/{task}/record")
+    async def record(task: str, request: Request) -> dict[str, Any]:
+        body = await _body(request)
+        return mining().record(task, body)

@@ -19,7 +19,7 @@ from tests.functional.harness import NodeProcess, make_keys, wait_until, write_g
 PASSWORD = "market-test"
 PRICE = 2_000_000  # units per 1,000 tokens
 DN = 10**9
-WALLETS = ("creator", "consumer", "poor", "m1", "m2")
+WALLETS = ("creator", "consumer", "poor", "m1", "m2", "m3")
 
 
 @dataclass
@@ -72,46 +72,58 @@ def running_market(
     gateway_args: list[str] | None = None,
     gateway_env: dict[str, str] | None = None,
     miner_env: dict[str, dict[str, str]] | None = None,
+    miners: tuple[str, ...] = ("m1", "m2"),
+    miner_args: list[str] | None = None,
+    params: dict[str, int] | None = None,
+    extra_models: tuple[Path, ...] = (),
 ) -> Iterator[Market]:
     """Start the market in `home` (its own DN_HOME); stop every process on the way out.
-    `miner_env` gives extra environment per miner name (e.g. test-only faults)."""
+    `miner_env` gives extra environment per miner name (e.g. test-only faults), `miner_args`
+    extra `dn mine` options, `params` genesis parameters; `extra_models` are put in the model
+    store too (not registered). The gateway's node key is funded, so it can pay fees as a
+    validator."""
     keystore = Keystore(home / "wallets")
     wallets = {name: keystore.create(name, PASSWORD, KDF_FAST) for name in WALLETS}
     validator = make_keys(home, ["gw"])["gw"]
     allocations = {w.address: 1_000 * DN for n, w in wallets.items() if n != "poor"}
     allocations[wallets["poor"].address] = 2_000  # can pay a fee, not a query
+    allocations[validator.address] = 10 * DN
     genesis = write_genesis(
         home,
         [validator.address],
         allocations,
-        ["gw", "m1", "m2"],
+        ["gw", *miners],
         block_time_ms=200,
         max_block_interval_ms=1000,
+        **(params or {}),
     )
     store = ModelStore(home / "models")
     sha = store.add_file(model_file, name="smollm2-135m", source="test")
+    for extra in extra_models:
+        store.add_file(extra, name=extra.stem, source="test")
     gateway = NodeProcess(home, "gw", None, ["--no-mdns", *(gateway_args or [])], env=gateway_env)
-    miners: list[NodeProcess] = []
+    procs: list[NodeProcess] = []
     try:
         gateway.start()
         register_model(
             gateway, wallets["creator"], genesis.chain_id, sha, model_file.stat().st_size
         )
-        for name in ("m1", "m2"):
+        for name in miners:
             miner = NodeProcess(
                 home,
                 name,
                 None,
                 ["--no-mdns", "--peer", f"127.0.0.1:{gateway.port}", "--threads", "1"],
-                command=["mine", "--wallet", name, "--model", "smollm2"],
+                command=["mine", "--wallet", name, "--model", "smollm2", *(miner_args or [])],
                 env={"DN_PASSWORD": PASSWORD, **(miner_env or {}).get(name, {})},
             )
-            miners.append(miner)
+            procs.append(miner)
             miner.start(timeout=60)
-        market = Market(home, genesis, gateway, miners, wallets, sha)
+        market = Market(home, genesis, gateway, procs, wallets, sha)
+        n = len(miners)
         with market.client() as client:
-            wait_until(lambda: len(client.model(sha)["miners"]) == 2, 60, what="two miners")
+            wait_until(lambda: len(client.model(sha)["miners"]) == n, 60, what=f"{n} miners")
         yield market
     finally:
-        for proc in [*miners, gateway]:
+        for proc in [*procs, gateway]:
             proc.stop(timeout=10)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dn.chain.genesis import default_params
-from dn.runner.check import Thresholds, Verdict
+from dn.runner.check import Drift, Thresholds, TokenValue, Verdict, consistent
 from dn.runner.llama import LoadedModel
 
 PROMPTS = [
@@ -75,6 +75,37 @@ def test_chunking_moves_the_values_only_by_drift(checker: LoadedModel) -> None:
     assert [v.token for v in seen[0]] == [v.token for v in seen[2]] == tokens
     for a, b in zip(seen[0], seen[2], strict=True):
         assert abs(a.gap - b.gap) < 0.5 and abs(a.rank - b.rank) <= 3
+
+
+def test_a_checkers_values_are_reproducible_and_made_up_ones_are_not(
+    smollm2_gguf: Path, checker: LoadedModel
+) -> None:
+    """What a referee relies on (dn/node/referee.py): a second computation on other settings
+    gives the same values within `Drift`, while values written down without computing (what a
+    greedy answer mostly looks like: rank 0, gap 0) or one made-up bad gap do not."""
+    other = LoadedModel(smollm2_gguf, n_threads=1, n_batch=8)
+    try:
+        drift = Drift.from_params(default_params().__getitem__)
+        for text in PROMPTS[:2]:
+            prompt = chat(checker, text)
+            tokens = list(checker.generate(prompt, MAX_TOKENS))
+            computed = []
+            for model, chunk in ((checker, 16), (other, 5)):
+                with model.check(prompt, MAX_TOKENS, LIMITS) as session:
+                    for i in range(0, len(tokens), chunk):
+                        session.feed(tokens[i : i + chunk])
+                    assert session.finish().ok
+                    computed.append(list(session.values))
+            mine, theirs = computed
+            assert all(abs(v.logit) > 1.0 for v in mine)  # real logits, not placeholders
+            assert consistent(theirs, mine, drift) == (True, "within drift")
+            lazy = [TokenValue(v.token, 0, 0.0, 0.0) for v in mine]
+            assert not consistent(lazy, mine, drift)[0]
+            spite = list(mine)
+            spite[3] = TokenValue(mine[3].token, 900, mine[3].gap + 9.0, mine[3].logit - 9.0)
+            assert not consistent(spite, mine, drift)[0]
+    finally:
+        other.llm.close()
 
 
 def test_replaying_the_generators_own_steps_gives_rank_zero_everywhere(

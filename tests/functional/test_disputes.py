@@ -1,0 +1,167 @@
+"""Cheating miners on a devnet (DESIGN.md section 7, issue 5): each is caught by the validator's
+referee, slashed, and loses its share; the honest miner keeps its bond; the consumer is not
+charged for a bad answer.
+
+Real processes, real llama.cpp on SmolLM2: a validator that is also the gateway (`--validate`:
+it judges every rejected task and, here, every confirmed one: `spot_check_bps` 10,000), and three
+miners. The test-only faults are role-specific, so two cheats carry one generator fault and one
+checker fault each, and m3 is honest:
+
+    m1  tamper (changes one token of its answers)   lazy-check (approves without computing)
+    m2  other-model (answers with Gemma)            spiteful (rejects every answer)
+
+Bonds are three times the minimum, so two slashes of 20% leave each cheat still serving."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dn.chain import disputes, tasks
+from dn.node.query import settle_tx, stream_query
+from dn.node.taskio import input_hash
+from tests.functional.harness import verify_offline, wait_until
+from tests.functional.market import DN, Market, running_market
+
+QUESTION = {"messages": [{"role": "user", "content": "Name two colours of the sea."}]}
+BOND = 30 * DN
+SLASH_BPS = 2_000
+
+
+@pytest.fixture(scope="module")
+def market(
+    tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path, gemma_gguf: Path
+) -> Iterator[Market]:
+    with running_market(
+        tmp_path_factory.mktemp("disputes"),
+        smollm2_gguf,
+        gateway_args=["--validate", "--powr-items", "1"],
+        miners=("m1", "m2", "m3"),
+        miner_args=["--bond", str(BOND // DN)],
+        miner_env={
+            "m1": {"DN_TEST_MINER_FAULTS": "tamper,lazy-check"},
+            "m2": {"DN_TEST_MINER_FAULTS": "other-model,spiteful"},
+        },
+        params={"spot_check_bps": 10_000, "epoch_blocks": 1_000, "slash_bps": SLASH_BPS},
+        extra_models=(gemma_gguf,),
+    ) as running:
+        yield running
+
+
+def ticket_for(market: Market, generator: str, checker: str) -> dict[str, Any]:
+    """A consumer ticket whose task the selection rule gives to these two miners."""
+    chain_id = market.genesis.chain_id
+    with market.client() as client:
+        height = client.status()["height"]
+        eligible = [m["address"] for m in client.model(market.model)["miners"]]
+    wanted = (market.wallets[generator].address, market.wallets[checker].address)
+    for _ in range(500):
+        ticket = tasks.sign_ticket(
+            chain_id,
+            market.wallets["consumer"],
+            model=market.model,
+            prompt_hash=input_hash(QUESTION),
+            max_tokens=24,
+            seed=0,
+            max_price=10**9,
+            ref_height=height,
+            nonce=secrets.randbits(62),
+            expiry=height + 50,
+        )
+        if tasks.select_miners(eligible, tasks.task_id(chain_id, ticket)) == wanted:
+            return ticket
+    raise AssertionError(f"no ticket found for {wanted}")
+
+
+def miner_bonds(market: Market) -> dict[str, tuple[int, int]]:
+    """(bond, slashed) of each serving miner, by wallet name."""
+    names = {market.wallets[n].address: n for n in ("m1", "m2", "m3")}
+    with market.client() as client:
+        miners = client.model(market.model)["miners"]
+    return {names[m["address"]]: (m["bond"], m["slashed"]) for m in miners}
+
+
+def balance(market: Market, name: str) -> int:
+    with market.client() as client:
+        return int(client.account(market.wallets[name].address)["balance"])
+
+
+@pytest.mark.parametrize(
+    ("generator", "checker", "status", "cheat", "fault"),
+    [
+        ("m1", "m3", "rejected", "m1", disputes.INVALID_ANSWER),  # tampered token
+        ("m2", "m3", "rejected", "m2", disputes.INVALID_ANSWER),  # another model's answer
+        ("m3", "m1", "confirmed", "m1", disputes.VALUES_MISMATCH),  # lazy checker
+        ("m3", "m2", "rejected", "m2", disputes.REJECTED_VALID),  # spiteful checker
+    ],
+    ids=["tampering-generator", "other-model-generator", "lazy-checker", "spiteful-checker"],
+)
+def test_a_cheating_miner_is_caught_and_slashed(
+    market: Market, generator: str, checker: str, status: str, cheat: str, fault: str
+) -> None:
+    bonds = miner_bonds(market)
+    consumer = balance(market, "consumer")
+    ticket = ticket_for(market, generator, checker)
+    with market.client() as client:
+        done = list(stream_query(client, ticket, QUESTION))[-1]
+        assert done["status"] == status, done.get("verdict")
+        tx = settle_tx(client, market.wallets["consumer"], done)
+        client.submit(tx.to_json())
+        client.wait_for_tx(tx.id, timeout=30)
+        task = done["task"]
+        wait_until(lambda: client.task(task).get("verdict") is not None, 90, what="a verdict")
+        record = client.task(task)
+    cheat_address = market.wallets[cheat].address
+    verdict = record["verdict"]
+    assert verdict["faults"] == {cheat_address: fault}, verdict
+    lost = bonds[cheat][0] * SLASH_BPS // 10_000
+    assert verdict["slashed"] == {cheat_address: lost} and verdict["refund"] == 0
+    after = miner_bonds(market)
+    assert after[cheat] == (bonds[cheat][0] - lost, bonds[cheat][1] + lost)
+    assert after["m3"] == (BOND, 0)  # the honest miner keeps its bond
+    fee = market.genesis.param("min_fee")
+    spent = consumer - balance(market, "consumer")
+    if status == "rejected":
+        assert record["paid"] == 0 and spent == fee  # a bad answer costs only the settlement
+    else:
+        assert record["paid"] > 0 and spent == fee + record["paid"]  # a valid answer is paid
+
+
+def dn_chain_task(market: Market, task: str, *flags: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "dn", *flags, "--node", market.gateway.url, "chain", "task", task],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return done.stdout
+
+
+def test_dn_chain_task_shows_the_verdict(market: Market) -> None:
+    """`dn chain task` on a task the tests above had ruled on (the spiteful checker's)."""
+    with market.client() as client:
+        height = client.status()["height"]
+        blocks = [b for s in range(1, height + 1, 100) for b in client.blocks(s, 100)["blocks"]]
+    verdicts = [tx["payload"] for b in blocks for tx in b["txs"] if tx["kind"] == "task.verdict"]
+    assert len(verdicts) >= 4
+    last = verdicts[-1]
+    shown = json.loads(dn_chain_task(market, last["task"], "--json"))
+    assert shown["verdict"]["faults"] == last["faults"]
+    text = dn_chain_task(market, last["task"])
+    cheat, reason = next(iter(last["faults"].items()))
+    assert f"{cheat}: {reason}, slashed" in text
+
+
+def test_the_chain_of_rulings_verifies(market: Market) -> None:
+    """After the rulings (whichever ran), the validator's chain replays from genesis with every
+    state root and the supply invariant."""
+    report = verify_offline(market.home, "gw")
+    assert report["ok"], report
