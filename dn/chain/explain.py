@@ -202,6 +202,8 @@ class _Tracer:
                 if credit["address"] == self.address:
                     model = credit["model"]
                     on = f" for {_name(overlay, model)}" if model else ""
+                    if credit.get("validator"):
+                        on = f" of validator {credit['validator']}"
                     cause = f"PoWR epoch {epoch} reward: {credit['reason']}{on}"
                     add(None, "powr-reward", cause, credit["amount"], epoch=epoch, model=model)
         for tx in block.txs:

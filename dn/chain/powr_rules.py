@@ -28,8 +28,8 @@ Rules, checks in order:
 
 Scores are quality q in ppm only: success and demand are what the chain itself saw
 (`dn.powr.consensus` explains why). A validator's stake is `validator_base_weight` plus what is
-delegated to it (`stake:<validator>:<address>`); delegators are not paid from the validator's
-reward yet.
+delegated to it (`stake:<validator>:<address>`); its reward is shared with its delegators pro
+rata to stake (its own weight is `validator_base_weight`).
 
 `state` imports this module for its rule table; the rules import the few `state` helpers they
 share with other kinds when they run, since importing them here at load time would be a cycle.
@@ -42,7 +42,14 @@ from typing import TYPE_CHECKING, Any
 
 from dn.encoding import MAX_AMOUNT, hash_hex
 from dn.errors import InvalidTx
-from dn.powr.consensus import EpochInputs, EpochParams, EpochResult, ModelEpoch, close_epoch
+from dn.powr.consensus import (
+    Credit,
+    EpochInputs,
+    EpochParams,
+    EpochResult,
+    ModelEpoch,
+    close_epoch,
+)
 
 if TYPE_CHECKING:
     from dn.chain.genesis import Genesis
@@ -307,7 +314,10 @@ def epoch_inputs(state: StateReader, epoch: int, genesis: Genesis) -> EpochInput
         v: {sha: q for sha, q in revealed.items() if sha not in retired}
         for v, revealed in reveals.items()
     }
-    return EpochInputs(epoch, scores, validator_stakes(state, genesis), models)
+    delegations = {v: backers_of(state, v) for v in genesis.validators}
+    return EpochInputs(
+        epoch, scores, validator_stakes(state, genesis), models, delegations=delegations
+    )
 
 
 def result_record(result: EpochResult) -> dict[str, Any]:
@@ -336,18 +346,27 @@ def result_record(result: EpochResult) -> dict[str, Any]:
             }
             for v in result.validators
         },
-        "credits": [
-            {"address": c.address, "amount": c.amount, "reason": c.reason, "model": c.model}
-            for c in result.credits
-        ],
+        "credits": [_credit_record(c) for c in result.credits],
     }
+
+
+def _credit_record(credit: Credit) -> dict[str, Any]:
+    out = {
+        "address": credit.address,
+        "amount": credit.amount,
+        "reason": credit.reason,
+        "model": credit.model,
+    }
+    if credit.validator is not None:
+        out["validator"] = credit.validator
+    return out
 
 
 def close(state: Overlay, epoch: int, genesis: Genesis) -> EpochResult:
     """Close `epoch` (`dn.powr.consensus.close_epoch`): credit every reward to its address's
     balance, add what was paid to `supply.emitted` (the unpaid rest is never minted), store
     `powr:<e>:result` and delete the epoch's commitments and `settled` index (reveals and stats
-    stay). Delegators to a validator are not paid yet: the validator's reward is all its own."""
+    stay). A validator's reward is shared with its delegators pro rata to stake."""
     from dn.chain.state import SUPPLY, _credit
 
     result = close_epoch(

@@ -17,8 +17,8 @@ address.
   withdrawn.
 
 A model's backers share its query fees pro rata (`state.backers_of`, `economics.split_fee`).
-Stake delegated to a validator adds to its weight in the PoWR epoch close (`powr_rules`); the
-validator's reward is not yet shared with its delegators.
+Stake delegated to a validator adds to its weight in the PoWR epoch close (`powr_rules`), and
+its delegators share the validator's reward pro rata to stake.
 
 `state` imports this module for its rule table; the rules import the few `state` helpers they
 share with other kinds when they run, since importing them here at load time would be a cycle.

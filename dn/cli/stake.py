@@ -106,7 +106,7 @@ def add(
     """Stake DN on a model or on a validator (at least the chain's stake_min).
 
     A model's backers share its query fees and PoWR rewards; a stake on a validator adds to its
-    weight in the PoWR epoch close (delegators are not paid a share of its reward yet)."""
+    weight in the PoWR epoch close, and you share its reward pro rata to stake."""
     from dn.cli.txs import check_wallet
     from dn.encoding import format_dn, parse_dn
 

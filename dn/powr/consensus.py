@@ -93,6 +93,7 @@ POWR_PARAMS: dict[str, tuple[int, int, int]] = {
 }
 
 REASON_VALIDATOR = "validator"
+REASON_DELEGATOR = "delegator"  # a share of the reward of the validator it delegates to
 REASON_CREATOR = "creator"
 REASON_MINER = "miner"
 REASON_BACKER = "backer"
@@ -354,12 +355,14 @@ class Credit:
     amount: int
     reason: str
     model: str | None = None
+    validator: str | None = None  # for a delegator's credit: whose reward it shares
 
 
 @dataclass(frozen=True)
 class EmissionSplit:
     credits: tuple[Credit, ...]
     unpaid: int  # no one to receive it: not minted
+    validator_rewards: Mapping[str, int] = field(default_factory=dict)  # before delegators'
 
 
 def _model_credits(model: str, amount: int, info: ModelEpoch, params: EpochParams) -> list[Credit]:
@@ -385,16 +388,35 @@ def _model_credits(model: str, amount: int, info: ModelEpoch, params: EpochParam
     return [credit for credit in out if credit.amount]
 
 
+def _validator_credits(
+    validator: str, reward: int, own: int, delegations: Mapping[str, int]
+) -> list[Credit]:
+    """A validator's reward shared with its delegators pro rata to stake: `own` is the weight
+    of its own stake, `delegations` what each delegator put on it."""
+    holders = {address: amount for address, amount in delegations.items() if address != validator}
+    parts = apportion(reward, {**holders, validator: max(own, 0)}) or {validator: reward}
+    return [
+        Credit(address, part, REASON_VALIDATOR)
+        if address == validator
+        else Credit(address, part, REASON_DELEGATOR, validator=validator)
+        for address, part in parts.items()
+        if part
+    ]
+
+
 def split_emission(
     emission: int,
     validator_weights: Mapping[str, int],
     model_scores: Mapping[str, int],
     models: Mapping[str, ModelEpoch],
     params: EpochParams,
+    delegations: Mapping[str, Mapping[str, int]] | None = None,
+    own_stakes: Mapping[str, int] | None = None,
 ) -> EmissionSplit:
     """Split `emission` units: E * validator_share // BPS to validators by `validator_weights`
-    (stake x agreement), the rest to models by `model_scores` and, within each model, to its
-    creator, miners and backers. Credits with 0 units are left out; a pot that no one can
+    (stake x agreement), each validator's part shared with its `delegations` pro rata to stake
+    (its own weight `own_stakes`), the rest to models by `model_scores` and, within each model,
+    to its creator, miners and backers. Credits with 0 units are left out; a pot that no one can
     receive is unpaid. sum(credits) + unpaid == emission."""
     validator_pot = emission * params.validator_share_bps // BPS
     model_pot = emission - validator_pot
@@ -403,13 +425,16 @@ def split_emission(
     paid = apportion(validator_pot, validator_weights)
     if not paid:
         unpaid += validator_pot
-    credits += [Credit(a, part, REASON_VALIDATOR) for a, part in paid.items() if part]
+    for address, part in paid.items():
+        if part:
+            own = (own_stakes or {}).get(address, 1)
+            credits += _validator_credits(address, part, own, (delegations or {}).get(address, {}))
     shares = apportion(model_pot, model_scores)
     if not shares:
         unpaid += model_pot
     for model, part in shares.items():
         credits += _model_credits(model, part, models[model], params)
-    return EmissionSplit(tuple(credits), unpaid)
+    return EmissionSplit(tuple(credits), unpaid, {a: part for a, part in paid.items() if part})
 
 
 # --- the epoch ----------------------------------------------------------------------------------
@@ -426,6 +451,9 @@ class EpochInputs:
     validator_stakes: Mapping[str, int]
     # every model of the epoch: model id -> what the chain saw of it
     models: Mapping[str, ModelEpoch]
+    # validator -> {delegator: stake}: who shares each validator's reward (the validator's own
+    # weight is its stake less these)
+    delegations: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -491,7 +519,10 @@ class EpochResult:
                 for m in self.models
             ],
             "validators": [asdict(v) for v in self.validators],
-            "credits": [asdict(c) for c in self.credits],
+            "credits": [
+                {k: v for k, v in asdict(c).items() if k != "validator" or v is not None}
+                for c in self.credits
+            ],
         }
 
 
@@ -529,16 +560,13 @@ def close_epoch(inputs: EpochInputs, params: EpochParams) -> EpochResult:
 
     emission = epoch_emission(inputs.epoch, params.epoch_emission, params.halving_epochs)
     weights = {v: stake * agreements[v] for v, stake in stakes.items()}
-    split = split_emission(emission, weights, score, inputs.models, params)
+    own = {v: stake - sum(inputs.delegations.get(v, {}).values()) for v, stake in stakes.items()}
+    split = split_emission(emission, weights, score, inputs.models, params, inputs.delegations, own)
 
-    validator_reward: dict[str, int] = {}
+    validator_reward = dict(split.validator_rewards)  # before the delegators' shares
     model_reward: dict[str, int] = {}
     for credit in split.credits:
-        if credit.model is None:
-            validator_reward[credit.address] = (
-                validator_reward.get(credit.address, 0) + credit.amount
-            )
-        else:
+        if credit.model is not None:
             model_reward[credit.model] = model_reward.get(credit.model, 0) + credit.amount
     models = tuple(
         ModelResult(

@@ -351,6 +351,15 @@ def test_a_full_epoch_pays_its_emission() -> None:
     assert not any(c["address"] == V2.address for c in credits)
     assert validators[V0.address]["stake"] == DN + 5 * DN  # base weight + M3's delegation
     assert validators[V0.address]["revealed"] and validators[V0.address]["reward"] > 0
+    # V0 shares its reward with M3, pro rata to stake: 5 of 6 parts (to the unit).
+    v0_reward = validators[V0.address]["reward"]
+    shared = [c for c in credits if c.get("validator") == V0.address]
+    assert [(c["address"], c["reason"], c["model"]) for c in shared] == [
+        (M3.address, "delegator", None)
+    ]
+    assert v0_reward * 5 // 6 <= shared[0]["amount"] <= v0_reward * 5 // 6 + 1
+    own = [c["amount"] for c in credits if c["address"] == V0.address]
+    assert own == [v0_reward - shared[0]["amount"]]
     assert validators[V1.address]["reward"] > 0
     assert validators[V0.address]["reward"] + validators[V1.address]["reward"] == 10 * DN
     models = record["models"]

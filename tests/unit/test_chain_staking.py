@@ -293,8 +293,9 @@ def test_staked_backers_share_a_paid_query_to_the_unit() -> None:
     assert chain.balance(OTHER) - before_other == 475
 
 
-def test_delegations_earn_nothing_yet(backed: Chain) -> None:
-    """Validator rewards do not exist until PoWR epochs close: a delegation is only recorded."""
+def test_a_delegation_earns_nothing_between_epoch_closes(backed: Chain) -> None:
+    """Validator rewards, and so delegators' shares, are paid only when a PoWR epoch closes
+    (tests/unit/test_chain_powr.py `test_a_full_epoch_pays_its_emission`)."""
     before = backed.balance(OTHER)
     backed.advance_to(backed.tip.height + 3)
     assert backed.balance(OTHER) == before

@@ -27,6 +27,7 @@ from dn.powr.consensus import (
     REASON_CREATOR,
     REASON_CREATOR_BACKERS,
     REASON_CREATOR_MINERS,
+    REASON_DELEGATOR,
     REASON_MINER,
     REASON_VALIDATOR,
     Credit,
@@ -689,3 +690,30 @@ def test_scores_out_of_range_are_refused_even_without_stake() -> None:
         scores = {"A": {"m1": 500_000}, "Z": {"m1": PPM + 1}}
         with pytest.raises(InputError, match="score of Z for m1"):
             close_epoch(EpochInputs(0, scores, {"A": 1, "Z": stake}, EXAMPLE_MODELS), EpochParams())
+
+
+def test_a_validators_reward_is_shared_with_its_delegators_pro_rata() -> None:
+    """A's stake 3 is its own 1 and delegations of 1.5 and 0.5 (in units of 1,000,000): its
+    145,454 go 1/3, 1/2 and 1/6 to the unit, and the totals are unchanged."""
+    stakes = {**EXAMPLE_STAKES, "A": 3_000_000}
+    plain = close_epoch(
+        EpochInputs(0, EXAMPLE_SCORES, stakes, EXAMPLE_MODELS), EpochParams(epoch_emission=10**6)
+    )
+    shared = close_epoch(
+        EpochInputs(
+            0,
+            EXAMPLE_SCORES,
+            stakes,
+            EXAMPLE_MODELS,
+            delegations={"A": {"P1": 1_500_000, "P2": 500_000}},
+        ),
+        EpochParams(epoch_emission=10**6),
+    )
+    reward = next(v.reward for v in plain.validators if v.address == "A")
+    assert [v.reward for v in shared.validators] == [v.reward for v in plain.validators]
+    parts = {c.address: c for c in shared.credits if c.address in ("A", "P1", "P2")}
+    assert sum(c.amount for c in parts.values()) == reward
+    assert parts["P1"] == Credit("P1", parts["P1"].amount, REASON_DELEGATOR, validator="A")
+    for address, share in (("A", 1 / 3), ("P1", 1 / 2), ("P2", 1 / 6)):
+        assert abs(parts[address].amount - reward * share) < 1
+    assert shared.paid == plain.paid == 10**6
