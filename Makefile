@@ -30,6 +30,7 @@ bench: install
 	$(PY) bench/sync.py
 	$(PY) bench/propagation.py
 	$(PY) bench/check.py
+	$(PY) bench/drift.py
 	$(PY) bench/query.py
 	$(PY) bench/powr.py
 	$(PY) bench/epoch.py

@@ -198,7 +198,8 @@ class _Tracer:
         begin_block(overlay, height, self.genesis)
         epoch = powr_rules.Epoch.closed_at(height, self.genesis.param("epoch_blocks"))
         if epoch is not None:
-            for credit in overlay.get(powr_rules.result_key(epoch))["credits"]:
+            record = overlay.get(powr_rules.result_key(epoch))
+            for credit in record["credits"]:
                 if credit["address"] == self.address:
                     model = credit["model"]
                     on = f" for {_name(overlay, model)}" if model else ""
@@ -206,6 +207,11 @@ class _Tracer:
                         on = f" of validator {credit['validator']}"
                     cause = f"PoWR epoch {epoch} reward: {credit['reason']}{on}"
                     add(None, "powr-reward", cause, credit["amount"], epoch=epoch, model=model)
+            for credit in record.get("pool", {}).get("credits", []):
+                if credit["address"] == self.address:
+                    of = f" of validator {credit['validator']}" if credit.get("validator") else ""
+                    cause = f"validator pool paid at the close of epoch {epoch}{of}"
+                    add(None, "pool-share", cause, credit["amount"], epoch=epoch)
         for tx in block.txs:
             for kind, cause, amount, extra in self._tx_effects(overlay, tx, height, proposer):
                 add(tx.id, kind, cause, amount, **extra)

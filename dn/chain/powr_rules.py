@@ -49,6 +49,7 @@ from dn.powr.consensus import (
     EpochResult,
     ModelEpoch,
     close_epoch,
+    share_pool,
 )
 
 if TYPE_CHECKING:
@@ -366,18 +367,29 @@ def close(state: Overlay, epoch: int, genesis: Genesis) -> EpochResult:
     """Close `epoch` (`dn.powr.consensus.close_epoch`): credit every reward to its address's
     balance, add what was paid to `supply.emitted` (the unpaid rest is never minted), store
     `powr:<e>:result` and delete the epoch's commitments and `settled` index (reveals and stats
-    stay). A validator's reward is shared with its delegators pro rata to stake."""
-    from dn.chain.state import SUPPLY, _credit
+    stay). A validator's reward is shared with its delegators pro rata to stake. The validator
+    pool (`pool:validators`) is paid out by the same weights (`share_pool`), recorded under the
+    result's `pool`; it was minted already, so it does not count as emitted."""
+    from dn.chain.state import POOL_VALIDATORS, SUPPLY, _credit
 
-    result = close_epoch(
-        epoch_inputs(state, epoch, genesis), EpochParams.from_params(genesis.params)
-    )
+    inputs = epoch_inputs(state, epoch, genesis)
+    result = close_epoch(inputs, EpochParams.from_params(genesis.params))
     for credit in result.credits:
         _credit(state, credit.address, credit.amount)
     if result.paid:
         supply = state.get(SUPPLY)
         state.set(SUPPLY, {**supply, "emitted": supply["emitted"] + result.paid})
-    state.set(result_key(epoch), result_record(result))
+    record = result_record(result)
+    pool = state.get(POOL_VALIDATORS)
+    shared = share_pool(pool["balance"], result, inputs.delegations) if pool else ()
+    if shared:
+        for credit in shared:
+            _credit(state, credit.address, credit.amount)
+        paid = sum(credit.amount for credit in shared)
+        left = pool["balance"] - paid
+        state.set(POOL_VALIDATORS, {"balance": left} if left else None)
+        record["pool"] = {"paid": paid, "credits": [_credit_record(c) for c in shared]}
+    state.set(result_key(epoch), record)
     for v in genesis.validators:
         if state.get(commit_key(epoch, v)) is not None:
             state.set(commit_key(epoch, v), None)

@@ -68,6 +68,7 @@ factor changes no result.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -94,6 +95,7 @@ POWR_PARAMS: dict[str, tuple[int, int, int]] = {
 
 REASON_VALIDATOR = "validator"
 REASON_DELEGATOR = "delegator"  # a share of the reward of the validator it delegates to
+REASON_POOL = "validator-pool"  # the validator pool (query fees' share, slashes) paid at a close
 REASON_CREATOR = "creator"
 REASON_MINER = "miner"
 REASON_BACKER = "backer"
@@ -402,6 +404,28 @@ def _validator_credits(
         for address, part in parts.items()
         if part
     ]
+
+
+def share_pool(
+    pool: int, result: EpochResult, delegations: Mapping[str, Mapping[str, int]]
+) -> tuple[Credit, ...]:
+    """Pay out `pool` units (the validator pool: the validators' share of query fees and part
+    of every slash) at the close of `result`'s epoch, by the same weights as the validators'
+    emission (stake x agreement), each validator's part shared with its delegators pro rata to
+    stake. () when no validator has weight: the pool waits for the next close."""
+    weights = {v.address: v.stake * v.agreement_ppm for v in result.validators}
+    paid = apportion(pool, weights)
+    credits: list[Credit] = []
+    for address, part in paid.items():
+        if not part:
+            continue
+        stake = next(v.stake for v in result.validators if v.address == address)
+        delegated = delegations.get(address, {})
+        own = stake - sum(delegated.values())
+        for credit in _validator_credits(address, part, own, delegated):
+            reason = REASON_POOL if credit.reason == REASON_VALIDATOR else credit.reason
+            credits.append(dataclasses.replace(credit, reason=reason))
+    return tuple(credits)
 
 
 def split_emission(

@@ -3,7 +3,8 @@
 - A node joining late syncs 1,200 blocks (with transactions) to the same state root; killed with
   SIGKILL halfway, it restarts from where its store got to, not from genesis.
 - Validators killed with SIGKILL again and again (during block production, and right after a
-  restart while they sync) always restart on a store that `verify_store` accepts, and catch up.
+  restart while they sync) always restart on a store that `verify_store` accepts, and catch up:
+  ten kills in the default suite, thirty in `make soak`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from dn.node.node import Node, NodeHome
 from dn.wallet.keys import Keypair
@@ -94,9 +97,24 @@ def _reaches(node: NodeProcess, height: int) -> Callable[[], bool]:
     return lambda: bool(node.status()["height"] >= height)
 
 
+def test_validators_killed_again_and_again_recover_and_catch_up(
+    dn_home: Path, node_factory: Callable[..., NodeProcess]
+) -> None:
+    """Seven rounds (ten kills) in the default suite; the twenty-round version is a soak test."""
+    _kill_rounds(dn_home, node_factory, rounds=7)
+
+
+@pytest.mark.soak
 def test_validators_killed_twenty_times_recover_and_catch_up(
     dn_home: Path, node_factory: Callable[..., NodeProcess]
 ) -> None:
+    _kill_rounds(dn_home, node_factory, rounds=20)
+
+
+def _kill_rounds(dn_home: Path, node_factory: Callable[..., NodeProcess], rounds: int) -> None:
+    """Kill -9 each of three validators in turn, `rounds` times (every other round once more
+    while it catches up), at random moments of block production: each restarts on a store
+    `verify_store` accepts, catches up, and every transaction lands exactly once."""
     rng = random.Random(SEED)
     names = ["v0", "v1", "v2"]
     keys = make_keys(dn_home, names)
@@ -122,7 +140,7 @@ def test_validators_killed_twenty_times_recover_and_catch_up(
     cluster = Cluster(nodes).start()
     nonce = 0
     kills = 0
-    for round_ in range(20):
+    for round_ in range(rounds):
         victim = nodes[round_ % 3]
         others = [n for n in nodes if n is not victim]
         # Keep transactions flowing so blocks carry work when the kill lands.
@@ -149,7 +167,7 @@ def test_validators_killed_twenty_times_recover_and_catch_up(
             victim.start()
         target = max(n.status()["height"] for n in others)
         wait_until(_reaches(victim, target), 30, what="caught up")
-    assert kills >= 20
+    assert kills == rounds + rounds // 2
     for node in nodes:  # every transaction submitted made it in, exactly once
         with node.client() as client:
             wait_until(

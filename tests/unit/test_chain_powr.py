@@ -337,14 +337,21 @@ def test_a_full_epoch_pays_its_emission() -> None:
     emitted = chain.emitted()
     before = {a: account(chain.state, a)["balance"] for a in _everyone()}
     assert chain.state.get("powr:1:result") is None
+    pool_before = chain.state.get("pool:validators")["balance"]
     chain.commit([])  # height 9: epoch 1 closes
     record = chain.result(1)
     assert record["emission"] == 50 * DN and record["unpaid"] == 0
     credits = record["credits"]
     assert sum(c["amount"] for c in credits) == record["paid"] == chain.emitted() - emitted
     assert record["paid"] == 50 * DN  # all of it: validators agreed and both models scored
+    # The validator pool (the validators' share of the epoch's query fees) is paid out too, by
+    # the same weights, and is not new emission.
+    assert record["pool"]["paid"] == pool_before > 0
+    assert chain.state.get("pool:validators") is None
+    pool_credits = record["pool"]["credits"]
+    assert {c["address"] for c in pool_credits} <= {V0.address, V1.address, M3.address}
     for address in _everyone():  # the close block holds no transactions: only credits moved
-        paid = sum(c["amount"] for c in credits if c["address"] == address)
+        paid = sum(c["amount"] for c in credits + pool_credits if c["address"] == address)
         assert account(chain.state, address)["balance"] - before[address] == paid
     validators = record["validators"]
     assert validators[V2.address] == {"stake": DN, "revealed": False, "agreement": 0, "reward": 0}

@@ -29,6 +29,7 @@ from dn.powr.consensus import (
     REASON_CREATOR_MINERS,
     REASON_DELEGATOR,
     REASON_MINER,
+    REASON_POOL,
     REASON_VALIDATOR,
     Credit,
     EpochInputs,
@@ -42,6 +43,7 @@ from dn.powr.consensus import (
     demand_ppm,
     epoch_emission,
     powr_score,
+    share_pool,
     split_emission,
     success_ppm,
     weighted_median,
@@ -717,3 +719,18 @@ def test_a_validators_reward_is_shared_with_its_delegators_pro_rata() -> None:
     for address, share in (("A", 1 / 3), ("P1", 1 / 2), ("P2", 1 / 6)):
         assert abs(parts[address].amount - reward * share) < 1
     assert shared.paid == plain.paid == 10**6
+
+
+def test_the_validator_pool_is_paid_by_the_validators_weights() -> None:
+    inputs = EpochInputs(0, EXAMPLE_SCORES, EXAMPLE_STAKES, EXAMPLE_MODELS)
+    result = close_epoch(inputs, EpochParams(epoch_emission=1_000_000))
+    credits = share_pool(1_001, result, {"B": {"P": 1}})
+    assert sum(c.amount for c in credits) == 1_001
+    # By stake x agreement, 3,000,000 : 750,000 : 375,000 for A, B, C (D revealed nothing:
+    # nothing). B's whole stake (1) is P's delegation, so P takes B's part.
+    by = {(c.address, c.reason): c.amount for c in credits}
+    assert by == {("A", REASON_POOL): 728, ("P", REASON_DELEGATOR): 182, ("C", REASON_POOL): 91}
+    nobody = close_epoch(
+        EpochInputs(0, {}, EXAMPLE_STAKES, EXAMPLE_MODELS), EpochParams(epoch_emission=10)
+    )
+    assert share_pool(500, nobody, {}) == ()  # no weight: the pool waits for the next close
