@@ -107,9 +107,10 @@ def outcome(state: StateReader, tx: Tx, genesis: Genesis, height: int) -> Outcom
     InvalidTx with the reason it is refused."""
     from dn.chain.state import MINER, TASK
     from dn.chain.tasks import CONFIRMED
+    from dn.chain.validators import active
 
     p = tx.payload
-    if tx.sender not in genesis.validators:
+    if tx.sender not in active(state, genesis):
         raise InvalidTx("only a validator may rule on a task", reason="not-validator")
     task = state.get(TASK + p["task"])
     if task is None:

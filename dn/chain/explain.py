@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dn.chain import disputes, powr_rules, staking
+from dn.chain import disputes, powr_rules, staking, validators
 from dn.chain.economics import split_fee
 from dn.chain.genesis import BPS, Genesis
 from dn.chain.state import (
@@ -149,7 +149,7 @@ class Explanation:
 class _Lock:
     """Why an `unlock:` entry of the address exists: what was locked, at which height."""
 
-    what: str  # "bond" | "stake"
+    what: str  # "bond" | "validator-bond" | "stake"
     height: int
     tx: str
     target: str | None = None
@@ -182,6 +182,9 @@ class _Tracer:
                 add(None, "unlock", f"unlock #{n} due at block {height}", entry["amount"])
             elif lock.what == "bond":
                 cause = f"miner bond returned (exited at block {lock.height})"
+                add(lock.tx, "bond-returned", cause, entry["amount"], locked_at=lock.height)
+            elif lock.what == "validator-bond":
+                cause = f"validator bond returned (unbonded at block {lock.height})"
                 add(lock.tx, "bond-returned", cause, entry["amount"], locked_at=lock.height)
             else:
                 cause = f"stake on {_name(state, lock.target)} returned (unstaked at block "
@@ -245,6 +248,12 @@ class _Tracer:
         elif tx.kind == "miner.exit" and tx.sender == me:
             due = height + self.genesis.param("unbonding_blocks")
             self.pending.setdefault(due, []).append(_Lock("bond", height, tx.id))
+        elif tx.kind == "validator.bond" and tx.sender == me:
+            cause = "validator bond locked"
+            out.append(("validator-bond", cause, -p["amount"], {}))
+        elif tx.kind == "validator.unbond" and tx.sender == me:
+            due = height + self.genesis.param("unbonding_blocks")
+            self.pending.setdefault(due, []).append(_Lock("validator-bond", height, tx.id))
         elif tx.kind == "stake" and tx.sender == me:
             target = p["target"]
             cause = f"staked on {_name(state, target)}"
@@ -311,6 +320,8 @@ def locked_funds(state: DictState, address: str) -> list[dict[str, Any]]:
     for key, value in sorted(state.items()):
         if key == MINER + address and value["bond"]:
             out.append({"kind": "bond", "amount": value["bond"]})
+        elif key == validators.VALIDATOR + address and value["bond"]:
+            out.append({"kind": "validator-bond", "amount": value["bond"]})
         elif key.startswith(staking.STAKE) and key.endswith(":" + address):
             target = key[len(staking.STAKE) : -len(address) - 1]
             item = {"kind": "stake", "amount": value["amount"], "target": target}

@@ -55,8 +55,10 @@ PARAMS: dict[str, tuple[int, int, int]] = {
     # PoWR (DESIGN.md section 8): epoch e is heights e*epoch_blocks+1 … (e+1)*epoch_blocks,
     # commits in its first half, reveals in its second (dn/chain/powr_rules.py).
     "epoch_blocks": (100, 4, 1_000_000),
-    # units of stake a genesis validator counts for by itself (delegations add to it)
+    # units of stake a genesis validator counts for by itself (its bond and delegations add)
     "validator_base_weight": (UNITS_PER_DN, 1, MAX_AMOUNT),
+    # the least bond of a validator that joins after genesis (dn/chain/validators.py)
+    "validator_min_bond": (100 * UNITS_PER_DN, 1, MAX_AMOUNT),
     # The epoch close (dn/powr/consensus.py): emission and its halving, how it is shared, and
     # how validators' scores are clipped and judged. Shares in basis points, scores in ppm.
     "powr_epoch_emission": (50 * UNITS_PER_DN, 0, MAX_AMOUNT),  # units minted in epochs 0, 1, …

@@ -138,8 +138,10 @@ class Epoch:
 # --- rules ------------------------------------------------------------------------------------
 
 
-def _check_validator(tx: Tx, genesis: Genesis) -> None:
-    if tx.sender not in genesis.validators:
+def _check_validator(state: StateReader, tx: Tx, genesis: Genesis) -> None:
+    from dn.chain.validators import active
+
+    if tx.sender not in active(state, genesis):
         raise InvalidTx(f"{tx.sender} is not a validator", reason="not-validator")
 
 
@@ -158,14 +160,16 @@ def _check_phase(tx: Tx, genesis: Genesis, height: int, phase: str) -> int:
 
 
 def commit(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    _check_validator(tx, genesis)
+    from dn.chain.validators import active
+
+    _check_validator(state, tx, genesis)
     epoch = _check_phase(tx, genesis, height, COMMIT)
     if state.get(commit_key(epoch, tx.sender)) is not None:
         raise InvalidTx(
             f"the sender has committed for epoch {epoch} already", reason="already-committed"
         )
     commitment = tx.payload["commitment"]
-    for other in genesis.validators:
+    for other in active(state, genesis):
         if other != tx.sender and state.get(commit_key(epoch, other)) == commitment:
             raise InvalidTx(
                 f"validator {other} committed this hash for epoch {epoch} already",
@@ -177,7 +181,7 @@ def commit(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
 def reveal(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
     from dn.chain.state import MODEL
 
-    _check_validator(tx, genesis)
+    _check_validator(state, tx, genesis)
     epoch = _check_phase(tx, genesis, height, REVEAL)
     committed = state.get(commit_key(epoch, tx.sender))
     if committed is None:
@@ -274,12 +278,14 @@ def unrecord_task(
 
 
 def validator_stakes(state: StateReader, genesis: Genesis) -> dict[str, int]:
-    """Each genesis validator's stake: `validator_base_weight` plus what is delegated to it."""
+    """Each active validator's stake: its own weight (`validators.own_weight`: the base weight
+    of a genesis validator, plus its bond) and what is delegated to it."""
     from dn.chain.state import backers_of
+    from dn.chain.validators import active, own_weight
 
-    base = genesis.param("validator_base_weight")
     return {
-        v: min(MAX_AMOUNT, base + sum(backers_of(state, v).values())) for v in genesis.validators
+        v: min(MAX_AMOUNT, own_weight(state, genesis, v) + sum(backers_of(state, v).values()))
+        for v in active(state, genesis)
     }
 
 
@@ -288,9 +294,11 @@ def epoch_inputs(state: StateReader, epoch: int, genesis: Genesis) -> EpochInput
     a task settled in the epoch or a revealed score; a retired model's scores are left out, so
     it gets quality 0 (and nothing)."""
     from dn.chain.state import MODEL, backers_of
+    from dn.chain.validators import active
 
+    members = active(state, genesis)
     reveals = {}
-    for v in genesis.validators:
+    for v in members:
         revealed = state.get(reveal_key(epoch, v))
         if revealed is not None:  # committed but not revealed: missing
             reveals[v] = revealed
@@ -315,7 +323,7 @@ def epoch_inputs(state: StateReader, epoch: int, genesis: Genesis) -> EpochInput
         v: {sha: q for sha, q in revealed.items() if sha not in retired}
         for v, revealed in reveals.items()
     }
-    delegations = {v: backers_of(state, v) for v in genesis.validators}
+    delegations = {v: backers_of(state, v) for v in members}
     return EpochInputs(
         epoch, scores, validator_stakes(state, genesis), models, delegations=delegations
     )
@@ -390,7 +398,9 @@ def close(state: Overlay, epoch: int, genesis: Genesis) -> EpochResult:
         state.set(POOL_VALIDATORS, {"balance": left} if left else None)
         record["pool"] = {"paid": paid, "credits": [_credit_record(c) for c in shared]}
     state.set(result_key(epoch), record)
-    for v in genesis.validators:
+    from dn.chain.validators import active
+
+    for v in active(state, genesis):
         if state.get(commit_key(epoch, v)) is not None:
             state.set(commit_key(epoch, v), None)
     if state.get(settled_key(epoch)) is not None:

@@ -5,9 +5,9 @@ address.
     stake:<target>:<address>   {"amount": units}  what `address` has staked on `target`
     backers:<target>           [address, …] sorted: who holds a stake on `target`
 
-- `stake`: the target is a registered, live model (`unknown-model`, `model-retired`) or one of
-  the genesis validators (`not-validator`); `amount ≥ stake_min` (`stake-too-low`); the balance
-  after the fee covers it (`insufficient-funds`). The amount moves from the balance into the
+- `stake`: the target is a registered, live model (`unknown-model`, `model-retired`) or a
+  validator, present or past (`not-validator`); `amount ≥ stake_min` (`stake-too-low`); the
+  balance after the fee covers it (`insufficient-funds`). The amount moves from the balance into the
   stake.
 - `unstake`: the sender holds a stake on the target (`no-stake`) of at least `amount`
   (`insufficient-stake`), and what is left is 0 or at least `stake_min` (`stake-too-low`). The
@@ -65,10 +65,11 @@ def _set_stake(state: Overlay, target: str, address: str, amount: int) -> None:
 
 def _check_target(state: StateReader, target: str, genesis: Genesis) -> None:
     from dn.chain.state import _live_model
+    from dn.chain.validators import known
 
     if is_model(target):
         _live_model(state, target, retired_reason="model-retired")
-    elif target not in genesis.validators:
+    elif not known(state, genesis, target):
         raise InvalidTx(f"{target} is not a validator", reason="not-validator")
 
 

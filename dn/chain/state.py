@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from dn.chain import consensus, disputes, powr_rules, staking
+from dn.chain import consensus, disputes, powr_rules, staking, validators
 from dn.chain.economics import split_fee
 from dn.chain.genesis import BPS, Genesis
 from dn.chain.tasks import (
@@ -84,7 +84,8 @@ POOL_VALIDATORS = "pool:validators"
 TASK = "task:"
 BACKERS = staking.BACKERS
 STAKE = staking.STAKE
-# Kinds whose state rules exist today; the others parse but are refused until their issue lands.
+# Kinds whose state rules exist (all of them now; a kind added to the wire format before its
+# rules would parse and be refused with `kind-disabled`).
 ENABLED_KINDS = frozenset(
     {
         "transfer",
@@ -94,6 +95,8 @@ ENABLED_KINDS = frozenset(
         "unstake",
         "miner.register",
         "miner.exit",
+        "validator.bond",
+        "validator.unbond",
         "task.settle",
         "task.verdict",
         "powr.commit",
@@ -393,7 +396,8 @@ def begin_block(state: Overlay, height: int, genesis: Genesis) -> None:
     """What happens at the start of block `height`, before its transactions: the bonds and
     stakes whose unbonding ends there are paid out (only the entries due are read); then, at the
     first block of an epoch, the previous PoWR epoch is closed and its emission credited
-    (`powr_rules.close`)."""
+    (`powr_rules.close`), and the validator set changes scheduled for the new epoch are made
+    (`validators.begin_epoch`)."""
     due = state.get(UNLOCK + str(height))
     if due is not None:
         for entry in due:
@@ -402,6 +406,7 @@ def begin_block(state: Overlay, height: int, genesis: Genesis) -> None:
     epoch = powr_rules.Epoch.closed_at(height, genesis.param("epoch_blocks"))
     if epoch is not None:
         powr_rules.close(state, epoch, genesis)
+        validators.begin_epoch(state, epoch + 1, genesis)
 
 
 # --- paid queries ---------------------------------------------------------------------------
@@ -517,6 +522,8 @@ RULES: dict[str, Rule] = {
     "unstake": staking.unstake,
     "miner.register": _miner_register,
     "miner.exit": _miner_exit,
+    "validator.bond": validators.bond,
+    "validator.unbond": validators.unbond,
     "task.settle": _task_settle,
     "task.verdict": disputes.task_verdict,
     "powr.commit": powr_rules.commit,
@@ -527,14 +534,13 @@ RULES: dict[str, Rule] = {
 # --- blocks ---------------------------------------------------------------------------------
 
 
-def expected_difficulty(genesis: Genesis, height: int, proposer: str) -> int:
-    """2 for the in-turn proposer `validators[height % n]`, 1 for any other validator."""
-    return consensus.difficulty(genesis.validators, height, proposer)
+def expected_difficulty(members: list[str], height: int, proposer: str) -> int:
+    """2 for the in-turn proposer `members[height % n]`, 1 for any other validator."""
+    return consensus.difficulty(members, height, proposer)
 
 
-def _check_signer(state: StateReader, proposer: str, genesis: Genesis) -> list[str]:
+def _check_signer(state: StateReader, proposer: str, n: int) -> list[str]:
     recent = state.get(SIGNERS) or []
-    n = len(genesis.validators)
     if not consensus.may_sign(recent, proposer, n):
         raise InvalidBlock(
             f"{proposer} signed one of the last {consensus.recent_window(n)} blocks",
@@ -543,15 +549,20 @@ def _check_signer(state: StateReader, proposer: str, genesis: Genesis) -> list[s
     return list(recent)
 
 
-def _record_signer(state: Overlay, recent: list[str], proposer: str, genesis: Genesis) -> None:
-    n = len(genesis.validators)
+def _record_signer(state: Overlay, recent: list[str], proposer: str, n: int) -> None:
     if consensus.recent_window(n):
         state.set(SIGNERS, consensus.remember(recent, proposer, n))
 
 
 def check_header(
-    header: Header, parent: Header, parent_hash: str, genesis: Genesis, now_ms: int | None
+    header: Header,
+    parent: Header,
+    parent_hash: str,
+    genesis: Genesis,
+    now_ms: int | None,
+    members: list[str],
 ) -> None:
+    """The header against its parent; `members` is the validator set in the parent's state."""
     if header.chain_id != genesis.chain_id:
         raise InvalidBlock(f"block is for chain {header.chain_id!r}", reason="wrong-chain-id")
     if header.prev != parent_hash:
@@ -564,9 +575,9 @@ def check_header(
         raise InvalidBlock("block time is not after its parent's", reason="bad-time")
     if now_ms is not None and header.time > now_ms + genesis.param("max_future_ms"):
         raise InvalidBlock("block time is too far in the future", reason="future-block")
-    if header.proposer not in genesis.validators:
+    if header.proposer not in members:
         raise InvalidBlock(f"{header.proposer} is not a validator", reason="not-validator")
-    if header.difficulty != expected_difficulty(genesis, header.height, header.proposer):
+    if header.difficulty != expected_difficulty(members, header.height, header.proposer):
         raise InvalidBlock("wrong difficulty for this proposer", reason="bad-difficulty")
 
 
@@ -587,10 +598,11 @@ def apply_block(
 ) -> Applied:
     """Check `block` against its parent and the state after it; return the changes it makes."""
     header = block.header
-    check_header(header, parent, parent_hash, genesis, now_ms)
+    members = validators.active(state, genesis)
+    check_header(header, parent, parent_hash, genesis, now_ms, members)
     if not block.signature_valid:
         raise InvalidBlock("block signature does not match the proposer", reason="bad-signature")
-    recent = _check_signer(state, header.proposer, genesis)
+    recent = _check_signer(state, header.proposer, len(members))
     if len(block.txs) > genesis.param("max_block_txs"):
         raise InvalidBlock("too many transactions in the block", reason="too-many-txs")
     if txs_root(list(block.txs)) != header.txs_root:
@@ -606,7 +618,7 @@ def apply_block(
             apply_tx(overlay, tx, genesis, header.proposer, height=header.height)
         except InvalidTx as exc:
             raise InvalidBlock(f"tx {i} ({tx.id[:12]}): {exc.message}", reason="bad-tx") from None
-    _record_signer(overlay, recent, header.proposer, genesis)
+    _record_signer(overlay, recent, header.proposer, len(members))
     if state_root(parent.state_root, overlay.changes) != header.state_root:
         raise InvalidBlock("state_root does not match the state", reason="bad-state-root")
     return Applied(block, overlay.changes)
@@ -622,7 +634,10 @@ def build_block(
     genesis: Genesis,
 ) -> tuple[Applied, list[tuple[Tx, InvalidTx]]]:
     """Make the next block from `candidates` (in order), leaving out those that no longer apply."""
-    recent = _check_signer(state, keypair.address, genesis)
+    members = validators.active(state, genesis)
+    if keypair.address not in members:
+        raise InvalidBlock(f"{keypair.address} is not a validator", reason="not-validator")
+    recent = _check_signer(state, keypair.address, len(members))
     height = parent.height + 1
     overlay = Overlay(state)
     begin_block(overlay, height, genesis)
@@ -640,7 +655,7 @@ def build_block(
             continue
         overlay.merge(trial)
         included.append(tx)
-    _record_signer(overlay, recent, keypair.address, genesis)
+    _record_signer(overlay, recent, keypair.address, len(members))
     header = Header(
         chain_id=genesis.chain_id,
         height=height,
@@ -649,7 +664,7 @@ def build_block(
         proposer=keypair.address,
         txs_root=txs_root(included),
         state_root=state_root(parent.state_root, overlay.changes),
-        difficulty=expected_difficulty(genesis, height, keypair.address),
+        difficulty=expected_difficulty(members, height, keypair.address),
     )
     return Applied(Block.seal(header, included, keypair), overlay.changes), rejected
 
@@ -660,7 +675,8 @@ def build_block(
 def supply_report(items: Iterable[tuple[str, Any]]) -> dict[str, int]:
     """Sum the state's holdings and compare with what genesis and emission created.
 
-    Every unit is in exactly one place: an account balance, a miner's bond, a bond unbonding
+    Every unit is in exactly one place: an account balance, a miner's or validator's bond, a bond
+    unbonding
     under `unlock:`, a pool (`pool:validators`), a stake, or burned. So the invariant is
     balances + bonds + unbonding + pools + stakes + burned == genesis + emitted."""
     totals = {"balances": 0, "bonds": 0, "unbonding": 0, "pools": 0, "stakes": 0}
@@ -668,7 +684,7 @@ def supply_report(items: Iterable[tuple[str, Any]]) -> dict[str, int]:
     for key, value in items:
         if key.startswith(ACCT):
             totals["balances"] += value["balance"]
-        elif key.startswith(MINER):
+        elif key.startswith(MINER) or key.startswith(validators.VALIDATOR):
             totals["bonds"] += value["bond"]
         elif key.startswith(UNLOCK):
             totals["unbonding"] += sum(entry["amount"] for entry in value)

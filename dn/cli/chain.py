@@ -461,6 +461,8 @@ def explain(
 def _locked(item: dict[str, Any]) -> str:
     if item["kind"] == "bond":
         return "miner bond"
+    if item["kind"] == "validator-bond":
+        return "validator bond"
     if item["kind"] == "stake" and "name" in item:
         return f"stake on model {item['name']} ({_short(item['target'])})"
     if item["kind"] == "stake":

@@ -59,9 +59,9 @@ def start(
     validate: bool = typer.Option(
         False,
         "--validate/--no-validate",
-        help="Do the PoWR duty of a genesis validator: every epoch, evaluate the live models "
-        "held in $DN_HOME/models on the built-in suites, then commit and reveal their quality "
-        "scores (the node key pays the fees).",
+        help="Do a validator's duties: every epoch, evaluate the live models held in "
+        "$DN_HOME/models on the built-in suites, commit and reveal their quality scores, and "
+        "re-check rejected and sampled tasks (the node key pays the fees).",
     ),
     powr_items: int = typer.Option(
         8,
@@ -97,8 +97,9 @@ def start(
         if not node.is_validator:
             node.close()
             raise InputError(
-                f"--validate is for genesis validators; node {name!r} ({node.key.address}) is "
-                f"not one of the validators of chain {node.genesis.chain_id}"
+                f"--validate is for validators; node {name!r} ({node.key.address}) is not in "
+                f"the validator set of chain {node.genesis.chain_id} (to join it with a "
+                "wallet's bond: dn validate --wallet NAME)"
             )
         from dn.config import home
         from dn.node.validator import for_node
@@ -137,6 +138,7 @@ def prepare_node(
     network_key: str | None = None,
     mdns_interface: list[str] | None = None,
     peer_expiry: float = 15.0,
+    key: Any = None,
 ) -> tuple[Any, Any]:
     """The node folder set up (genesis pinned from --genesis or --join) and opened, and its
     network options: what `dn node start` and `dn mine` share."""
@@ -168,7 +170,7 @@ def prepare_node(
         mdns_interfaces=_mdns_interfaces(mdns, mdns_interface or [], host),
         expire_s=peer_expiry,
     )
-    return Node(node_home), net
+    return Node(node_home, key=key), net
 
 
 def _fetch_genesis(url: str) -> Any:

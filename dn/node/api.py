@@ -245,6 +245,35 @@ def create_app(
         found = stakes_of(node.state.items(), target=target, backer=backer)
         return {"height": node.tip.height, "stakes": found}
 
+    @app.get("/dn/v1/validators")
+    async def validator_set() -> dict[str, Any]:
+        """The active set, and every validator with its own weight, bond, delegations and
+        scheduled change."""
+        from dn.chain import validators as vs
+        from dn.chain.state import backers_of
+
+        members = vs.active(node.state, node.genesis)
+        everyone = set(members) | set(node.genesis.validators)
+        everyone |= {
+            k[len(vs.VALIDATOR) :] for k, _ in node.state.items() if k.startswith(vs.VALIDATOR)
+        }
+        rows = []
+        for address in sorted(everyone):
+            record = node.state.get(vs.VALIDATOR + address) or {}
+            rows.append(
+                {
+                    "address": address,
+                    "active": address in members,
+                    "genesis": address in node.genesis.validators,
+                    "bond": record.get("bond", 0),
+                    "weight": vs.own_weight(node.state, node.genesis, address),
+                    "delegated": sum(backers_of(node.state, address).values()),
+                    "joins": record.get("joins"),
+                    "leaves": record.get("leaves"),
+                }
+            )
+        return {"height": node.tip.height, "active": members, "validators": rows}
+
     from dn.node.powr_api import add_powr_routes
 
     add_powr_routes(app, node)

@@ -97,6 +97,10 @@ class NodeClient:
     def blocks(self, start: int = 0, limit: int = 20) -> dict[str, Any]:
         return dict(self._request("GET", "/blocks", params={"from": start, "limit": limit}))
 
+    def validators(self) -> dict[str, Any]:
+        """`{"height", "active": [address], "validators": [...]}` (GET /dn/v1/validators)."""
+        return dict(self._request("GET", "/validators"))
+
     def models(self) -> dict[str, Any]:
         """`{"height", "models": [...]}`: every model on chain, with the miners serving it."""
         return dict(self._request("GET", "/models"))

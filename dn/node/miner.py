@@ -479,7 +479,7 @@ class Miner:
     def record(self, task: str, request: Any) -> dict[str, Any]:
         """The whole record of `task` (ticket, input, tokens, values), for a validator whose
         signed `request` (`records.sign_request`) says who it is."""
-        if not request_ok(self.chain_id, task, request, self.node.genesis.validators):
+        if not request_ok(self.chain_id, task, request, self.node.validators):
             raise TaskError(
                 "only a validator may read a task's record (a signed request is needed)",
                 reason="not-validator",

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dn import PROTOCOL_VERSION, __version__
-from dn.chain import consensus
+from dn.chain import consensus, validators
 from dn.chain.genesis import Genesis
 from dn.chain.mempool import Mempool
 from dn.chain.state import (
@@ -124,10 +124,15 @@ class Node:
     """
 
     def __init__(
-        self, home: NodeHome, genesis: Genesis | None = None, *, rng: random.Random | None = None
+        self,
+        home: NodeHome,
+        genesis: Genesis | None = None,
+        *,
+        rng: random.Random | None = None,
+        key: Keypair | None = None,
     ) -> None:
         self.home = home
-        self.key = home.key()
+        self.key = key or home.key()  # `dn validate --wallet` signs blocks with the wallet
         genesis = genesis or home.genesis()
         if home.store_file.exists():
             self.store = Store.open(home.store_file, genesis=genesis)
@@ -161,7 +166,8 @@ class Node:
 
     @property
     def validators(self) -> list[str]:
-        return self.genesis.validators
+        """The active validator set at the tip (it changes at epoch boundaries)."""
+        return validators.active(self.state, self.genesis)
 
     @property
     def is_validator(self) -> bool:
@@ -280,7 +286,9 @@ class Node:
             raise InvalidBlock(
                 "block signature does not match the proposer", reason="bad-signature"
             )
-        if header.proposer not in self.validators:
+        if not validators.known(self.state, self.genesis, header.proposer):
+            # Cheap first filter; whether it was in the set at that height is checked when the
+            # block is applied on its parent's state.
             raise InvalidBlock(f"{header.proposer} is not a validator", reason="not-validator")
         parent = self.store.header(header.prev)
         if parent is None:

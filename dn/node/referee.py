@@ -44,6 +44,7 @@ import httpx
 from dn.chain import disputes, tasks
 from dn.chain.state import ACCT, MINER, TASK
 from dn.chain.types import Tx
+from dn.chain.validators import active
 from dn.errors import DNError
 from dn.node.records import sign_request
 from dn.node.taskio import input_hash, normalize_input, render
@@ -186,7 +187,7 @@ class Referee:
         """The task to judge now, if any. Reads the chain only."""
         node = self.node
         genesis = node.genesis
-        if self.address not in genesis.validators:
+        if self.address not in active(node.state, genesis):
             return None
         tip = node.tip.height
         window = disputes.dispute_window(genesis)
@@ -246,8 +247,8 @@ class Referee:
         self._scanned = tip
 
     def _mine_to_judge(self, task: str, case: Case, tip: int, window: int) -> bool:
-        validators = self.node.genesis.validators
-        first = min(validators, key=lambda a: hashlib.sha256((task + a).encode()).digest())
+        members = active(self.node.state, self.node.genesis)
+        first = min(members, key=lambda a: hashlib.sha256((task + a).encode()).digest())
         return first == self.address or tip - case.settled >= window // 2
 
     def _in_flight(self, task: str, tip: int) -> bool:

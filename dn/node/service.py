@@ -15,6 +15,9 @@ from collections.abc import Iterator
 
 import uvicorn
 
+from dn.chain.state import ACCT
+from dn.chain.types import Tx
+from dn.chain.validators import VALIDATOR
 from dn.errors import DNError, NodeError
 from dn.node.api import create_app
 from dn.node.gateway import Gateway
@@ -52,8 +55,10 @@ class NodeService:
         store: ModelStore | None = None,
         gateway_wallet: Keypair | None = None,
         validate: PowrValidator | None = None,
+        bond: int | None = None,
     ) -> None:
         self.node = node
+        self.bond = bond
         self.host = host
         self.port = port
         self.network = Network(node, url=self.url, options=net)
@@ -191,6 +196,47 @@ class NodeService:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), pause)
 
+    async def _bond_validator(self, amount: int) -> None:
+        """`dn validate`: send `validator.bond` once this node's chain shows the key can pay it,
+        unless the key is a validator already (or joining); then stay quiet."""
+        node, sent, said = self.node, None, False
+        fee = int(node.genesis.param("min_fee"))
+        while not self._stop.is_set():
+            address = node.key.address
+            record = node.state.get(VALIDATOR + address)
+            joining = record is not None and record.get("joins") is not None
+            if address in node.validators or joining:
+                log.info("validator %s is %s", address, "joining" if joining else "in the set")
+                return
+            balance = int((node.state.get(ACCT + address) or {"balance": 0})["balance"])
+            if sent is None or node.mempool.get(sent) is None:
+                if balance >= amount + fee and not self.network.behind():
+                    tx = Tx.create(
+                        node.key,
+                        chain_id=node.genesis.chain_id,
+                        kind="validator.bond",
+                        nonce=node.mempool.pending_nonce(address),
+                        fee=fee,
+                        payload={"amount": amount},
+                    )
+                    result = node.submit([tx.to_json()])[0]
+                    if result["accepted"]:
+                        log.info("validator.bond sent (%s)", tx.id[:12])
+                        sent = tx.id
+                    else:
+                        log.warning("validator.bond refused: %s", result["message"])
+                elif not said:
+                    log.warning(
+                        "waiting to bond: %s has %d units here, the bond and fee need %d "
+                        "(syncing, or fund it)",
+                        address,
+                        balance,
+                        amount + fee,
+                    )
+                    said = True
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), 1.0)
+
     async def run(self) -> None:
         producer = asyncio.create_task(self._produce())
         network = asyncio.create_task(self.network.run())
@@ -199,6 +245,7 @@ class NodeService:
         validating = asyncio.create_task(self._validate(validator)) if validator else None
         referee = self.referee
         judging = asyncio.create_task(self._judge(referee)) if referee else None
+        bonding = asyncio.create_task(self._bond_validator(self.bond)) if self.bond else None
         try:
             await self.server.serve()
         except SystemExit:
@@ -210,6 +257,8 @@ class NodeService:
             self.network.stop()
             await producer
             await asyncio.gather(network, return_exceptions=True)
+            if bonding is not None:
+                await asyncio.gather(bonding, return_exceptions=True)
             if miner is not None:
                 await asyncio.gather(miner, return_exceptions=True)
                 self.miner.close()  # type: ignore[union-attr]
@@ -258,10 +307,18 @@ def run_foreground(
     mine: MinerOptions | None = None,
     gateway_wallet: Keypair | None = None,
     validate: PowrValidator | None = None,
+    bond: int | None = None,
 ) -> None:
     async def main() -> None:
         service = NodeService(
-            node, host, port, net, mine=mine, gateway_wallet=gateway_wallet, validate=validate
+            node,
+            host,
+            port,
+            net,
+            mine=mine,
+            gateway_wallet=gateway_wallet,
+            validate=validate,
+            bond=bond,
         )
         await serve_all([service])
 

@@ -47,6 +47,7 @@ from dn.chain.mempool import Mempool
 from dn.chain.powr_rules import COMMIT, REVEAL, Epoch, commit_key, powr_commitment, reveal_key
 from dn.chain.state import ACCT, MODEL
 from dn.chain.types import Block, Tx
+from dn.chain.validators import active
 from dn.config import atomic_write
 from dn.errors import DNError
 from dn.powr.evaluate import DEFAULT_MAX_TOKENS, Evaluation
@@ -225,8 +226,8 @@ class PowrValidator:
         epoch = Epoch.at(height, blocks)
         phase = epoch.phase(height)
         e = epoch.number
-        if self.address not in node.genesis.validators:
-            self._once(e, "not-validator", "this node is not a genesis validator: no PoWR duty")
+        if self.address not in active(node.state, node.genesis):
+            self._once(e, "not-validator", "this node is not an active validator: no PoWR duty")
             return None
         if phase == COMMIT:
             if node.state.get(commit_key(e, self.address)) is not None:

@@ -427,12 +427,3 @@ def test_a_block_whose_miner_tx_does_not_apply_is_invalid(chain: Chain) -> None:
     assert chain.state.data == before
 
 
-@pytest.mark.parametrize(
-    ("kind", "payload"),
-    [
-        ("validator.bond", {"amount": DN}),
-        ("validator.unbond", {"amount": DN}),
-    ],
-)
-def test_later_kinds_stay_disabled(chain: Chain, kind: str, payload: dict[str, Any]) -> None:
-    assert_rejected(chain, chain.send(CREATOR, kind, payload), "kind-disabled")

@@ -262,18 +262,6 @@ def test_fee_below_minimum(env: Env) -> None:
     assert_rejected(env, env.transfer(A, B.address, DN, fee=0), "fee-too-low")
 
 
-def test_disabled_kind(env: Env) -> None:
-    tx = Tx.create(
-        A,
-        chain_id=env.genesis.chain_id,
-        kind="validator.bond",
-        nonce=0,
-        fee=env.min_fee,
-        payload={"amount": DN},
-    )
-    assert_rejected(env, tx, "kind-disabled")
-
-
 def test_duplicate_in_mempool(env: Env) -> None:
     tx = env.transfer(A, B.address, DN)
     env.mempool.add(tx)

@@ -1,0 +1,145 @@
+"""`dn validate`: run a node as a validator that joins the set with a wallet's bond;
+`dn validator list | unbond`: look at the set, leave it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from dn.cli.output import opts, read_password, say
+from dn.config import DEFAULT_NODE_NAME, DEFAULT_PORT
+
+
+def validate(
+    ctx: typer.Context,
+    wallet: str = typer.Option(
+        ..., "--wallet", help="Wallet that bonds, signs blocks and pays the validator's fees."
+    ),
+    bond: str | None = typer.Option(
+        None, "--bond", help="Bond in DN (default: the chain's validator_min_bond)."
+    ),
+    name: str = typer.Option(DEFAULT_NODE_NAME, "--name", help="Which local node (a folder)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(DEFAULT_PORT, "--port", min=1, max=65535, help="Port to listen on."),
+    genesis: Path | None = typer.Option(
+        None, "--genesis", help="Join the network this genesis file defines (pinned on first use)."
+    ),
+    join: str | None = typer.Option(
+        None, "--join", help="Fetch and pin the genesis from a running node at URL; peer with it."
+    ),
+    peer: list[str] = typer.Option([], "--peer", help="A peer as HOST:PORT; repeat."),
+    mdns: bool = typer.Option(True, "--mdns/--no-mdns", help="Find peers on the LAN with mDNS."),
+    powr_items: int = typer.Option(
+        8, "--powr-items", min=1, max=1000, metavar="N", help="Benchmark items per model, epoch."
+    ),
+    password_file: Path | None = typer.Option(
+        None,
+        "--password-file",
+        help="Read the password from this file (else $DN_PASSWORD or a prompt).",
+    ),
+) -> None:
+    """Start (or join) a node as a validator: bond from the wallet (`validator.bond`) once the
+    node has synced, join the set at the next epoch boundary, then produce blocks in turn,
+    evaluate models every epoch (PoWR) and re-check rejected and sampled tasks, until Ctrl-C.
+    The wallet's key signs the blocks. To leave: `dn validator unbond`."""
+    from dn.cli.node import prepare_node
+    from dn.config import home
+    from dn.encoding import format_dn, parse_dn
+    from dn.node.service import run_foreground
+    from dn.node.validator import for_node
+    from dn.runner.modelstore import ModelStore
+
+    store = opts(ctx).keystore()
+    store.address(wallet)  # a missing wallet fails before the prompt
+    keypair = store.load(wallet, read_password(password_file))
+    node, net = prepare_node(
+        ctx, name=name, host=host, genesis=genesis, join=join, peer=peer, mdns=mdns, key=keypair
+    )
+    amount = parse_dn(bond, what="bond") if bond else int(node.genesis.param("validator_min_bond"))
+    models = ModelStore.default(home(opts(ctx).home))
+    validator = for_node(node, models, items_per_model=powr_items)
+    state = "in the validator set" if node.is_validator else "not in the validator set yet"
+    say(
+        f"validator {keypair.address} ({state}) on {node.genesis.chain_id} at height "
+        f"{node.tip.height}, listening on http://{host}:{port}"
+    )
+    if not node.is_validator:
+        say(f"it bonds {format_dn(amount)} DN once synced and joins at the next epoch boundary")
+    run_foreground(node, host, port, net, validate=validator, bond=amount)
+    say("validator stopped")
+
+
+app = typer.Typer(help="The validator set: look at it, leave it.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_(ctx: typer.Context) -> None:
+    """The validators: who is in the set, their own weight, bond, delegations, and who joins
+    or leaves at the next epoch boundary."""
+    from dn.cli.output import emit, table
+    from dn.encoding import format_dn
+
+    with opts(ctx).client() as client:
+        data = client.validators()
+
+    def human(out: object) -> None:
+        rows = []
+        for v in data["validators"]:
+            change = (
+                f"joins at epoch {v['joins']}"
+                if v["joins"] is not None
+                else f"leaves at epoch {v['leaves']}"
+                if v["leaves"] is not None
+                else ""
+            )
+            rows.append(
+                [
+                    v["address"],
+                    "yes" if v["active"] else "no",
+                    "genesis" if v["genesis"] else "bonded",
+                    format_dn(v["bond"]),
+                    format_dn(v["weight"] + v["delegated"]),
+                    change,
+                ]
+            )
+        out.print(  # type: ignore[attr-defined]
+            table(
+                f"validators at height {data['height']}",
+                ["address", "active", "kind", "bond (DN)", "stake (DN)", "next"],
+                rows,
+            )
+        )
+
+    emit(ctx, data, human)
+
+
+@app.command()
+def unbond(
+    ctx: typer.Context,
+    amount: str = typer.Argument(..., help="DN to unbond (all of it to leave the set)."),
+    wallet: str = typer.Option(..., "--wallet", help="The validator's wallet."),
+    password_file: Path | None = typer.Option(
+        None, "--password-file", help="Read the password from this file (else $DN_PASSWORD)."
+    ),
+) -> None:
+    """Take DN out of a validator's bond (`validator.unbond`). Unbonding all of it leaves the set
+    at the next epoch boundary; the DN come back after the chain's unbonding period."""
+    from dn.cli.output import emit
+    from dn.cli.txs import send_tx, unlock
+    from dn.encoding import format_dn, parse_dn
+
+    units = parse_dn(amount, what="amount")
+    keypair = unlock(ctx, wallet, password_file)
+    with opts(ctx).client() as client:
+        sent = send_tx(client, keypair, "validator.unbond", {"amount": units})
+        unbonding = int(client.genesis()["params"].get("unbonding_blocks", 100))
+    data = {**sent, "amount": units, "unlock_height": sent.get("height", 0) + unbonding}
+
+    def human(out: object) -> None:
+        out.print(  # type: ignore[attr-defined]
+            f"unbonded {format_dn(units)} DN in block {sent.get('height')}: tx {sent['id']}; "
+            f"it comes back at block {data['unlock_height']}"
+        )
+
+    emit(ctx, data, human)
