@@ -425,5 +425,3 @@ def test_a_block_whose_miner_tx_does_not_apply_is_invalid(chain: Chain) -> None:
     assert caught.value.reason == "bad-tx"
     assert "cannot pay" in caught.value.message
     assert chain.state.data == before
-
-
