@@ -10,10 +10,15 @@ checker fault each, and m3 is honest:
     m1  tamper (changes one token of its answers)   lazy-check (approves without computing)
     m2  other-model (answers with Gemma)            spiteful (rejects every answer)
 
-Bonds are three times the minimum, so two slashes of 20% leave each cheat still serving."""
+Bonds are three times the minimum, so two slashes of 20% leave each cheat still serving.
+
+The same devnet then runs PoWR epochs with both models (Gemma registered too): emission is paid,
+every node's store verifies (supply invariant included), and `dn chain explain` accounts for
+every unit of every address."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import subprocess
@@ -25,14 +30,19 @@ from typing import Any
 import pytest
 
 from dn.chain import disputes, tasks
+from dn.chain.explain import explain
+from dn.chain.powr_rules import result_key
+from dn.chain.store import Store
+from dn.node.node import NodeHome
 from dn.node.query import settle_tx, stream_query
 from dn.node.taskio import input_hash
 from tests.functional.harness import verify_offline, wait_until
-from tests.functional.market import DN, Market, running_market
+from tests.functional.market import DN, Market, register_model, running_market
 
 QUESTION = {"messages": [{"role": "user", "content": "Name two colours of the sea."}]}
 BOND = 30 * DN
 SLASH_BPS = 2_000
+EPOCH = 16  # blocks: a second each when idle, so the validator has 8 s to evaluate and commit
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +59,7 @@ def market(
             "m1": {"DN_TEST_MINER_FAULTS": "tamper,lazy-check"},
             "m2": {"DN_TEST_MINER_FAULTS": "other-model,spiteful"},
         },
-        params={"spot_check_bps": 10_000, "epoch_blocks": 1_000, "slash_bps": SLASH_BPS},
+        params={"spot_check_bps": 10_000, "epoch_blocks": EPOCH, "slash_bps": SLASH_BPS},
         extra_models=(gemma_gguf,),
     ) as running:
         yield running
@@ -158,6 +168,61 @@ def test_dn_chain_task_shows_the_verdict(market: Market) -> None:
     text = dn_chain_task(market, last["task"])
     cheat, reason = next(iter(last["faults"].items()))
     assert f"{cheat}: {reason}, slashed" in text
+
+
+def paid_epochs(market: Market) -> dict[int, dict[str, Any]]:
+    """The closed epochs whose emission was (at least partly) paid, by number."""
+    with market.client() as client:
+        height = client.status()["height"]
+    store = Store.open(NodeHome.named("gw", market.home).store_file, readonly=True)
+    try:
+        state = store.load_state()
+        found = {e: state.get(result_key(e)) for e in range(max(0, (height - 1) // EPOCH))}
+    finally:
+        store.close()
+    return {e: r for e, r in found.items() if r is not None and r["paid"] > 0}
+
+
+def test_epochs_with_both_models_pay_and_every_unit_is_explained(
+    market: Market, gemma_gguf: Path
+) -> None:
+    creator = market.wallets["creator"]
+    with market.client() as client:
+        nonce = client.account(creator.address)["next_nonce"]
+    gemma = gemma_gguf.stat().st_size
+    sha = hashlib.sha256(gemma_gguf.read_bytes()).hexdigest()
+    register_model(
+        market.gateway, creator, market.genesis.chain_id, sha, gemma, nonce=nonce, name="gemma"
+    )
+    with market.client() as client:
+        start = client.status()["height"]
+    # Two epochs that began after Gemma was registered, both closed and paid.
+    first = start // EPOCH + 1
+    wait_until(
+        lambda: len([e for e in paid_epochs(market) if e >= first]) >= 2,
+        150,
+        interval=1.0,
+        what="two paid epochs",
+    )
+    paid = paid_epochs(market)
+    assert any(len(r["models"]) == 2 for e, r in paid.items() if e >= first), paid
+    for name in ("gw", "m1", "m2", "m3"):
+        report = verify_offline(market.home, name)  # state roots, signatures, supply invariant
+        assert report["ok"], (name, report)
+    addresses = [w.address for w in market.wallets.values()]
+    store = Store.open(NodeHome.named("gw", market.home).store_file, readonly=True)
+    try:
+        addresses.append(store.genesis.validators[0])
+        for address in addresses:
+            explained = explain(store, address)
+            assert explained.unexplained == 0, address
+            totals = explained.totals()
+            assert totals["opening"] + totals["received"] - totals["spent"] == totals["balance"]
+        creator_entries = explain(store, creator.address).entries
+        rewards = [e for e in creator_entries if e.kind == "powr-reward" and e.epoch in paid]
+        assert rewards, "the creator earns from quality, with or without tasks"
+    finally:
+        store.close()
 
 
 def test_the_chain_of_rulings_verifies(market: Market) -> None:
