@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from dn.cli.node import GENESIS, HOST, JOIN, MDNS, NAME, PASSWORD_FILE, PORT
 from dn.cli.output import opts, read_password, say
-from dn.config import DEFAULT_NODE_NAME, DEFAULT_PORT
 from dn.errors import InputError, ModelError
 
 if TYPE_CHECKING:
@@ -29,28 +29,20 @@ def mine(
     bond: str | None = typer.Option(
         None, "--bond", help="Bond in DN (default: the chain's minimum)."
     ),
-    name: str = typer.Option(DEFAULT_NODE_NAME, "--name", help="Which local node (a folder)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(DEFAULT_PORT, "--port", min=1, max=65535, help="Port to listen on."),
-    genesis: Path | None = typer.Option(
-        None, "--genesis", help="Join the network this genesis file defines (pinned on first use)."
-    ),
-    join: str | None = typer.Option(
-        None, "--join", help="Fetch and pin the genesis from a running node at URL; peer with it."
-    ),
+    name: str = NAME,
+    host: str = HOST,
+    port: int = PORT,
+    genesis: Path | None = GENESIS,
+    join: str | None = JOIN,
     peer: list[str] = typer.Option([], "--peer", help="A peer as HOST:PORT; repeat."),
-    mdns: bool = typer.Option(True, "--mdns/--no-mdns", help="Find peers on the LAN with mDNS."),
+    mdns: bool = MDNS,
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="llama.cpp threads (default: the cores, up to 8)."
     ),
     gpu_layers: int | None = typer.Option(
         None, "--gpu-layers", help="Layers to offload (default: all with a GPU, else none)."
     ),
-    password_file: Path | None = typer.Option(
-        None,
-        "--password-file",
-        help="Read the password from this file (else $DN_PASSWORD or a prompt).",
-    ),
+    password_file: Path | None = PASSWORD_FILE,
 ) -> None:
     """Start (or join) a node with the miner role: register with a bond, fetch the models it
     serves from peers if needed, and generate and check answers until Ctrl-C."""

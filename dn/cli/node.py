@@ -13,19 +13,32 @@ from dn.errors import InputError
 
 app = typer.Typer(help="Run a node and look at it.", no_args_is_help=True)
 
+# Options every command that runs a node takes (`dn node start`, `dn mine`, `dn validate`).
+NAME = typer.Option(DEFAULT_NODE_NAME, "--name", help="Which local node (a folder).")
+HOST = typer.Option("127.0.0.1", "--host", help="Address to listen on.")
+PORT = typer.Option(DEFAULT_PORT, "--port", min=1, max=65535, help="Port to listen on.")
+GENESIS = typer.Option(
+    None, "--genesis", help="Join the network this genesis file defines (pinned on first use)."
+)
+JOIN = typer.Option(
+    None, "--join", help="Fetch and pin the genesis from a running node at URL; peer with it."
+)
+MDNS = typer.Option(True, "--mdns/--no-mdns", help="Find peers on the LAN with mDNS.")
+PASSWORD_FILE = typer.Option(
+    None,
+    "--password-file",
+    help="Read the wallet's password from this file (else $DN_PASSWORD or a prompt).",
+)
+
 
 @app.command()
 def start(
     ctx: typer.Context,
-    name: str = typer.Option(DEFAULT_NODE_NAME, "--name", help="Which local node (a folder)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(DEFAULT_PORT, "--port", min=1, max=65535, help="Port to listen on."),
-    genesis: Path | None = typer.Option(
-        None, "--genesis", help="Join the network this genesis file defines (pinned on first use)."
-    ),
-    join: str | None = typer.Option(
-        None, "--join", help="Fetch and pin the genesis from a running node at URL; peer with it."
-    ),
+    name: str = NAME,
+    host: str = HOST,
+    port: int = PORT,
+    genesis: Path | None = GENESIS,
+    join: str | None = JOIN,
     peer: list[str] = typer.Option(
         [], "--peer", help="A peer to connect to as HOST:PORT, where mDNS does not reach; repeat."
     ),
@@ -35,7 +48,7 @@ def start(
         envvar="DN_NETWORK_KEY",
         help="A passphrase shared by your nodes: peers without it are refused.",
     ),
-    mdns: bool = typer.Option(True, "--mdns/--no-mdns", help="Find peers on the LAN with mDNS."),
+    mdns: bool = MDNS,
     mdns_interface: list[str] = typer.Option(
         [],
         "--mdns-interface",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
+from dn.cli.node import GENESIS, HOST, JOIN, MDNS, NAME, PASSWORD_FILE, PORT
 from dn.cli.output import opts, read_password, say
-from dn.config import DEFAULT_NODE_NAME, DEFAULT_PORT
 
 
 def validate(
@@ -19,25 +19,17 @@ def validate(
     bond: str | None = typer.Option(
         None, "--bond", help="Bond in DN (default: the chain's validator_min_bond)."
     ),
-    name: str = typer.Option(DEFAULT_NODE_NAME, "--name", help="Which local node (a folder)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
-    port: int = typer.Option(DEFAULT_PORT, "--port", min=1, max=65535, help="Port to listen on."),
-    genesis: Path | None = typer.Option(
-        None, "--genesis", help="Join the network this genesis file defines (pinned on first use)."
-    ),
-    join: str | None = typer.Option(
-        None, "--join", help="Fetch and pin the genesis from a running node at URL; peer with it."
-    ),
+    name: str = NAME,
+    host: str = HOST,
+    port: int = PORT,
+    genesis: Path | None = GENESIS,
+    join: str | None = JOIN,
     peer: list[str] = typer.Option([], "--peer", help="A peer as HOST:PORT; repeat."),
-    mdns: bool = typer.Option(True, "--mdns/--no-mdns", help="Find peers on the LAN with mDNS."),
+    mdns: bool = MDNS,
     powr_items: int = typer.Option(
         8, "--powr-items", min=1, max=1000, metavar="N", help="Benchmark items per model, epoch."
     ),
-    password_file: Path | None = typer.Option(
-        None,
-        "--password-file",
-        help="Read the password from this file (else $DN_PASSWORD or a prompt).",
-    ),
+    password_file: Path | None = PASSWORD_FILE,
 ) -> None:
     """Start (or join) a node as a validator: bond from the wallet (`validator.bond`) once the
     node has synced, join the set at the next epoch boundary, then produce blocks in turn,

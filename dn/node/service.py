@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import uvicorn
 
@@ -158,17 +158,20 @@ class NodeService:
             except Exception:  # a bug here must not stop the validator's other work
                 log.exception("PoWR validation failed")
                 txs = []
-            for tx in txs:
-                if self._stop.is_set():
-                    break
-                result = self.node.submit([tx.to_json()])[0]
-                epoch = tx.payload["epoch"]
-                if result["accepted"]:
-                    log.info("%s for epoch %d sent (%s)", tx.kind, epoch, tx.id[:12])
-                else:
-                    log.warning("%s for epoch %d refused: %s", tx.kind, epoch, result["message"])
+            self._send(txs, lambda tx: f"{tx.kind} for epoch {tx.payload['epoch']}")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 1.0)
+
+    def _send(self, txs: list[Tx], what: Callable[[Tx], str]) -> None:
+        """Submit a duty's transactions to this node, logging each as `what(tx)`."""
+        for tx in txs:
+            if self._stop.is_set():
+                return
+            result = self.node.submit([tx.to_json()])[0]
+            if result["accepted"]:
+                log.info("%s sent (%s)", what(tx), tx.id[:12])
+            else:
+                log.warning("%s refused: %s", what(tx), result["message"])
 
     async def _judge(self, referee: Referee) -> None:
         """The referee duty: judge the rejected and spot-checked tasks (dn/node/referee.py),
@@ -185,13 +188,7 @@ class NodeService:
             except Exception:  # a bug here must not stop the validator's other work
                 log.exception("judging a task failed")
                 txs = []
-            for tx in txs:
-                result = self.node.submit([tx.to_json()])[0]
-                task = tx.payload["task"][:12]
-                if result["accepted"]:
-                    log.info("task.verdict for %s sent (%s)", task, tx.id[:12])
-                else:
-                    log.warning("task.verdict for %s refused: %s", task, result["message"])
+            self._send(txs, lambda tx: f"task.verdict for {tx.payload['task'][:12]}")
             pause = 0.2 if txs or case else 1.0
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), pause)
