@@ -8,7 +8,8 @@ a validator's word; `evidence` is the commitment to the values the validator com
 can re-run the check and hold the validator to it.
 
     task:<id>   gains "verdict": {"by", "height", "faults": {address: reason},
-                "evidence", "slashed": {address: units}, "refund": units}
+                "evidence", "slashed": {address: units}, "forfeited": {address: units},
+                "refund": units}
     miner:<a>   gains "slashed": units taken from its bonds so far
 
 Rule `task.verdict` {task, faults, evidence}, checks in order:
@@ -18,15 +19,16 @@ Rule `task.verdict` {task, faults, evidence}, checks in order:
 - each address at fault is the task's generator with a generator reason, or its checker with a
   checker reason (`not-party`, `unknown-fault`).
 
-Effects, for each miner at fault: `slash_bps` of its bond is taken: of the bond it holds, or of
-the bond waiting under `unlock:` if it exited since (the window never outlasts the unbonding
-period, so that bond is still there). A miner left with less than `miner_min_bond` stops serving
-at once, as if it sent `miner.exit` (the rest of its bond unbonds); it may register again. When
-the generator is at fault on a task that was confirmed, the consumer paid for a bad answer: it
-gets the price back, out of what was slashed; and if the task was settled in the epoch still
-open, the task no longer counts as confirmed in the epoch's PoWR statistics, so its tokens earn
-the generator no emission. Of what is slashed and not refunded, `slash_pool_bps` goes to the
-validator pool and the rest is burned.
+Effects, for each miner at fault: `slash_bps` of its bond is taken: of the bond it holds, or of the
+bond waiting under `unlock:` if it exited since (the window never outlasts the unbonding period, so
+that bond is still there). On a task that was paid, each miner at fault also forfeits its share of
+the fee (as much as its balance still holds). A miner left with less than `miner_min_bond` stops
+serving at once, as if it sent `miner.exit` (the rest of its bond unbonds); it may register again.
+When the generator is at fault on a task that was confirmed, the consumer paid for a bad answer: it
+gets the price back, out of what was slashed and forfeited; and if the task was settled in the epoch
+still open, the task no longer counts as confirmed in the epoch's PoWR statistics, so its tokens
+earn the generator no emission. Of what is slashed or forfeited and not refunded, `slash_pool_bps`
+goes to the validator pool and the rest is burned.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class Outcome:
     """What a verdict does (computed from the state before it; `apply` writes it)."""
 
     slashed: dict[str, int] = field(default_factory=dict)
+    forfeited: dict[str, int] = field(default_factory=dict)  # fee shares taken back
     from_unbonding: dict[str, tuple[str, int]] = field(default_factory=dict)  # addr: (key, i)
     exits: list[str] = field(default_factory=list)  # miners forced out (bond below minimum)
     refund: int = 0
@@ -105,7 +108,8 @@ def _unbonding_bond(
 def outcome(state: StateReader, tx: Tx, genesis: Genesis, height: int) -> Outcome:
     """Check `tx` (a `task.verdict`) against the state before it and say what it does; raise
     InvalidTx with the reason it is refused."""
-    from dn.chain.state import MINER, TASK
+    from dn.chain.economics import split_fee
+    from dn.chain.state import MINER, TASK, account
     from dn.chain.tasks import CONFIRMED
     from dn.chain.validators import active
 
@@ -152,7 +156,14 @@ def outcome(state: StateReader, tx: Tx, genesis: Genesis, height: int) -> Outcom
             amount = held * bps // 10_000
             out.from_unbonding[address] = (key, index)
         out.slashed[address] = amount
-    total = sum(out.slashed.values())
+    if task["status"] == CONFIRMED and task["paid"]:
+        shares = split_fee(task["paid"], genesis, {})
+        for address in sorted(p["faults"]):
+            role = "generator" if address == task["generator"] else "checker"
+            taken = min(shares[role], account(state, address)["balance"])
+            if taken:
+                out.forfeited[address] = taken
+    total = sum(out.slashed.values()) + sum(out.forfeited.values())
     if task["status"] == CONFIRMED and task["generator"] in p["faults"]:
         out.refund = min(task["paid"], total)
         out.unconfirm = True
@@ -165,7 +176,7 @@ def outcome(state: StateReader, tx: Tx, genesis: Genesis, height: int) -> Outcom
 def task_verdict(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
     """The `task.verdict` rule (see the module docstring)."""
     from dn.chain import powr_rules
-    from dn.chain.state import MINER, POOL_VALIDATORS, TASK, _burn, _credit, exit_miner
+    from dn.chain.state import MINER, POOL_VALIDATORS, TASK, _burn, _credit, _debit, exit_miner
 
     result = outcome(state, tx, genesis, height)
     p = tx.payload
@@ -184,6 +195,8 @@ def task_verdict(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
             state.set(MINER + address, miner)
             if address in result.exits:
                 exit_miner(state, address, height, genesis)
+    for address, amount in result.forfeited.items():
+        _debit(state, address, amount, "its forfeited share")
     if result.refund:
         _credit(state, task["consumer"], result.refund)
     if result.pool:
@@ -205,6 +218,7 @@ def task_verdict(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
                 "faults": dict(sorted(p["faults"].items())),
                 "evidence": p["evidence"],
                 "slashed": dict(sorted(result.slashed.items())),
+                "forfeited": dict(sorted(result.forfeited.items())),
                 "refund": result.refund,
             },
         },

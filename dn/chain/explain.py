@@ -269,6 +269,9 @@ class _Tracer:
             if ruling.refund and state.get(TASK + task)["consumer"] == me:
                 cause = f"refund for task {task[:12]}…: a validator found the answer invalid"
                 out.append(("refund", cause, ruling.refund, {"task": task}))
+            if me in ruling.forfeited:
+                cause = f"share of task {task[:12]}… forfeited: a validator found it at fault"
+                out.append(("forfeit", cause, -ruling.forfeited[me], {"task": task}))
             if me in ruling.exits:
                 due = height + self.genesis.param("unbonding_blocks")
                 self.pending.setdefault(due, []).append(_Lock("bond", height, tx.id))

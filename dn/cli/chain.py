@@ -359,7 +359,11 @@ def task(
             out.print("  nobody at fault")
         for address, reason in verdict["faults"].items():
             lost = format_dn(verdict["slashed"].get(address, 0))
-            out.print(f"  {address}: {reason}, slashed {lost} DN")
+            line = f"  {address}: {reason}, slashed {lost} DN"
+            forfeited = verdict.get("forfeited", {}).get(address, 0)
+            if forfeited:
+                line += f", its share of {format_dn(forfeited)} DN taken back"
+            out.print(line)
         if verdict["refund"]:
             out.print(f"  the consumer got {format_dn(verdict['refund'])} DN back")
 

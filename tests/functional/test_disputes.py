@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from dn.chain import disputes, tasks
+from dn.chain.economics import split_fee
 from dn.chain.explain import explain
 from dn.chain.powr_rules import result_key
 from dn.chain.store import Store
@@ -133,6 +134,9 @@ def test_a_cheating_miner_is_caught_and_slashed(
     assert verdict["faults"] == {cheat_address: fault}, verdict
     lost = bonds[cheat][0] * SLASH_BPS // 10_000
     assert verdict["slashed"] == {cheat_address: lost} and verdict["refund"] == 0
+    if status == "confirmed":  # the lazy checker was paid its share of a valid answer: it is
+        share = split_fee(record["paid"], market.genesis, {})["checker"]  # taken back
+        assert verdict["forfeited"] == {cheat_address: share}
     after = miner_bonds(market)
     assert after[cheat] == (bonds[cheat][0] - lost, bonds[cheat][1] + lost)
     assert after["m3"] == (BOND, 0)  # the honest miner keeps its bond

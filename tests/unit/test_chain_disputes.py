@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from dn.chain import disputes
+from dn.chain.economics import split_fee
 from dn.chain.explain import UNEXPLAINED, explain_blocks
 from dn.chain.powr_rules import Epoch, stats_key
 from dn.chain.state import POOL_VALIDATORS
@@ -92,6 +93,7 @@ def test_a_bad_generator_of_a_rejected_answer_is_slashed(chain: Recorded) -> Non
         "faults": {gen.address: "invalid-answer"},
         "evidence": EVIDENCE,
         "slashed": {gen.address: SLASH},
+        "forfeited": {},
         "refund": 0,
     }
     assert chain.state.get("miner:" + gen.address)["slashed"] == SLASH
@@ -125,12 +127,20 @@ def test_a_bad_answer_that_was_paid_is_refunded_and_unconfirmed() -> None:
     epoch = Epoch.at(chain.tip.height, 100).number
     assert chain.state.get(stats_key(epoch, SMOL))["miners"] == {gen["miner"]: record["tokens"]}
     consumer = chain.balance(CONSUMER)
+    balances = {a: chain.balance(MINERS[a]) for a in (gen["miner"], chk["miner"])}
     faults = {gen["miner"]: disputes.INVALID_ANSWER, chk["miner"]: disputes.APPROVED_INVALID}
     chain.commit([rule(chain, task, faults)])
     assert chain.balance(CONSUMER) == consumer + record["paid"]
     verdict = chain.state.get("task:" + task)["verdict"]
     assert verdict["refund"] == record["paid"] > 0
     assert verdict["slashed"] == {gen["miner"]: SLASH, chk["miner"]: SLASH}
+    # Both also give back what the task paid them.
+    shares = split_fee(record["paid"], chain.genesis, {})
+    forfeited = {gen["miner"]: shares["generator"], chk["miner"]: shares["checker"]}
+    assert verdict["forfeited"] == forfeited
+    assert {a: chain.balance(MINERS[a]) for a in balances} == {
+        a: balances[a] - forfeited[a] for a in balances
+    }
     stats = chain.state.get(stats_key(epoch, SMOL))
     assert stats["confirmed"] == 0 and stats["tokens"] == 0 and stats["miners"] == {}
     # The third miner, not on the task, is untouched; both cheats are out.
@@ -139,6 +149,10 @@ def test_a_bad_answer_that_was_paid_is_refunded_and_unconfirmed() -> None:
     explained = explain_blocks(chain.genesis, chain.blocks, CONSUMER.address)
     assert [e.kind for e in explained.entries if e.kind == UNEXPLAINED] == []
     assert [e.amount for e in explained.entries if e.kind == "refund"] == [record["paid"]]
+    for address, amount in forfeited.items():
+        entries = explain_blocks(chain.genesis, chain.blocks, address).entries
+        assert [e.amount for e in entries if e.kind == "forfeit"] == [-amount]
+        assert all(e.kind != UNEXPLAINED for e in entries)
 
 
 def test_nobody_at_fault_marks_the_task_and_moves_nothing(chain: Recorded) -> None:
