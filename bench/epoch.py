@@ -1,16 +1,20 @@
-"""Closing a PoWR epoch: `dn.powr.consensus.close_epoch` on 100 validators x 100 models.
+"""Closing a PoWR epoch on 100 validators x 100 models: `dn.powr.consensus.close_epoch`, and the
+whole close in the state machine.
 
 Every validator reveals a quality score for every model (an honest value plus noise, and a few
 validators that score at random), each model has a creator, 4 miners with confirmed tokens and 5
 backers, and the whole epoch is closed: medians, clipping, agreement, scores, the emission split
 and every credit. The inputs are built before the clock starts (they come from the chain state);
-the clock times `close_epoch` alone, the median of `--runs` runs.
+the clock times `close_epoch` alone, the median of `--runs` runs. Then the same epoch is closed the
+way a node does it: the reveals, statistics, models, backers and the validator pool written into a
+chain state, and `begin_block` timed at the epoch's boundary (reading the state, `close_epoch`,
+crediting every reward, paying out the pool, writing the result).
 
 The baseline, timed in the same run, is the least any implementation must do: per model, sort
 its (score, stake) pairs and walk them to the stake-weighted median. `ratio = close_epoch /
 baseline` says what the rest (checks, clipping, agreement, rewards) costs on top.
 
-Target: close_epoch <= 1 s (the state machine runs it inside one block). Numbers are printed,
+Target: the close in the state machine <= 1 s (it runs inside one block). Numbers are printed,
 never asserted.
 
     .venv/bin/python bench/epoch.py [--validators N] [--models N] [--runs N] [--json]
@@ -28,8 +32,21 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from dn.chain import powr_rules
+from dn.chain.genesis import Genesis, default_params
+from dn.chain.state import (
+    BACKERS,
+    MODEL,
+    POOL_VALIDATORS,
+    STAKE,
+    DictState,
+    Overlay,
+    begin_block,
+    genesis_state,
+)
 from dn.encoding import UNITS_PER_DN
 from dn.powr.consensus import PPM, EpochInputs, EpochParams, ModelEpoch, close_epoch
+from dn.wallet.keys import Keypair
 
 TARGET_S = 1.0
 MINERS_PER_MODEL = 4
@@ -80,6 +97,45 @@ def build_inputs(validators: int, models: int, seed: int) -> EpochInputs:
     return EpochInputs(epoch=7, scores=scores, validator_stakes=stakes, models=info)
 
 
+def chain_state(inputs: EpochInputs, epoch_blocks: int) -> tuple[Genesis, DictState]:
+    """A genesis with the inputs' validators (real keys, in the same order of stake) and a state
+    at the end of the inputs' epoch holding everything its close reads."""
+    keys = [
+        Keypair.from_seed(hashlib.sha256(b"v%d" % i).digest()) for i in range(len(inputs.scores))
+    ]
+    rename = dict(
+        zip(sorted(inputs.validator_stakes), sorted(k.address for k in keys), strict=True)
+    )
+    genesis = Genesis.build(
+        network="bench",
+        time_ms=0,
+        validators=sorted(rename.values()),
+        allocations={keys[0].address: UNITS_PER_DN},
+        params=default_params(epoch_blocks=epoch_blocks),
+    )
+    state = DictState(genesis_state(genesis))
+    e = inputs.epoch
+    changes: dict[str, Any] = {POOL_VALIDATORS: {"balance": 1_234_567}}
+    supply = state.get("supply")
+    changes["supply"] = {**supply, "genesis": supply["genesis"] + 1_234_567}
+    for validator, revealed in inputs.scores.items():
+        changes[powr_rules.reveal_key(e, rename[validator])] = dict(revealed)
+    changes[powr_rules.settled_key(e)] = sorted(inputs.models)
+    for sha, info in inputs.models.items():
+        changes[MODEL + sha] = {"creator": info.creator, "retired": False, "domain": "general"}
+        changes[powr_rules.stats_key(e, sha)] = {
+            "tasks": info.tasks,
+            "confirmed": info.confirmed,
+            "tokens": info.paid_tokens,
+            "miners": dict(info.miners),
+        }
+        changes[BACKERS + sha] = sorted(info.backers)
+        for backer, amount in info.backers.items():
+            changes[f"{STAKE}{sha}:{backer}"] = {"amount": amount}
+    state.update(changes)
+    return genesis, state
+
+
 def baseline(inputs: EpochInputs) -> int:
     """Per model, sort the (score, stake) pairs and walk them to the weighted median."""
     stakes = inputs.validator_stakes
@@ -121,6 +177,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     close_times = timed(lambda: close_epoch(inputs, params), args.runs)
     base_times = timed(lambda: baseline(inputs), args.runs)
     close_s, base_s = statistics.median(close_times), statistics.median(base_times)
+    epoch_blocks = 100
+    genesis, state = chain_state(inputs, epoch_blocks)
+    boundary = (inputs.epoch + 1) * epoch_blocks + 1
+
+    def close_in_state() -> None:
+        overlay = Overlay(state)
+        begin_block(overlay, boundary, genesis)
+        record = overlay.get(powr_rules.result_key(inputs.epoch))
+        if record is None or record["paid"] + record["unpaid"] != record["emission"]:
+            raise SystemExit("the state machine's close lost units")
+
+    state_times = timed(close_in_state, args.runs)
+    state_s = statistics.median(state_times)
     return {
         "validators": args.validators,
         "models": args.models,
@@ -134,9 +203,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "baseline_s": base_s,
         "baseline_s_runs": base_times,
         "ratio_to_baseline": close_s / base_s,
+        "state_close_s": state_s,
+        "state_close_s_runs": state_times,
         "target_s": TARGET_S,
-        "ratio_to_target": close_s / TARGET_S,
-        "meets_target": close_s <= TARGET_S,
+        "ratio_to_target": state_s / TARGET_S,
+        "meets_target": state_s <= TARGET_S,
     }
 
 
@@ -153,9 +224,11 @@ def render(r: dict[str, Any]) -> str:
             f"  baseline      {r['baseline_s'] * 1000:>9.1f} ms   sort each model's scores to "
             "its weighted median",
             f"  ratio         {r['ratio_to_baseline']:>9.1f}x  close_epoch / baseline",
+            f"  in the state  {r['state_close_s'] * 1000:>9.1f} ms   begin_block at the boundary: "
+            "read the state, close, credit, pay the pool, write",
             "",
-            f"  target  close_epoch <= {r['target_s']:.0f} s   {r['close_epoch_s']:.3f} s "
-            f"({r['ratio_to_target']:.3f} of the target)   {verdict}",
+            f"  target  close in the state machine <= {r['target_s']:.0f} s   "
+            f"{r['state_close_s']:.3f} s ({r['ratio_to_target']:.3f} of the target)   {verdict}",
         ]
     )
 
