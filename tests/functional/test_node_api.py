@@ -224,18 +224,6 @@ INVALID_TXS: list[tuple[str, Callable[[Api], Any], str]] = [
     ),
     ("unknown-kind", lambda api: {**api.transfer().to_json(), "kind": "mint"}, "unknown-kind"),
     (
-        "disabled-kind",
-        lambda api: Tx.create(
-            api.alice,
-            chain_id=api.chain_id,
-            kind="validator.bond",
-            nonce=api.next_nonce(),
-            fee=FEE,
-            payload={"amount": 1_000},
-        ).to_json(),
-        "kind-disabled",
-    ),
-    (
         "extra-top-level-field",
         lambda api: {**api.transfer().to_json(), "memo": "hi"},
         "unknown-field",
