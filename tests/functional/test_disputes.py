@@ -43,7 +43,7 @@ from tests.functional.market import DN, Market, register_model, running_market
 QUESTION = {"messages": [{"role": "user", "content": "Name two colours of the sea."}]}
 BOND = 30 * DN
 SLASH_BPS = 2_000
-EPOCH = 16  # blocks: a second each when idle, so the validator has 8 s to evaluate and commit
+EPOCH = 12  # blocks: a second each when idle, so the validator has 6 s to evaluate and commit
 
 
 @pytest.fixture(scope="module")

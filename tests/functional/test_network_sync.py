@@ -4,7 +4,7 @@
   SIGKILL halfway, it restarts from where its store got to, not from genesis.
 - Validators killed with SIGKILL again and again (during block production, and right after a
   restart while they sync) always restart on a store that `verify_store` accepts, and catch up:
-  ten kills in the default suite, thirty in `make soak`.
+  seven kills in the default suite, thirty in `make soak`.
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ def _reaches(node: NodeProcess, height: int) -> Callable[[], bool]:
 def test_validators_killed_again_and_again_recover_and_catch_up(
     dn_home: Path, node_factory: Callable[..., NodeProcess]
 ) -> None:
-    """Seven rounds (ten kills) in the default suite; the twenty-round version is a soak test."""
-    _kill_rounds(dn_home, node_factory, rounds=7)
+    """Five rounds (seven kills) in the default suite; the twenty-round version is a soak test."""
+    _kill_rounds(dn_home, node_factory, rounds=5)
 
 
 @pytest.mark.soak

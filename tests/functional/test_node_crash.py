@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import pytest
 
 from dn.chain.store import Store
 from dn.chain.types import Tx
@@ -29,9 +30,8 @@ from dn.wallet.keys import Keypair
 from tests.functional.harness import NodeProcess, free_port, init_chain, wait_until
 
 SEED = int(os.environ.get("DN_CRASH_SEED", "20240607"))
-CYCLES = 25
-MIN_CYCLES = 20
-BUDGET_S = 150.0
+CYCLES, MIN_CYCLES, BUDGET_S = 12, 10, 90.0  # the default suite
+SOAK_CYCLES, SOAK_MIN_CYCLES, SOAK_BUDGET_S = 25, 20, 150.0  # make soak
 FEE = 1_000
 PACE_S = 0.005  # between requests: a few thousand txs in all keeps each replay short
 
@@ -169,6 +169,24 @@ def _check_store_after_kill(
 def test_sigkill_while_ingesting_loses_nothing(
     dn_home: Path, node_factory: Callable[..., NodeProcess]
 ) -> None:
+    """Twelve kills in the default suite; twenty-five in the soak test below."""
+    _kill_while_ingesting(dn_home, node_factory, CYCLES, MIN_CYCLES, BUDGET_S)
+
+
+@pytest.mark.soak
+def test_sigkill_while_ingesting_loses_nothing_soak(
+    dn_home: Path, node_factory: Callable[..., NodeProcess]
+) -> None:
+    _kill_while_ingesting(dn_home, node_factory, SOAK_CYCLES, SOAK_MIN_CYCLES, SOAK_BUDGET_S)
+
+
+def _kill_while_ingesting(
+    dn_home: Path,
+    node_factory: Callable[..., NodeProcess],
+    most: int,
+    least: int,
+    budget_s: float,
+) -> None:
     rng = random.Random(SEED)
     seed_note = f"(DN_CRASH_SEED={SEED})"
     senders = [Keypair.generate() for _ in range(4)]
@@ -187,7 +205,7 @@ def test_sigkill_while_ingesting_loses_nothing(
     started = time.monotonic()
     cycles = 0
     node.start()
-    while cycles < CYCLES and time.monotonic() - started < BUDGET_S:
+    while cycles < most and time.monotonic() - started < budget_s:
         where = f"cycle {cycles} {seed_note}"
         with node.client() as client:
             # the port is fixed; make sure it is our node answering on it, not another test's
@@ -210,7 +228,7 @@ def test_sigkill_while_ingesting_loses_nothing(
         _check_store_after_kill(store_file, accepted, confirmed, reported, where)
         node.start()
 
-    assert cycles >= MIN_CYCLES, f"only {cycles} kill cycles in {BUDGET_S:.0f} s {seed_note}"
+    assert cycles >= least, f"only {cycles} kill cycles in {budget_s:.0f} s {seed_note}"
     assert not problems, "\n".join(problems[:20])
     assert len(confirmed) >= 10, f"only {len(confirmed)} txs seen included {seed_note}"
 
