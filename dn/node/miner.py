@@ -30,10 +30,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dn.chain import tasks
 from dn.chain.state import MINER, MODEL, TASK
@@ -47,6 +48,7 @@ from dn.runner.llama import CheckSession, Runner
 from dn.runner.modelstore import ModelStore
 from dn.wallet.keys import Keypair
 
+T = TypeVar("T")
 log = logging.getLogger("dn.miner")
 FAULTS_ENV = "DN_TEST_MINER_FAULTS"
 RECORDS_FILE = "miner_tasks.db"
@@ -94,6 +96,20 @@ class _Session:
     touched: float = field(default_factory=time.monotonic)
 
 
+CHECK_NICE = 10  # how much lower the checking threads' CPU priority is than generating
+
+
+def _lower_priority() -> None:
+    """Run this thread (and the llama.cpp threads it starts) at a lower CPU priority: a check
+    only has to keep up with the answer, while the answer is what the consumer waits for. On one
+    machine that hosts both (a devnet, or a miner checking while it generates) the generator
+    gets the cores first. Where the OS has no per-thread priority this does nothing."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECK_NICE)
+    except (AttributeError, OSError):
+        pass
+
+
 def faults_from_env() -> frozenset[str]:
     raw = os.environ.get(FAULTS_ENV, "")
     return frozenset(f.strip() for f in raw.split(",") if f.strip())
@@ -137,6 +153,9 @@ class Miner:
         self.faults = faults
         self._signer = Keypair.generate() if "wrong-key" in faults else wallet
         self._sessions: dict[str, _Session] = {}
+        self._check_pool = ThreadPoolExecutor(
+            max_workers=4, thread_name_prefix="dn-check", initializer=_lower_priority
+        )
         if records is None:
             records = TaskRecords(node.home.path / RECORDS_FILE)
         self.records = records
@@ -372,13 +391,17 @@ class Miner:
             )
             return session.__enter__()
 
-        session = await asyncio.to_thread(open_session)
+        session = await self._checking(open_session)
         self._sessions[job.task] = _Session(job, session)
         return {
             "task": job.task,
             "checker": self.address,
             "prompt_tokens": len(session.prompt_tokens),
         }
+
+    async def _checking(self, fn: Callable[[], T]) -> T:
+        """Run check work in the checking threads (lower priority, see `_lower_priority`)."""
+        return await asyncio.get_running_loop().run_in_executor(self._check_pool, fn)
 
     def _session(self, task: str) -> _Session:
         found = self._sessions.get(task)
@@ -407,7 +430,7 @@ class Miner:
                     )
                 return current.check.feed(tokens)
 
-        values = await asyncio.to_thread(feed)
+        values = await self._checking(feed)
         return {"task": task, "checked": len(current.check.tokens), "values": len(values)}
 
     async def check_finish(self, task: str, generator_attestation: Any) -> dict[str, Any]:
@@ -444,7 +467,7 @@ class Miner:
             return {"task": task, "verdict": result, "attestation": att}
 
         try:
-            return await asyncio.to_thread(finish)
+            return await self._checking(finish)
         finally:
             self._sessions.pop(task, None)
 
@@ -466,7 +489,7 @@ class Miner:
         """The gateway gave up on the task (a generator that stalled or lied): free the context."""
         current = self._sessions.pop(task, None)
         if current is not None:
-            await asyncio.to_thread(current.check.close)
+            await self._checking(current.check.close)
         return {"task": task, "closed": current is not None}
 
     def values(self, task: str) -> list[list[int]]:
@@ -505,11 +528,12 @@ class Miner:
             if now - current.touched > self.idle_s and not current.lock.locked():
                 self._sessions.pop(task, None)
                 log.info("closing idle check session %s", task[:12])
-                await asyncio.to_thread(current.check.close)
+                await self._checking(current.check.close)
 
     def close(self) -> None:
         for current in self._sessions.values():
             current.check.close()
         self._sessions.clear()
+        self._check_pool.shutdown(wait=True)
         self.runner.close()
         self.records.close()
