@@ -46,6 +46,13 @@ DEFAULT_CTX = 2048
 DEFAULT_BATCH = 512
 
 
+# llama-cpp-python (verbose=False) silences llama.cpp while it loads a model by pointing file
+# descriptors 1 and 2 at /dev/null and back. Two loads at once in one process interleave those
+# swaps, and the process can end with its stdout and stderr on /dev/null for good: every later
+# log line lost. So models load one at a time.
+_LOAD_LOCK = threading.Lock()
+
+
 def gpu_offload_supported() -> bool:
     import llama_cpp
 
@@ -99,17 +106,18 @@ class LoadedModel:
         self.path = Path(path)
         self.n_gpu_layers = auto_gpu_layers(n_gpu_layers)
         try:
-            self.llm = llama_cpp.Llama(
-                model_path=str(path),
-                n_ctx=n_ctx,
-                n_batch=n_batch,
-                n_ubatch=n_batch,
-                n_threads=threads,
-                n_threads_batch=threads,
-                n_gpu_layers=self.n_gpu_layers,
-                logits_all=False,
-                verbose=False,
-            )
+            with _LOAD_LOCK:
+                self.llm = llama_cpp.Llama(
+                    model_path=str(path),
+                    n_ctx=n_ctx,
+                    n_batch=n_batch,
+                    n_ubatch=n_batch,
+                    n_threads=threads,
+                    n_threads_batch=threads,
+                    n_gpu_layers=self.n_gpu_layers,
+                    logits_all=False,
+                    verbose=False,
+                )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(f"llama.cpp cannot load {path}: {exc}", reason="unloadable") from None
         self.n_ctx = n_ctx

@@ -7,6 +7,8 @@ be rejected. The thresholds are the genesis defaults; docs/verification.md recor
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -207,6 +209,28 @@ def test_too_long_a_prompt_is_refused_before_any_work(checker: LoadedModel) -> N
     with pytest.raises(TaskError) as caught:
         list(checker.generate("word " * 3000, MAX_TOKENS))
     assert caught.value.reason == "too-long"
+
+
+def test_loading_models_side_by_side_keeps_stdout_and_stderr(smollm2_gguf: Path) -> None:
+    """llama-cpp-python points fds 1 and 2 at /dev/null while it loads; loads in parallel
+    threads (a validator's PoWR and referee runners, two devnet miners warming up) must not
+    leave them there, or every later log line of the node is lost."""
+    before = [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2)]
+
+    def load(into: list[LoadedModel]) -> None:
+        into.append(LoadedModel(smollm2_gguf, n_threads=1, n_ctx=256))
+
+    for _ in range(4):
+        loaded: list[LoadedModel] = []
+        threads = [threading.Thread(target=load, args=(loaded,)) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        for model in loaded:
+            model.llm.close()
+        assert len(loaded) == 3
+        assert [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2)] == before
 
 
 def test_the_runner_caches_loaded_models_and_evicts_the_oldest(smollm2_gguf: Path) -> None:
