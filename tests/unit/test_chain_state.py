@@ -597,3 +597,11 @@ def test_chain_of_blocks_links_roots(env: Env) -> None:
     with pytest.raises(InvalidBlock) as exc:
         apply_block(DictState(genesis_state(env.genesis)), g.header, g.hash, b2, env.genesis)
     assert exc.value.reason == "bad-prev"
+
+
+def test_every_kind_on_the_wire_has_its_rule() -> None:
+    """A kind that parses but had no rule would fail inside apply_tx instead of being refused."""
+    from dn.chain.state import RULES
+    from dn.chain.types import PAYLOADS
+
+    assert set(RULES) == set(PAYLOADS)
