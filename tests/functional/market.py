@@ -3,14 +3,18 @@ processes serving the real SmolLM2 model, funded wallets, the model registered o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import secrets
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from dn.chain import tasks
 from dn.chain.genesis import Genesis
 from dn.chain.types import Tx
 from dn.node.client import NodeClient
+from dn.node.taskio import input_hash
 from dn.runner.modelstore import ModelStore
 from dn.wallet.keys import Keypair
 from dn.wallet.keystore import KDF_FAST, Keystore
@@ -33,6 +37,36 @@ class Market:
 
     def client(self) -> NodeClient:
         return self.gateway.client()
+
+
+def find_ticket(
+    market: Market,
+    task_input: dict[str, Any],
+    eligible: list[str],
+    wanted: Callable[[tuple[str, str]], bool],
+    model: str | None = None,
+) -> dict[str, Any]:
+    """A consumer ticket for `task_input` whose (generator, checker), chosen among `eligible`
+    by the public selection rule, is `wanted` (tickets differ by nonce, so a test can look)."""
+    with market.client() as client:
+        height = client.status()["height"]
+    chain_id = market.genesis.chain_id
+    for _ in range(500):
+        ticket = tasks.sign_ticket(
+            chain_id,
+            market.wallets["consumer"],
+            model=model or market.model,
+            prompt_hash=input_hash(task_input),
+            max_tokens=24,
+            seed=0,
+            max_price=10**9,
+            ref_height=height,
+            nonce=secrets.randbits(62),
+            expiry=height + 50,
+        )
+        if wanted(tasks.select_miners(eligible, tasks.task_id(chain_id, ticket))):
+            return ticket
+    raise AssertionError("no ticket found")
 
 
 def register_model(

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import secrets
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -29,16 +28,15 @@ from typing import Any
 
 import pytest
 
-from dn.chain import disputes, tasks
+from dn.chain import disputes
 from dn.chain.economics import split_fee
 from dn.chain.explain import explain
 from dn.chain.powr_rules import result_key
 from dn.chain.store import Store
 from dn.node.node import NodeHome
 from dn.node.query import settle_tx, stream_query
-from dn.node.taskio import input_hash
 from tests.functional.harness import verify_offline, wait_until
-from tests.functional.market import DN, Market, register_model, running_market
+from tests.functional.market import DN, Market, find_ticket, register_model, running_market
 
 QUESTION = {"messages": [{"role": "user", "content": "Name two colours of the sea."}]}
 BOND = 30 * DN
@@ -68,27 +66,10 @@ def market(
 
 def ticket_for(market: Market, generator: str, checker: str) -> dict[str, Any]:
     """A consumer ticket whose task the selection rule gives to these two miners."""
-    chain_id = market.genesis.chain_id
     with market.client() as client:
-        height = client.status()["height"]
         eligible = [m["address"] for m in client.model(market.model)["miners"]]
     wanted = (market.wallets[generator].address, market.wallets[checker].address)
-    for _ in range(500):
-        ticket = tasks.sign_ticket(
-            chain_id,
-            market.wallets["consumer"],
-            model=market.model,
-            prompt_hash=input_hash(QUESTION),
-            max_tokens=24,
-            seed=0,
-            max_price=10**9,
-            ref_height=height,
-            nonce=secrets.randbits(62),
-            expiry=height + 50,
-        )
-        if tasks.select_miners(eligible, tasks.task_id(chain_id, ticket)) == wanted:
-            return ticket
-    raise AssertionError(f"no ticket found for {wanted}")
+    return find_ticket(market, QUESTION, eligible, lambda chosen: chosen == wanted)
 
 
 def miner_bonds(market: Market) -> dict[str, tuple[int, int]]:

@@ -4,7 +4,6 @@ consumer never pays for a bad answer."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from dn.errors import TaskError
 from dn.node.query import settle_tx, stream_query
 from dn.node.taskio import input_hash
 from tests.functional.harness import wait_until
-from tests.functional.market import Market, register_model, running_market
+from tests.functional.market import Market, find_ticket, register_model, running_market
 
 QUESTION = {"messages": [{"role": "user", "content": "Say something about the sea."}]}
 TIMEOUT_S = "3"
@@ -33,31 +32,11 @@ def market(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iter
         yield running
 
 
-def ticket_for(market: Market, role: str, miner: str, model: str | None = None) -> dict[str, Any]:
-    """A consumer ticket whose task puts `miner` in `role` (tickets differ by nonce; the
-    selection rule is public, so a test can look for one)."""
-    with market.client() as client:
-        height = client.status()["height"]
-    chain_id = market.genesis.chain_id
-    sha = model or market.model
+def ticket_for(market: Market, role: str, miner: str) -> dict[str, Any]:
+    """A consumer ticket whose task puts `miner` in `role`."""
     eligible = [market.wallets[n].address for n in ("m1", "m2")]
-    for _ in range(200):
-        ticket = tasks.sign_ticket(
-            chain_id,
-            market.wallets["consumer"],
-            model=sha,
-            prompt_hash=input_hash(QUESTION),
-            max_tokens=24,
-            seed=0,
-            max_price=10**9,
-            ref_height=height,
-            nonce=secrets.randbits(62),
-            expiry=height + 50,
-        )
-        chosen = tasks.select_miners(eligible, tasks.task_id(chain_id, ticket))
-        if chosen[0 if role == "generator" else 1] == market.wallets[miner].address:
-            return ticket
-    raise AssertionError("no ticket found")
+    address, index = market.wallets[miner].address, 0 if role == "generator" else 1
+    return find_ticket(market, QUESTION, eligible, lambda chosen: chosen[index] == address)
 
 
 def restart_m1(market: Market, faults: str) -> None:
