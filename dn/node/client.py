@@ -7,6 +7,7 @@ and reason, so `InvalidTx("...", reason="nonce-gap")` on the node is `InvalidTx`
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager
 from typing import Any
 from urllib.parse import quote
 
@@ -54,6 +55,13 @@ class NodeClient:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+    def stream(
+        self, path: str, body: Any, timeout: float
+    ) -> AbstractContextManager[httpx.Response]:
+        """POST `body` to `path` (under /dn/v1) and read the answer as it comes, on this
+        client's connection (a new client would cost ~50 ms before the request goes out)."""
+        return self._http.stream("POST", "/dn/v1" + path, json=body, timeout=timeout)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:

@@ -9,7 +9,7 @@ it names, the gateway
    ticket's reference height: the same rule the chain re-checks, so the gateway cannot choose);
 2. opens a check session on the checker (it prefills the prompt while the generator starts);
 3. streams the generator's tokens to the caller as they come and forwards them to the checker in
-   chunks, from a separate task, so the caller never waits on the checker;
+   chunks (`chunk_size`), from a separate task, so the caller never waits on the checker;
 4. ends with both signed attestations, each checked here (signature, miner, the tokens seen):
    a miner that stalls, answers garbage or signs with the wrong key ends the query with a
    TaskError and nothing to settle, so the consumer pays nothing.
@@ -65,6 +65,17 @@ def _fail(message: str, reason: str) -> TaskError:
     return TaskError(message, reason=reason)
 
 
+def chunk_size(sent: int, max_tokens: int, chunk: int) -> int:
+    """How many tokens the checker's next chunk waits for, `sent` of them already forwarded.
+
+    A chunk of k tokens is one batched pass on the checker, costing about as much as 1.4 + k
+    tokens' worth of its time (bench/check.py), so single tokens would cost the checker as much
+    CPU as generating did; but whatever is still waiting when the answer ends is checked after
+    the last token, so chunks shrink as the answer nears `max_tokens` and the last is one token.
+    (An answer that ends early, on an end-of-generation token, waits for at most `chunk`.)"""
+    return max(1, min(chunk, (max_tokens - sent) // 4))
+
+
 class Gateway:
     def __init__(
         self,
@@ -81,6 +92,22 @@ class Gateway:
         self.check_timeout_s = check_timeout_s or 2 * self.stall_s
         self.transport = transport
         self._running: set[str] = set()
+        self._http: httpx.AsyncClient | None = None
+
+    def _client(self) -> httpx.AsyncClient:
+        """One client for every query: making one costs ~50 ms of the event loop (its TLS
+        context), and its pool keeps the connections to the miners open between queries."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(
+                timeout=httpx.Timeout(self.check_timeout_s, read=self.stall_s),
+                transport=self.transport,
+            )
+        return self._http
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
 
     @property
     def chain_id(self) -> str:
@@ -151,95 +178,92 @@ class Gateway:
         return self._run(plan)
 
     async def _run(self, plan: Plan) -> AsyncIterator[dict[str, Any]]:
-        timeout = httpx.Timeout(self.check_timeout_s, read=self.stall_s)
         opened = False
+        http = self._client()
         try:
-            async with httpx.AsyncClient(timeout=timeout, transport=self.transport) as http:
-                body = {"ticket": plan.ticket, "input": plan.task_input}
+            body = {"ticket": plan.ticket, "input": plan.task_input}
+            try:
+                # The checker prefills the prompt while the generator starts decoding.
+                opening = asyncio.create_task(
+                    self._call(http, plan.checker_url + TASKS + "/check", body, "checker")
+                )
+                yield {
+                    "event": "start",
+                    "task": plan.task,
+                    "model": plan.ticket["model"],
+                    "model_name": plan.model["name"],
+                    "generator": plan.generator,
+                    "checker": plan.checker,
+                    "price": plan.model["price"],
+                }
+                tokens: list[int] = []
+                queue: asyncio.Queue[int | None] = asyncio.Queue()
+                forwarder = asyncio.create_task(self._forward(http, plan, queue, opening))
                 try:
-                    # The checker prefills the prompt while the generator starts decoding.
-                    opening = asyncio.create_task(
-                        self._call(http, plan.checker_url + TASKS + "/check", body, "checker")
-                    )
-                    yield {
-                        "event": "start",
-                        "task": plan.task,
-                        "model": plan.ticket["model"],
-                        "model_name": plan.model["name"],
-                        "generator": plan.generator,
-                        "checker": plan.checker,
-                        "price": plan.model["price"],
-                    }
-                    tokens: list[int] = []
-                    queue: asyncio.Queue[int | None] = asyncio.Queue()
-                    forwarder = asyncio.create_task(self._forward(http, plan, queue, opening))
-                    try:
-                        gen_att = None
-                        async for event in self._generate(http, plan, body):
-                            if forwarder.done() and forwarder.exception() is not None:
-                                raise forwarder.exception()  # type: ignore[misc]
-                            if event.get("done"):
-                                gen_att = event.get("attestation")
-                                break
-                            fresh = event.get("tokens")
-                            if (
-                                not isinstance(fresh, list)
-                                or not all(isinstance(t, int) for t in fresh)
-                                or len(tokens) + len(fresh) > plan.ticket["max_tokens"]
-                            ):
-                                raise _fail(
-                                    "the generator sent more or other than tokens", "miner-lied"
-                                )
-                            tokens.extend(fresh)
-                            for token in fresh:
-                                queue.put_nowait(token)
-                            yield {
-                                "event": "token",
-                                "tokens": fresh,
-                                "text": str(event.get("text", "")),
-                            }
-                        queue.put_nowait(None)
-                        await forwarder
-                    finally:
-                        if not forwarder.done():
-                            forwarder.cancel()
-                            with contextlib.suppress(BaseException):
-                                await forwarder
-                        opened = (
-                            opening.done() and not opening.cancelled() and not opening.exception()
-                        )
-                        if not opening.done():
-                            opening.cancel()
-                            with contextlib.suppress(BaseException):
-                                await opening
-                            opened = True  # it may have opened on the checker: abort it
-                    if gen_att is None:
-                        raise _fail("the generator ended without an attestation", "miner-lied")
-                    self._check_attestation(gen_att, plan, plan.generator, tasks.GENERATOR, tokens)
-                    url = f"{plan.checker_url}{TASKS}/check/{plan.task}/finish"
-                    finished = await self._call(http, url, {"generator": gen_att}, "checker")
-                    opened = False  # the checker closed the session itself
-                    chk_att = finished.get("attestation") if isinstance(finished, dict) else None
-                    self._check_attestation(chk_att, plan, plan.checker, tasks.CHECKER, tokens)
-                    assert isinstance(chk_att, dict)
-                    confirmed = chk_att["verdict"] == tasks.CONFIRMED
-                    yield {
-                        "event": "done",
-                        "task": plan.task,
-                        "status": "confirmed" if confirmed else "rejected",
-                        "tokens": len(tokens),
-                        "price_units": tasks.price_of(plan.model["price"], len(tokens))
-                        if confirmed
-                        else 0,
-                        "verdict": finished.get("verdict"),
-                        "ticket": plan.ticket,
-                        "generator": gen_att,
-                        "checker": chk_att,
-                    }
+                    gen_att = None
+                    async for event in self._generate(http, plan, body):
+                        if forwarder.done() and forwarder.exception() is not None:
+                            raise forwarder.exception()  # type: ignore[misc]
+                        if event.get("done"):
+                            gen_att = event.get("attestation")
+                            break
+                        fresh = event.get("tokens")
+                        if (
+                            not isinstance(fresh, list)
+                            or not all(isinstance(t, int) for t in fresh)
+                            or len(tokens) + len(fresh) > plan.ticket["max_tokens"]
+                        ):
+                            raise _fail(
+                                "the generator sent more or other than tokens", "miner-lied"
+                            )
+                        tokens.extend(fresh)
+                        for token in fresh:
+                            queue.put_nowait(token)
+                        yield {
+                            "event": "token",
+                            "tokens": fresh,
+                            "text": str(event.get("text", "")),
+                        }
+                    queue.put_nowait(None)
+                    await forwarder
                 finally:
-                    if opened:  # free the checker's context now, not when it times out
-                        with contextlib.suppress(Exception):
-                            await http.post(f"{plan.checker_url}{TASKS}/check/{plan.task}/abort")
+                    if not forwarder.done():
+                        forwarder.cancel()
+                        with contextlib.suppress(BaseException):
+                            await forwarder
+                    opened = opening.done() and not opening.cancelled() and not opening.exception()
+                    if not opening.done():
+                        opening.cancel()
+                        with contextlib.suppress(BaseException):
+                            await opening
+                        opened = True  # it may have opened on the checker: abort it
+                if gen_att is None:
+                    raise _fail("the generator ended without an attestation", "miner-lied")
+                self._check_attestation(gen_att, plan, plan.generator, tasks.GENERATOR, tokens)
+                url = f"{plan.checker_url}{TASKS}/check/{plan.task}/finish"
+                finished = await self._call(http, url, {"generator": gen_att}, "checker")
+                opened = False  # the checker closed the session itself
+                chk_att = finished.get("attestation") if isinstance(finished, dict) else None
+                self._check_attestation(chk_att, plan, plan.checker, tasks.CHECKER, tokens)
+                assert isinstance(chk_att, dict)
+                confirmed = chk_att["verdict"] == tasks.CONFIRMED
+                yield {
+                    "event": "done",
+                    "task": plan.task,
+                    "status": "confirmed" if confirmed else "rejected",
+                    "tokens": len(tokens),
+                    "price_units": tasks.price_of(plan.model["price"], len(tokens))
+                    if confirmed
+                    else 0,
+                    "verdict": finished.get("verdict"),
+                    "ticket": plan.ticket,
+                    "generator": gen_att,
+                    "checker": chk_att,
+                }
+            finally:
+                if opened:  # free the checker's context now, not when it times out
+                    with contextlib.suppress(Exception):
+                        await http.post(f"{plan.checker_url}{TASKS}/check/{plan.task}/abort")
         finally:
             self._running.discard(plan.task)
 
@@ -306,24 +330,24 @@ class Gateway:
         queue: asyncio.Queue[int | None],
         opening: asyncio.Task[Any],
     ) -> None:
-        """Once the checker's session is open, send it tokens in chunks of up to `chunk`,
-        whatever has arrived."""
+        """Once the checker's session is open, send it the tokens: each chunk waits for
+        `chunk_size` of them (or the end of the answer) and takes whatever else has come by
+        then, so a checker that fell behind catches up in one pass."""
         await opening
         url = f"{plan.checker_url}{TASKS}/check/{plan.task}/tokens"
         offset = 0
         done = False
         while not done:
             batch: list[int] = []
-            first = await queue.get()
-            if first is None:
-                return
-            batch.append(first)
-            while len(batch) < self.chunk and not queue.empty():
-                item = queue.get_nowait()
+            size = chunk_size(offset, int(plan.ticket["max_tokens"]), self.chunk)
+            while len(batch) < size or (not done and not queue.empty()):
+                item = await queue.get()
                 if item is None:
                     done = True
                     break
                 batch.append(item)
+            if not batch:
+                return
             await self._call(http, url, {"offset": offset, "tokens": batch}, "checker")
             offset += len(batch)
 

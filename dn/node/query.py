@@ -71,20 +71,19 @@ def stream_query(
     """The gateway's events for this query; a TaskError (or the node's own error) on failure."""
     body = {"ticket": ticket, "input": normalize_input(task_input)}
     try:
-        with httpx.Client(base_url=client.url, timeout=httpx.Timeout(timeout)) as http:
-            with http.stream("POST", "/dn/v1/query", json=body) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise _error_from(response)
-                for line in response.iter_lines():
-                    if not line.strip():
-                        continue
-                    event = json.loads(line)
-                    if event.get("event") == "error":
-                        raise TaskError(
-                            str(event.get("message")), reason=str(event.get("reason", "task"))
-                        )
-                    yield event
+        with client.stream("/query", body, timeout) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise _error_from(response)
+            for line in response.iter_lines():
+                if not line.strip():
+                    continue
+                event = json.loads(line)
+                if event.get("event") == "error":
+                    raise TaskError(
+                        str(event.get("message")), reason=str(event.get("reason", "task"))
+                    )
+                yield event
     except httpx.TransportError as exc:
         raise NodeError(f"lost the gateway at {client.url}: {type(exc).__name__}") from None
 

@@ -254,6 +254,7 @@ class NodeService:
             self.network.stop()
             await producer
             await asyncio.gather(network, return_exceptions=True)
+            await self.gateway.aclose()
             if bonding is not None:
                 await asyncio.gather(bonding, return_exceptions=True)
             if miner is not None:
