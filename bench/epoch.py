@@ -34,16 +34,8 @@ from typing import Any
 
 from dn.chain import powr_rules
 from dn.chain.genesis import Genesis, default_params
-from dn.chain.state import (
-    BACKERS,
-    MODEL,
-    POOL_VALIDATORS,
-    STAKE,
-    DictState,
-    Overlay,
-    begin_block,
-    genesis_state,
-)
+from dn.chain.ledger import MODEL, POOL_VALIDATORS, DictState, Overlay
+from dn.chain.state import BACKERS, STAKE, begin_block, genesis_state
 from dn.encoding import UNITS_PER_DN
 from dn.powr.consensus import PPM, EpochInputs, EpochParams, ModelEpoch, close_epoch
 from dn.wallet.keys import Keypair

@@ -41,7 +41,7 @@ from dn.errors import InvalidTx
 
 if TYPE_CHECKING:
     from dn.chain.genesis import Genesis
-    from dn.chain.state import Overlay, StateReader
+    from dn.chain.ledger import Overlay, StateReader
     from dn.chain.types import Tx
 
 # Why a miner is at fault. The generator's answer is invalid (the checker's and the validator's
@@ -94,7 +94,7 @@ def _unbonding_bond(
     state: StateReader, genesis: Genesis, address: str, miner: dict[str, Any]
 ) -> tuple[str, int, int] | None:
     """(unlock key, index, amount) of the bond an exited miner still has waiting, if any."""
-    from dn.chain.state import UNLOCK
+    from dn.chain.ledger import UNLOCK
 
     if miner.get("exited") is None:
         return None
@@ -109,7 +109,7 @@ def outcome(state: StateReader, tx: Tx, genesis: Genesis, height: int) -> Outcom
     """Check `tx` (a `task.verdict`) against the state before it and say what it does; raise
     InvalidTx with the reason it is refused."""
     from dn.chain.economics import split_fee
-    from dn.chain.state import MINER, TASK, account
+    from dn.chain.ledger import MINER, TASK, account
     from dn.chain.tasks import CONFIRMED
     from dn.chain.validators import active
 
@@ -176,7 +176,8 @@ def outcome(state: StateReader, tx: Tx, genesis: Genesis, height: int) -> Outcom
 def task_verdict(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
     """The `task.verdict` rule (see the module docstring)."""
     from dn.chain import powr_rules
-    from dn.chain.state import MINER, POOL_VALIDATORS, TASK, _burn, _credit, _debit, exit_miner
+    from dn.chain.ledger import MINER, POOL_VALIDATORS, TASK, burn, credit, debit
+    from dn.chain.market import exit_miner
 
     result = outcome(state, tx, genesis, height)
     p = tx.payload
@@ -196,14 +197,14 @@ def task_verdict(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
             if address in result.exits:
                 exit_miner(state, address, height, genesis)
     for address, amount in result.forfeited.items():
-        _debit(state, address, amount, "its forfeited share")
+        debit(state, address, amount, "its forfeited share")
     if result.refund:
-        _credit(state, task["consumer"], result.refund)
+        credit(state, task["consumer"], result.refund)
     if result.pool:
         pool = state.get(POOL_VALIDATORS) or {"balance": 0}
         state.set(POOL_VALIDATORS, {"balance": pool["balance"] + result.pool})
     if result.burn:
-        _burn(state, result.burn)
+        burn(state, result.burn)
     if result.unconfirm:
         powr_rules.unrecord_task(
             state, genesis, height, task["height"], task["model"], task["generator"], task["tokens"]

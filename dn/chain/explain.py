@@ -33,22 +33,9 @@ from typing import Any
 from dn.chain import disputes, powr_rules, staking, validators
 from dn.chain.economics import split_fee
 from dn.chain.genesis import BPS, Genesis
-from dn.chain.state import (
-    MINER,
-    MODEL,
-    TASK,
-    UNLOCK,
-    DictState,
-    Overlay,
-    StateReader,
-    account,
-    apply_block,
-    apply_tx,
-    backers_of,
-    begin_block,
-    genesis_block,
-    genesis_state,
-)
+from dn.chain.ledger import MINER, MODEL, TASK, UNLOCK, DictState, Overlay, StateReader, account
+from dn.chain.market import backers_of
+from dn.chain.state import apply_block, apply_tx, begin_block, genesis_block, genesis_state
 from dn.chain.store import Store
 from dn.chain.tasks import CONFIRMED, price_of, task_id
 from dn.chain.types import Block, Tx

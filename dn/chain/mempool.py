@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from dn.chain.genesis import Genesis
-from dn.chain.state import Overlay, StateReader, apply_tx, begin_block
+from dn.chain.ledger import Overlay, StateReader
+from dn.chain.state import apply_tx, begin_block
 from dn.chain.types import Tx
 from dn.errors import InvalidTx
 

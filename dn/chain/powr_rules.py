@@ -54,7 +54,7 @@ from dn.powr.consensus import (
 
 if TYPE_CHECKING:
     from dn.chain.genesis import Genesis
-    from dn.chain.state import Overlay, StateReader
+    from dn.chain.ledger import Overlay, StateReader
     from dn.chain.types import Tx
 
 POWR = "powr:"
@@ -179,7 +179,7 @@ def commit(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
 
 
 def reveal(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    from dn.chain.state import MODEL
+    from dn.chain.ledger import MODEL
 
     _check_validator(state, tx, genesis)
     epoch = _check_phase(tx, genesis, height, REVEAL)
@@ -280,7 +280,7 @@ def unrecord_task(
 def validator_stakes(state: StateReader, genesis: Genesis) -> dict[str, int]:
     """Each active validator's stake: its own weight (`validators.own_weight`: the base weight
     of a genesis validator, plus its bond) and what is delegated to it."""
-    from dn.chain.state import backers_of
+    from dn.chain.market import backers_of
     from dn.chain.validators import active, own_weight
 
     return {
@@ -293,7 +293,8 @@ def epoch_inputs(state: StateReader, epoch: int, genesis: Genesis) -> EpochInput
     """What `close_epoch` needs, from the state at the end of `epoch`. The models are those with
     a task settled in the epoch or a revealed score; a retired model's scores are left out, so
     it gets quality 0 (and nothing)."""
-    from dn.chain.state import MODEL, backers_of
+    from dn.chain.ledger import MODEL
+    from dn.chain.market import backers_of
     from dn.chain.validators import active
 
     members = active(state, genesis)
@@ -378,12 +379,12 @@ def close(state: Overlay, epoch: int, genesis: Genesis) -> EpochResult:
     stay). A validator's reward is shared with its delegators pro rata to stake. The validator
     pool (`pool:validators`) is paid out by the same weights (`share_pool`), recorded under the
     result's `pool`; it was minted already, so it does not count as emitted."""
-    from dn.chain.state import POOL_VALIDATORS, SUPPLY, _credit
+    from dn.chain.ledger import POOL_VALIDATORS, SUPPLY, credit
 
     inputs = epoch_inputs(state, epoch, genesis)
     result = close_epoch(inputs, EpochParams.from_params(genesis.params))
-    for credit in result.credits:
-        _credit(state, credit.address, credit.amount)
+    for entry in result.credits:
+        credit(state, entry.address, entry.amount)
     if result.paid:
         supply = state.get(SUPPLY)
         state.set(SUPPLY, {**supply, "emitted": supply["emitted"] + result.paid})
@@ -391,9 +392,9 @@ def close(state: Overlay, epoch: int, genesis: Genesis) -> EpochResult:
     pool = state.get(POOL_VALIDATORS)
     shared = share_pool(pool["balance"], result, inputs.delegations) if pool else ()
     if shared:
-        for credit in shared:
-            _credit(state, credit.address, credit.amount)
-        paid = sum(credit.amount for credit in shared)
+        for entry in shared:
+            credit(state, entry.address, entry.amount)
+        paid = sum(entry.amount for entry in shared)
         left = pool["balance"] - paid
         state.set(POOL_VALIDATORS, {"balance": left} if left else None)
         record["pool"] = {"paid": paid, "credits": [_credit_record(c) for c in shared]}

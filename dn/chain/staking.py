@@ -33,7 +33,7 @@ from dn.errors import InvalidTx
 
 if TYPE_CHECKING:
     from dn.chain.genesis import Genesis
-    from dn.chain.state import Overlay, StateReader
+    from dn.chain.ledger import Overlay, StateReader
     from dn.chain.types import Tx
 
 STAKE = "stake:"
@@ -64,11 +64,11 @@ def _set_stake(state: Overlay, target: str, address: str, amount: int) -> None:
 
 
 def _check_target(state: StateReader, target: str, genesis: Genesis) -> None:
-    from dn.chain.state import _live_model
+    from dn.chain.market import live_model
     from dn.chain.validators import known
 
     if is_model(target):
-        _live_model(state, target, retired_reason="model-retired")
+        live_model(state, target, retired_reason="model-retired")
     elif not known(state, genesis, target):
         raise InvalidTx(f"{target} is not a validator", reason="not-validator")
 
@@ -83,17 +83,17 @@ def _check_floor(amount: int, genesis: Genesis, what: str) -> None:
 
 
 def stake(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    from dn.chain.state import _debit
+    from dn.chain.ledger import debit
 
     target, amount = tx.payload["target"], tx.payload["amount"]
     _check_target(state, target, genesis)
     _check_floor(amount, genesis, "a stake")
-    _debit(state, tx.sender, amount, f"stake {amount} after fee {tx.fee}")
+    debit(state, tx.sender, amount, f"stake {amount} after fee {tx.fee}")
     _set_stake(state, target, tx.sender, staked(state, target, tx.sender) + amount)
 
 
 def unstake(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    from dn.chain.state import UNLOCK
+    from dn.chain.ledger import UNLOCK
 
     target, amount = tx.payload["target"], tx.payload["amount"]
     held = staked(state, target, tx.sender)

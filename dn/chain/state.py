@@ -40,93 +40,43 @@ The order of checks mirrors the spec: a block's header is checked against its pa
 finish unbonding at its height are released, then every transaction is applied in order on an
 overlay, then the computed roots are compared with the header; any failure raises InvalidBlock and
 leaves nothing changed. A transaction pays its fee and bumps its sender's nonce, then its kind's
-rule (one function per kind, below; `stake` and `unstake` in staking.py, `powr.commit` and
-`powr.reveal` in powr_rules.py) checks and applies the payload; any failure raises InvalidTx and
-leaves nothing changed. At the first block of each PoWR epoch, after the unlocks and before the
-transactions, the previous epoch is closed and its emission paid (`begin_block`).
+rule (one function per kind, named in `RULES`: `transfer` here; models, miners and `task.settle`
+in market.py; `stake` and `unstake` in staking.py; `validator.bond` and `validator.unbond` in
+validators.py; `task.verdict` in disputes.py; `powr.commit` and `powr.reveal` in powr_rules.py)
+checks and applies the payload; any failure raises InvalidTx and leaves nothing changed. The keys
+and the account operations they share are in ledger.py. At the first block of each PoWR epoch,
+after the unlocks and before the transactions, the previous epoch is closed and its emission paid
+(`begin_block`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from dn.chain import consensus, disputes, powr_rules, staking, validators
-from dn.chain.economics import split_fee
+from dn.chain import consensus, disputes, market, powr_rules, staking, validators
 from dn.chain.genesis import BPS, Genesis
-from dn.chain.tasks import (
-    CONFIRMED,
-    REJECTED,
-    SERVING,
-    check_attestations,
-    eligible_miners,
-    price_of,
-    select_miners,
-    serving_changed,
-    task_id,
-    verify_ticket,
+from dn.chain.ledger import (
+    ACCT,
+    MINER,
+    POOL,
+    SUPPLY,
+    UNLOCK,
+    Overlay,
+    StateReader,
+    account,
+    burn,
+    credit,
+    debit,
 )
+from dn.chain.staking import STAKE
 from dn.chain.types import Block, Header, Tx, txs_root
 from dn.encoding import hash_hex
-from dn.errors import InvalidBlock, InvalidTx, TaskError
+from dn.errors import InvalidBlock, InvalidTx
 from dn.wallet.keys import Keypair
 
-ACCT = "acct:"
-SUPPLY = "supply"
 SIGNERS = "signers"  # proposers of the latest blocks, for the floor(n/2)+1 signing rule
-MODEL = "model:"
-MODEL_NAME = "model-name:"
-MINER = "miner:"
-UNLOCK = "unlock:"
-POOL = "pool:"
-POOL_VALIDATORS = "pool:validators"
-TASK = "task:"
-BACKERS = staking.BACKERS
-STAKE = staking.STAKE
-
-
-class StateReader(Protocol):
-    def get(self, key: str) -> Any: ...
-
-
-class Overlay:
-    """Writes collected on top of a read-only base; `changes` is what a block did."""
-
-    def __init__(self, base: StateReader) -> None:
-        self.base = base
-        self.changes: dict[str, Any] = {}
-
-    def get(self, key: str) -> Any:
-        if key in self.changes:
-            return self.changes[key]
-        return self.base.get(key)
-
-    def set(self, key: str, value: Any) -> None:
-        self.changes[key] = value
-
-    def merge(self, child: Overlay) -> None:
-        self.changes.update(child.changes)
-
-
-class DictState:
-    """A whole state in memory."""
-
-    def __init__(self, data: dict[str, Any] | None = None) -> None:
-        self.data: dict[str, Any] = data if data is not None else {}
-
-    def get(self, key: str) -> Any:
-        return self.data.get(key)
-
-    def update(self, changes: dict[str, Any]) -> None:
-        for key, value in changes.items():
-            if value is None:
-                self.data.pop(key, None)
-            else:
-                self.data[key] = value
-
-    def items(self) -> Iterator[tuple[str, Any]]:
-        return iter(self.data.items())
 
 
 # --- genesis and roots ----------------------------------------------------------------------
@@ -164,30 +114,6 @@ def genesis_block(genesis: Genesis) -> Block:
 
 
 # --- accounts -------------------------------------------------------------------------------
-
-
-def account(state: StateReader, address: str) -> dict[str, int]:
-    found = state.get(ACCT + address)
-    return found if found is not None else {"balance": 0, "nonce": 0}
-
-
-def _credit(state: Overlay, address: str, amount: int) -> None:
-    acct = account(state, address)
-    state.set(ACCT + address, {"balance": acct["balance"] + amount, "nonce": acct["nonce"]})
-
-
-def _debit(
-    state: Overlay, address: str, amount: int, what: str, reason: str = "insufficient-funds"
-) -> None:
-    acct = account(state, address)
-    if acct["balance"] < amount:
-        raise InvalidTx(f"balance {acct['balance']} cannot pay {what}", reason=reason)
-    state.set(ACCT + address, {"balance": acct["balance"] - amount, "nonce": acct["nonce"]})
-
-
-def _burn(state: Overlay, amount: int) -> None:
-    supply = state.get(SUPPLY)
-    state.set(SUPPLY, {**supply, "burned": supply["burned"] + amount})
 
 
 # --- transactions ---------------------------------------------------------------------------
@@ -230,8 +156,8 @@ def apply_tx(state: Overlay, tx: Tx, genesis: Genesis, proposer: str, *, height:
     trial.set(ACCT + tx.sender, {"balance": sender["balance"] - tx.fee, "nonce": tx.nonce + 1})
     RULES[tx.kind](trial, tx, genesis, height)
     burned = tx.fee * genesis.param("fee_burn_share") // BPS
-    _burn(trial, burned)
-    _credit(trial, proposer, tx.fee - burned)
+    burn(trial, burned)
+    credit(trial, proposer, tx.fee - burned)
     state.merge(trial)
 
 
@@ -240,135 +166,8 @@ Rule = Callable[[Overlay, Tx, Genesis, int], None]
 
 def _transfer(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
     amount = tx.payload["amount"]
-    _debit(state, tx.sender, amount, f"amount {amount} after fee {tx.fee}")
-    _credit(state, tx.payload["to"], amount)
-
-
-# --- models ---------------------------------------------------------------------------------
-
-
-def _live_model(state: StateReader, sha: str, retired_reason: str) -> dict[str, Any]:
-    found = state.get(MODEL + sha)
-    if found is None:
-        raise InvalidTx(f"no model {sha[:12]}… is registered", reason="unknown-model")
-    if found["retired"]:
-        raise InvalidTx(f"model {found['name']!r} is retired", reason=retired_reason)
-    return dict(found)
-
-
-def _model_register(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    p = tx.payload
-    if state.get(MODEL + p["model"]) is not None:
-        raise InvalidTx(f"model {p['model'][:12]}… is registered already", reason="model-exists")
-    if state.get(MODEL_NAME + p["name"]) is not None:
-        raise InvalidTx(f"another live model is named {p['name']!r}", reason="name-taken")
-    state.set(
-        MODEL + p["model"],
-        {
-            "creator": tx.sender,
-            "name": p["name"],
-            "domain": p["domain"],
-            "price": p["price"],
-            "license": p["license"],
-            "size": p["size"],
-            "height": height,
-            "retired": False,
-            "tasks": 0,
-            "tokens": 0,
-            "rejected": 0,
-        },
-    )
-    state.set(MODEL_NAME + p["name"], p["model"])
-
-
-def _model_retire(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    sha = tx.payload["model"]
-    found = state.get(MODEL + sha)
-    if found is None:
-        raise InvalidTx(f"no model {sha[:12]}… is registered", reason="unknown-model")
-    if found["creator"] != tx.sender:
-        raise InvalidTx("only the model's creator may retire it", reason="not-creator")
-    if found["retired"]:
-        raise InvalidTx(f"model {found['name']!r} is retired already", reason="already-retired")
-    state.set(MODEL + sha, {**found, "retired": True, "retired_at": height})
-    if state.get(MODEL_NAME + found["name"]) == sha:
-        state.set(MODEL_NAME + found["name"], None)  # the name is free for a new model
-
-
-# --- miners ---------------------------------------------------------------------------------
-
-
-def _set_serving(
-    state: Overlay, model: str, miner: str, height: int, genesis: Genesis, *, serving: bool
-) -> None:
-    key = SERVING + model
-    window = genesis.param("ticket_window_blocks")
-    intervals = serving_changed(state.get(key) or [], miner, height, window, serving=serving)
-    state.set(key, intervals or None)
-
-
-def _miner_register(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    """Register, or update a live registration: `bond` is the total bond wanted (at least
-    `miner_min_bond`, never less than the miner already holds); the difference moves from the
-    sender's balance. `url` and `models` replace the old ones, from this block on."""
-    p = tx.payload
-    bond = p["bond"]
-    if bond < genesis.param("miner_min_bond"):
-        raise InvalidTx(
-            f"bond {bond} is below the minimum of {genesis.param('miner_min_bond')} units",
-            reason="bond-too-low",
-        )
-    models = sorted(set(p["models"]))
-    for sha in models:
-        _live_model(state, sha, retired_reason="model-retired")
-    current = state.get(MINER + tx.sender)
-    live = current is not None and current["exited"] is None
-    held = current["bond"] if live else 0
-    if bond < held:
-        raise InvalidTx(
-            f"bond {bond} is less than the {held} units already bonded; a bond only shrinks "
-            "by exiting",
-            reason="bond-decrease",
-        )
-    if bond > held:
-        _debit(state, tx.sender, bond - held, f"bond {bond - held} after fee {tx.fee}")
-    before = set(current["models"]) if live else set()
-    for sha in sorted(before - set(models)):
-        _set_serving(state, sha, tx.sender, height, genesis, serving=False)
-    for sha in sorted(set(models) - before):
-        _set_serving(state, sha, tx.sender, height, genesis, serving=True)
-    state.set(
-        MINER + tx.sender,
-        {
-            "bond": bond,
-            "url": p["url"],
-            "models": models,
-            "since": current["since"] if live else height,
-            "exited": None,
-        },
-    )
-
-
-def _miner_exit(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    """Stop serving now; the bond comes back at the start of block `height + unbonding_blocks`
-    (until then it stays slashable, and counted in the supply, under `unlock:`)."""
-    current = state.get(MINER + tx.sender)
-    if current is None or current["exited"] is not None:
-        raise InvalidTx("the sender is not a registered miner", reason="not-miner")
-    exit_miner(state, tx.sender, height, genesis)
-
-
-def exit_miner(state: Overlay, address: str, height: int, genesis: Genesis) -> None:
-    """Take a live miner out of service in block `height` (its `miner.exit`, or a slash that left
-    its bond below the minimum): it stops serving, and its bond unbonds (`what`: "bond", so a
-    verdict can still find and slash it)."""
-    current = state.get(MINER + address)
-    for sha in current["models"]:
-        _set_serving(state, sha, address, height, genesis, serving=False)
-    key = UNLOCK + str(height + genesis.param("unbonding_blocks"))
-    entry = {"address": address, "amount": current["bond"], "what": "bond"}
-    state.set(key, [*(state.get(key) or []), entry])
-    state.set(MINER + address, {**current, "bond": 0, "exited": height})
+    debit(state, tx.sender, amount, f"amount {amount} after fee {tx.fee}")
+    credit(state, tx.payload["to"], amount)
 
 
 def begin_block(state: Overlay, height: int, genesis: Genesis) -> None:
@@ -380,7 +179,7 @@ def begin_block(state: Overlay, height: int, genesis: Genesis) -> None:
     due = state.get(UNLOCK + str(height))
     if due is not None:
         for entry in due:
-            _credit(state, entry["address"], entry["amount"])
+            credit(state, entry["address"], entry["amount"])
         state.set(UNLOCK + str(height), None)
     epoch = powr_rules.Epoch.closed_at(height, genesis.param("epoch_blocks"))
     if epoch is not None:
@@ -388,122 +187,17 @@ def begin_block(state: Overlay, height: int, genesis: Genesis) -> None:
         validators.begin_epoch(state, epoch + 1, genesis)
 
 
-# --- paid queries ---------------------------------------------------------------------------
-
-
-def backers_of(state: StateReader, model: str) -> dict[str, int]:
-    """A model's backers and their stakes (`backers:<model>` lists them, `stake:<model>:<addr>`
-    holds each; both written by `stake` and `unstake`)."""
-    backers: dict[str, int] = {}
-    for address in state.get(BACKERS + model) or []:
-        stake = state.get(f"{STAKE}{model}:{address}")
-        if stake is not None and stake["amount"] > 0:
-            backers[address] = stake["amount"]
-    return backers
-
-
-def _task_settle(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    """Pay for one answer (DESIGN.md section 7). Anyone may send it; the sender pays only the
-    fee, the ticket's consumer pays `price_of(model price, tokens)`, split by `split_fee`."""
-    ticket, gen, chk = tx.payload["ticket"], tx.payload["generator"], tx.payload["checker"]
-    chain_id = genesis.chain_id
-    verify_ticket(chain_id, ticket)
-    sha = ticket["model"]
-    model = state.get(MODEL + sha)
-    if model is None:
-        raise InvalidTx(f"no model {sha[:12]}… is registered", reason="unknown-model")
-    # Retiring stops new tasks; a ticket made before it still settles, so the miners who did
-    # the work are paid.
-    if model["retired"] and ticket["ref_height"] >= model.get("retired_at", 0):
-        raise InvalidTx(f"model {model['name']!r} is retired", reason="model-retired")
-    model = dict(model)
-    ref, oldest = ticket["ref_height"], max(0, height - genesis.param("ticket_window_blocks"))
-    if not oldest <= ref < height:
-        raise InvalidTx(
-            f"ticket refers to height {ref}; block {height} takes {oldest} to {height - 1}",
-            reason="stale-ticket",
-        )
-    if ticket["expiry"] < height:
-        raise InvalidTx(f"ticket expired at height {ticket['expiry']}", reason="expired-ticket")
-    task = task_id(chain_id, ticket)
-    if state.get(TASK + task) is not None:
-        raise InvalidTx(f"task {task[:12]}… is settled already", reason="task-settled")
-    check_attestations(chain_id, task, gen, chk, ticket["max_tokens"])
-    try:
-        chosen = select_miners(eligible_miners(state, sha, ref), task)
-    except TaskError as exc:
-        raise InvalidTx(f"no valid miner pair: {exc.message}", reason="wrong-miners") from None
-    if (gen["miner"], chk["miner"]) != chosen:
-        raise InvalidTx(
-            "the generator and checker are not the miners this ticket selects",
-            reason="wrong-miners",
-        )
-    tokens, confirmed = gen["tokens"], chk["verdict"] == CONFIRMED
-    paid = price_of(model["price"], tokens) if confirmed else 0
-    if paid > ticket["max_price"]:
-        raise InvalidTx(
-            f"{tokens} tokens cost {paid} units, above the ticket's max_price "
-            f"{ticket['max_price']}",
-            reason="over-max-price",
-        )
-    if confirmed:
-        _debit(state, ticket["consumer"], paid, f"{paid} units", reason="consumer-cannot-pay")
-        _pay(
-            state,
-            model["creator"],
-            gen["miner"],
-            chk["miner"],
-            split_fee(paid, genesis, backers_of(state, sha)),
-        )
-        model.update(tasks=model["tasks"] + 1, tokens=model["tokens"] + tokens)
-    else:
-        model.update(rejected=model["rejected"] + 1)  # validators rule on it (a later issue)
-    state.set(MODEL + sha, model)
-    powr_rules.record_task(state, genesis, height, sha, gen["miner"], tokens, confirmed=confirmed)
-    state.set(
-        TASK + task,
-        {
-            "model": sha,
-            "consumer": ticket["consumer"],
-            "generator": gen["miner"],
-            "checker": chk["miner"],
-            "tokens": tokens,
-            "paid": paid,
-            "status": CONFIRMED if confirmed else REJECTED,
-            "height": height,
-            "output_hash": chk["output_hash"],
-            "commitment": chk["commitment"],
-        },
-    )
-
-
-def _pay(
-    state: Overlay, creator: str, generator: str, checker: str, shares: dict[str, Any]
-) -> None:
-    """Credit each part of a split (a zero part writes nothing)."""
-    payees = [(creator, shares["creator"]), (generator, shares["generator"])]
-    payees += [(checker, shares["checker"]), *shares["backers"].items()]
-    for address, amount in payees:
-        if amount:
-            _credit(state, address, amount)
-    if shares["validators"]:
-        pool = state.get(POOL_VALIDATORS) or {"balance": 0}
-        state.set(POOL_VALIDATORS, {"balance": pool["balance"] + shares["validators"]})
-    if shares["burn"]:
-        _burn(state, shares["burn"])
-
-
 RULES: dict[str, Rule] = {
     "transfer": _transfer,
-    "model.register": _model_register,
-    "model.retire": _model_retire,
+    "model.register": market.model_register,
+    "model.retire": market.model_retire,
     "stake": staking.stake,
     "unstake": staking.unstake,
-    "miner.register": _miner_register,
-    "miner.exit": _miner_exit,
+    "miner.register": market.miner_register,
+    "miner.exit": market.miner_exit,
     "validator.bond": validators.bond,
     "validator.unbond": validators.unbond,
-    "task.settle": _task_settle,
+    "task.settle": market.task_settle,
     "task.verdict": disputes.task_verdict,
     "powr.commit": powr_rules.commit,
     "powr.reveal": powr_rules.reveal,

@@ -29,7 +29,7 @@ from dn.errors import InvalidTx, TaskError
 from dn.wallet.keys import Keypair, verify
 
 if TYPE_CHECKING:
-    from dn.chain.state import StateReader
+    from dn.chain.ledger import StateReader
 
 TICKET_DOMAIN = b"dn-ticket-v1"
 ATTEST_DOMAIN = b"dn-attest-v1"

@@ -37,7 +37,7 @@ from dn.errors import InvalidTx
 
 if TYPE_CHECKING:
     from dn.chain.genesis import Genesis
-    from dn.chain.state import Overlay, StateReader
+    from dn.chain.ledger import Overlay, StateReader
     from dn.chain.types import Tx
 
 VALIDATORS = "validators"
@@ -95,7 +95,7 @@ def _next_set(state: StateReader, genesis: Genesis, epoch: int) -> set[str]:
 
 
 def bond(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    from dn.chain.state import _debit
+    from dn.chain.ledger import debit
 
     amount, sender = tx.payload["amount"], tx.sender
     record = state.get(VALIDATOR + sender)
@@ -113,7 +113,7 @@ def bond(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
             f"a new validator bonds at least {minimum} units, not {held + amount}",
             reason="bond-too-low",
         )
-    _debit(state, sender, amount, f"bond {amount} after fee {tx.fee}")
+    debit(state, sender, amount, f"bond {amount} after fee {tx.fee}")
     joins = record.get("joins") if record is not None else None
     if not in_set and not joining:
         joins = _epoch(height, genesis) + 1
@@ -131,7 +131,7 @@ def bond(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
 
 
 def unbond(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    from dn.chain.state import UNLOCK
+    from dn.chain.ledger import UNLOCK
 
     amount, sender = tx.payload["amount"], tx.sender
     record = state.get(VALIDATOR + sender)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from dn.chain.state import DictState, apply_block, genesis_block, genesis_state, supply_report
+from dn.chain.ledger import DictState
+from dn.chain.state import apply_block, genesis_block, genesis_state, supply_report
 from dn.chain.store import Store
 from dn.errors import DNError
 

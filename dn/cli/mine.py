@@ -46,7 +46,7 @@ def mine(
 ) -> None:
     """Start (or join) a node with the miner role: register with a bond, fetch the models it
     serves from peers if needed, and generate and check answers until Ctrl-C."""
-    from dn.chain.state import MODEL
+    from dn.chain.ledger import MODEL
     from dn.cli.node import prepare_node
     from dn.config import home
     from dn.encoding import parse_dn
@@ -92,7 +92,7 @@ def mine(
 def _resolve(node: Node, net: NetOptions, ref: str, on_chain: set[str]) -> str:
     """A model's sha256 from the local chain state or, before this node has synced, from its
     peers."""
-    from dn.chain.state import MODEL_NAME
+    from dn.chain.ledger import MODEL_NAME
     from dn.errors import DNError
     from dn.node.client import NodeClient
 
@@ -118,7 +118,7 @@ def _pull(
     """Fetch models the miner should serve but does not hold, from the miners serving them
     and from the peers it was given."""
     from dn.chain import tasks
-    from dn.chain.state import MINER
+    from dn.chain.ledger import MINER
     from dn.cli.output import progress
     from dn.node.pull import pull_model
 

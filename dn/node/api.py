@@ -250,7 +250,7 @@ def create_app(
         """The active set, and every validator with its own weight, bond, delegations and
         scheduled change."""
         from dn.chain import validators as vs
-        from dn.chain.state import backers_of
+        from dn.chain.market import backers_of
 
         members = vs.active(node.state, node.genesis)
         everyone = set(members) | set(node.genesis.validators)

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from dn.chain import tasks
-from dn.chain.state import MINER, MODEL, TASK, account
+from dn.chain.ledger import MINER, MODEL, TASK, account
 from dn.errors import DNError, InvalidTx, TaskError
 from dn.node.node import Node
 from dn.node.taskio import input_hash, normalize_input

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dn.chain import tasks
-from dn.chain.state import MINER, MODEL, TASK
+from dn.chain.ledger import MINER, MODEL, TASK
 from dn.chain.types import Tx
 from dn.errors import InvalidTx, TaskError
 from dn.node.node import Node

@@ -24,18 +24,9 @@ from typing import Any
 from dn import PROTOCOL_VERSION, __version__
 from dn.chain import consensus, validators
 from dn.chain.genesis import Genesis
+from dn.chain.ledger import ACCT, DictState, Overlay, account
 from dn.chain.mempool import Mempool
-from dn.chain.state import (
-    ACCT,
-    SIGNERS,
-    DictState,
-    Overlay,
-    account,
-    apply_block,
-    build_block,
-    genesis_state,
-    supply_report,
-)
+from dn.chain.state import SIGNERS, apply_block, build_block, genesis_state, supply_report
 from dn.chain.store import Store
 from dn.chain.types import Block, Tx
 from dn.config import DEFAULT_NODE_NAME, node_dir, private_dir

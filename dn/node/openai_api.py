@@ -39,7 +39,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from dn.chain import tasks
-from dn.chain.state import MODEL
+from dn.chain.ledger import MODEL
 from dn.chain.types import Tx
 from dn.errors import DNError, Forbidden, InputError, TaskError
 from dn.node.gateway import Gateway

@@ -42,7 +42,7 @@ from typing import Any
 import httpx
 
 from dn.chain import disputes, tasks
-from dn.chain.state import ACCT, MINER, TASK
+from dn.chain.ledger import ACCT, MINER, TASK
 from dn.chain.types import Tx
 from dn.chain.validators import active
 from dn.errors import DNError

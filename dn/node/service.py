@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 
 import uvicorn
 
-from dn.chain.state import ACCT
+from dn.chain.ledger import ACCT
 from dn.chain.types import Tx
 from dn.chain.validators import VALIDATOR
 from dn.errors import DNError, NodeError

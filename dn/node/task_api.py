@@ -28,7 +28,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, StreamingResponse
 
 from dn.chain import tasks
-from dn.chain.state import MINER, MODEL, MODEL_NAME, TASK, backers_of
+from dn.chain.ledger import MINER, MODEL, MODEL_NAME, TASK
+from dn.chain.market import backers_of
 from dn.errors import InputError, NotFound, TaskError
 from dn.node.gateway import Gateway, error_event
 from dn.node.miner import Miner

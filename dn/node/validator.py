@@ -43,9 +43,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from dn.chain.genesis import Genesis
+from dn.chain.ledger import ACCT, MODEL
 from dn.chain.mempool import Mempool
 from dn.chain.powr_rules import COMMIT, REVEAL, Epoch, commit_key, powr_commitment, reveal_key
-from dn.chain.state import ACCT, MODEL
 from dn.chain.types import Block, Tx
 from dn.chain.validators import active
 from dn.config import atomic_write

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from dn.chain import consensus
 from dn.chain.genesis import Genesis
-from dn.chain.state import DictState, apply_block, build_block, genesis_block, genesis_state
+from dn.chain.ledger import DictState
+from dn.chain.state import apply_block, build_block, genesis_block, genesis_state
 from dn.chain.types import Block
 from dn.errors import InvalidBlock
 from dn.wallet.keys import Keypair

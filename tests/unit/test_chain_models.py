@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from dn.chain.genesis import Genesis, checked_params
+from dn.chain.ledger import DictState
 from dn.chain.mempool import Mempool
 from dn.chain.state import (
-    DictState,
     apply_block,
     build_block,
     genesis_block,

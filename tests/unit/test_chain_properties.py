@@ -18,17 +18,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from dn.chain.genesis import Genesis
+from dn.chain.ledger import ACCT, SUPPLY, DictState
 from dn.chain.mempool import Mempool
-from dn.chain.state import (
-    ACCT,
-    SUPPLY,
-    DictState,
-    apply_block,
-    build_block,
-    genesis_block,
-    genesis_state,
-    supply_holds,
-)
+from dn.chain.state import apply_block, build_block, genesis_block, genesis_state, supply_holds
 from dn.chain.store import Store
 from dn.chain.types import Tx
 from dn.encoding import MAX_AMOUNT, UNITS_PER_DN

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from dn.chain.genesis import Genesis
-from dn.chain.state import DictState, apply_block, build_block
+from dn.chain.ledger import DictState
+from dn.chain.state import apply_block, build_block
 from dn.chain.store import Store
 from dn.chain.types import Tx
 from dn.chain.verify import verify_store

@@ -16,16 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dn.chain.genesis import PARAMS
+from dn.chain.ledger import DictState
+from dn.chain.market import backers_of
 from dn.chain.staking import stakes_of
-from dn.chain.state import (
-    DictState,
-    apply_block,
-    backers_of,
-    build_block,
-    genesis_state,
-    supply_holds,
-    supply_report,
-)
+from dn.chain.state import apply_block, build_block, genesis_state, supply_holds, supply_report
 from dn.chain.types import Block, Tx
 from dn.errors import InvalidTx
 from dn.wallet.keys import Keypair

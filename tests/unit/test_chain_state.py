@@ -13,13 +13,9 @@ from typing import Any
 import pytest
 
 from dn.chain.genesis import Genesis
+from dn.chain.ledger import ACCT, SUPPLY, DictState, Overlay, account
 from dn.chain.mempool import Mempool
 from dn.chain.state import (
-    ACCT,
-    SUPPLY,
-    DictState,
-    Overlay,
-    account,
     apply_block,
     apply_tx,
     build_block,

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from dn.chain.genesis import Genesis
-from dn.chain.state import DictState, build_block, genesis_block, genesis_state, supply_holds
+from dn.chain.ledger import DictState
+from dn.chain.state import build_block, genesis_block, genesis_state, supply_holds
 from dn.chain.store import Store
 from dn.chain.types import Block, Tx
 from dn.encoding import UNITS_PER_DN

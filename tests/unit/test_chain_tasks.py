@@ -18,13 +18,9 @@ from hypothesis import strategies as st
 
 from dn.chain.economics import split_fee
 from dn.chain.genesis import FEE_SPLIT, default_params
-from dn.chain.state import (
-    DictState,
-    apply_block,
-    backers_of,
-    build_block,
-    supply_report,
-)
+from dn.chain.ledger import DictState
+from dn.chain.market import backers_of
+from dn.chain.state import apply_block, build_block, supply_report
 from dn.chain.tasks import (
     ATTEST_DOMAIN,
     TICKET_DOMAIN,

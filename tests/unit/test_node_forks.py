@@ -213,7 +213,7 @@ def test_equivocation_is_rejected_and_the_tip_stays(tmp_path: Path) -> None:
 
 
 def _state_at(node: Node, height: int):  # type: ignore[no-untyped-def]
-    from dn.chain.state import Overlay
+    from dn.chain.ledger import Overlay
 
     rewind: dict = {}
     for h in range(node.tip.height, height, -1):

@@ -17,9 +17,10 @@ from typing import Any
 import pytest
 
 from dn.chain.genesis import Genesis, checked_params
+from dn.chain.ledger import DictState
 from dn.chain.mempool import Mempool
 from dn.chain.powr_rules import commit_key, powr_commitment, reveal_key
-from dn.chain.state import DictState, genesis_block, genesis_state
+from dn.chain.state import genesis_block, genesis_state
 from dn.chain.types import Tx
 from dn.node.validator import STATE_FILE, PowrValidator
 from dn.powr.evaluate import Evaluation
