@@ -11,9 +11,11 @@ For each prompt, a 256-token greedy answer (`--tokens`) is generated with SmolLM
 
 Generator and checker use the same thread count (`--threads`, default: all cores up to 8) and
 their own contexts. Target: incremental / generate <= 0.5 on a 2-core CPU machine, <= 0.15 on a
-GPU. Numbers are printed, never asserted.
+GPU. Each prompt runs `--rounds` times (default 3) and the medians are reported: a 2-core
+machine shared with others is noisy. Numbers are printed, never asserted.
 
-    .venv/bin/python bench/check.py [--tokens N] [--chunk N] [--threads N] [--gpu-layers N] [--json]
+    .venv/bin/python bench/check.py [--tokens N] [--chunk N] [--rounds N] [--threads N]
+                                    [--gpu-layers N] [--json]
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     checker = LoadedModel(path, n_threads=args.threads, n_ctx=1024, n_gpu_layers=args.gpu_layers)
     rows = []
     try:
-        for text in PROMPTS:
+        for text in PROMPTS * args.rounds:
             prompt = generator.chat_prompt([{"role": "user", "content": text}])
             list(generator.generate(prompt, 8))  # warm the context and the page cache
             start = time.perf_counter()
@@ -122,6 +124,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--chunk", type=int, default=16)
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each prompt")
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--gpu-layers", type=int, default=None, help="default: automatic")
     parser.add_argument("--json", action="store_true")
