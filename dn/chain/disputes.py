@@ -37,11 +37,22 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from dn.chain.ledger import (
+    MINER,
+    POOL_VALIDATORS,
+    TASK,
+    UNLOCK,
+    Overlay,
+    StateReader,
+    account,
+    burn,
+    credit,
+    debit,
+)
 from dn.errors import InvalidTx
 
 if TYPE_CHECKING:
     from dn.chain.genesis import Genesis
-    from dn.chain.ledger import Overlay, StateReader
     from dn.chain.types import Tx
 
 # Why a miner is at fault. The generator's answer is invalid (the checker's and the validator's
@@ -94,7 +105,6 @@ def _unbonding_bond(
     state: StateReader, genesis: Genesis, address: str, miner: dict[str, Any]
 ) -> tuple[str, int, int] | None:
     """(unlock key, index, amount) of the bond an exited miner still has waiting, if any."""
-    from dn.chain.ledger import UNLOCK
 
     if miner.get("exited") is None:
         return None
@@ -109,7 +119,6 @@ def outcome(state: StateReader, tx: Tx, genesis: Genesis, height: int) -> Outcom
     """Check `tx` (a `task.verdict`) against the state before it and say what it does; raise
     InvalidTx with the reason it is refused."""
     from dn.chain.economics import split_fee
-    from dn.chain.ledger import MINER, TASK, account
     from dn.chain.tasks import CONFIRMED
     from dn.chain.validators import active
 
@@ -176,7 +185,6 @@ def outcome(state: StateReader, tx: Tx, genesis: Genesis, height: int) -> Outcom
 def task_verdict(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
     """The `task.verdict` rule (see the module docstring)."""
     from dn.chain import powr_rules
-    from dn.chain.ledger import MINER, POOL_VALIDATORS, TASK, burn, credit, debit
     from dn.chain.market import exit_miner
 
     result = outcome(state, tx, genesis, height)

@@ -40,6 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dn.chain.ledger import MODEL, POOL_VALIDATORS, SUPPLY, Overlay, StateReader, credit
 from dn.encoding import MAX_AMOUNT, hash_hex
 from dn.errors import InvalidTx
 from dn.powr.consensus import (
@@ -54,7 +55,6 @@ from dn.powr.consensus import (
 
 if TYPE_CHECKING:
     from dn.chain.genesis import Genesis
-    from dn.chain.ledger import Overlay, StateReader
     from dn.chain.types import Tx
 
 POWR = "powr:"
@@ -179,8 +179,6 @@ def commit(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
 
 
 def reveal(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    from dn.chain.ledger import MODEL
-
     _check_validator(state, tx, genesis)
     epoch = _check_phase(tx, genesis, height, REVEAL)
     committed = state.get(commit_key(epoch, tx.sender))
@@ -293,7 +291,6 @@ def epoch_inputs(state: StateReader, epoch: int, genesis: Genesis) -> EpochInput
     """What `close_epoch` needs, from the state at the end of `epoch`. The models are those with
     a task settled in the epoch or a revealed score; a retired model's scores are left out, so
     it gets quality 0 (and nothing)."""
-    from dn.chain.ledger import MODEL
     from dn.chain.market import backers_of
     from dn.chain.validators import active
 
@@ -379,7 +376,6 @@ def close(state: Overlay, epoch: int, genesis: Genesis) -> EpochResult:
     stay). A validator's reward is shared with its delegators pro rata to stake. The validator
     pool (`pool:validators`) is paid out by the same weights (`share_pool`), recorded under the
     result's `pool`; it was minted already, so it does not count as emitted."""
-    from dn.chain.ledger import POOL_VALIDATORS, SUPPLY, credit
 
     inputs = epoch_inputs(state, epoch, genesis)
     result = close_epoch(inputs, EpochParams.from_params(genesis.params))

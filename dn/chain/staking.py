@@ -29,11 +29,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from dn.chain.ledger import UNLOCK, Overlay, StateReader, debit
 from dn.errors import InvalidTx
 
 if TYPE_CHECKING:
     from dn.chain.genesis import Genesis
-    from dn.chain.ledger import Overlay, StateReader
     from dn.chain.types import Tx
 
 STAKE = "stake:"
@@ -83,8 +83,6 @@ def _check_floor(amount: int, genesis: Genesis, what: str) -> None:
 
 
 def stake(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    from dn.chain.ledger import debit
-
     target, amount = tx.payload["target"], tx.payload["amount"]
     _check_target(state, target, genesis)
     _check_floor(amount, genesis, "a stake")
@@ -93,8 +91,6 @@ def stake(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
 
 
 def unstake(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    from dn.chain.ledger import UNLOCK
-
     target, amount = tx.payload["target"], tx.payload["amount"]
     held = staked(state, target, tx.sender)
     if held == 0:

@@ -33,11 +33,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from dn.chain.ledger import UNLOCK, Overlay, StateReader, debit
 from dn.errors import InvalidTx
 
 if TYPE_CHECKING:
     from dn.chain.genesis import Genesis
-    from dn.chain.ledger import Overlay, StateReader
     from dn.chain.types import Tx
 
 VALIDATORS = "validators"
@@ -95,8 +95,6 @@ def _next_set(state: StateReader, genesis: Genesis, epoch: int) -> set[str]:
 
 
 def bond(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    from dn.chain.ledger import debit
-
     amount, sender = tx.payload["amount"], tx.sender
     record = state.get(VALIDATOR + sender)
     if record is not None and record.get("leaves") is not None:
@@ -131,8 +129,6 @@ def bond(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
 
 
 def unbond(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    from dn.chain.ledger import UNLOCK
-
     amount, sender = tx.payload["amount"], tx.sender
     record = state.get(VALIDATOR + sender)
     held = int(record["bond"]) if record is not None else 0
