@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from dn.cli.node import GENESIS, HOST, JOIN, MDNS, NAME, PASSWORD_FILE, PORT
+from dn.cli.node import GENESIS, HOST, JOIN, MDNS, NAME, PASSWORD_FILE, PEER, PORT
 from dn.cli.output import opts, read_password, say
 from dn.errors import InputError, ModelError
 
@@ -34,7 +34,7 @@ def mine(
     port: int = PORT,
     genesis: Path | None = GENESIS,
     join: str | None = JOIN,
-    peer: list[str] = typer.Option([], "--peer", help="A peer as HOST:PORT; repeat."),
+    peer: list[str] = PEER,
     mdns: bool = MDNS,
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="llama.cpp threads (default: the cores, up to 8)."

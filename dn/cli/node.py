@@ -24,6 +24,9 @@ JOIN = typer.Option(
     None, "--join", help="Fetch and pin the genesis from a running node at URL; peer with it."
 )
 MDNS = typer.Option(True, "--mdns/--no-mdns", help="Find peers on the LAN with mDNS.")
+PEER = typer.Option(
+    [], "--peer", help="A peer to connect to as HOST:PORT, where mDNS does not reach; repeat."
+)
 PASSWORD_FILE = typer.Option(
     None,
     "--password-file",
@@ -39,9 +42,7 @@ def start(
     port: int = PORT,
     genesis: Path | None = GENESIS,
     join: str | None = JOIN,
-    peer: list[str] = typer.Option(
-        [], "--peer", help="A peer to connect to as HOST:PORT, where mDNS does not reach; repeat."
-    ),
+    peer: list[str] = PEER,
     network_key: str | None = typer.Option(
         None,
         "--network-key",

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from dn.cli.node import GENESIS, HOST, JOIN, MDNS, NAME, PASSWORD_FILE, PORT
+from dn.cli.node import GENESIS, HOST, JOIN, MDNS, NAME, PASSWORD_FILE, PEER, PORT
 from dn.cli.output import opts, read_password, say
 
 
@@ -24,7 +24,7 @@ def validate(
     port: int = PORT,
     genesis: Path | None = GENESIS,
     join: str | None = JOIN,
-    peer: list[str] = typer.Option([], "--peer", help="A peer as HOST:PORT; repeat."),
+    peer: list[str] = PEER,
     mdns: bool = MDNS,
     powr_items: int = typer.Option(
         8, "--powr-items", min=1, max=1000, metavar="N", help="Benchmark items per model, epoch."
