@@ -35,9 +35,12 @@ from typing import Any
 from dn.chain import powr_rules
 from dn.chain.genesis import Genesis, default_params
 from dn.chain.ledger import MODEL, POOL_VALIDATORS, DictState, Overlay
-from dn.chain.state import BACKERS, STAKE, begin_block, genesis_state
+from dn.chain.staking import BACKERS, STAKE
+from dn.chain.state import begin_block, genesis_state
 from dn.encoding import UNITS_PER_DN
-from dn.powr.consensus import PPM, EpochInputs, EpochParams, ModelEpoch, close_epoch
+from dn.powr.consensus import EpochInputs, close_epoch
+from dn.powr.emission import ModelEpoch
+from dn.powr.params import PPM, EpochParams
 from dn.wallet.keys import Keypair
 
 TARGET_S = 1.0

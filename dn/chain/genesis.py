@@ -59,8 +59,9 @@ PARAMS: dict[str, tuple[int, int, int]] = {
     "validator_base_weight": (UNITS_PER_DN, 1, MAX_AMOUNT),
     # the least bond of a validator that joins after genesis (dn/chain/validators.py)
     "validator_min_bond": (100 * UNITS_PER_DN, 1, MAX_AMOUNT),
-    # The epoch close (dn/powr/consensus.py): emission and its halving, how it is shared, and
-    # how validators' scores are clipped and judged. Shares in basis points, scores in ppm.
+    # The epoch close (dn/powr/consensus.py, emission.py): emission and its halving, how it is
+    # shared, and how validators' scores are clipped and judged. Shares in basis points, scores
+    # in ppm.
     "powr_epoch_emission": (50 * UNITS_PER_DN, 0, MAX_AMOUNT),  # units minted in epochs 0, 1, …
     "powr_halving_epochs": (10_000, 1, 1_000_000_000),  # … halved every this many epochs
     "powr_validator_share_bps": (2_000, 0, BPS),  # of the emission, to validators

@@ -43,15 +43,9 @@ from typing import TYPE_CHECKING, Any
 from dn.chain.ledger import MODEL, POOL_VALIDATORS, SUPPLY, Overlay, StateReader, credit
 from dn.encoding import MAX_AMOUNT, hash_hex
 from dn.errors import InvalidTx
-from dn.powr.consensus import (
-    Credit,
-    EpochInputs,
-    EpochParams,
-    EpochResult,
-    ModelEpoch,
-    close_epoch,
-    share_pool,
-)
+from dn.powr.consensus import EpochInputs, EpochResult, close_epoch
+from dn.powr.emission import Credit, ModelEpoch, share_pool
+from dn.powr.params import EpochParams
 
 if TYPE_CHECKING:
     from dn.chain.genesis import Genesis

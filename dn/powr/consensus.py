@@ -1,10 +1,10 @@
 """PoWR consensus at an epoch boundary (DESIGN.md section 8), as pure integer arithmetic.
 
 No I/O, no clock, no floats: every number that reaches the chain state is an integer, so every
-node computes the same rewards to the unit. Scores are parts per million (`PPM` = 1,000,000 is a
-perfect score), shares are basis points (`BPS` = 10,000), money is in units (1 DN = 10^9).
+node computes the same rewards to the unit (units and parameters: `dn.powr.params`).
 `close_epoch` is the one entry point the state machine calls; the pieces below it are public so
-that the CLI and tests can show and check each step.
+that the CLI and tests can show and check each step. Step 4, who is paid what, is
+`dn.powr.emission`.
 
 What validators reveal. Each validator reveals, per model, the quality q it measured with the
 benchmark suites. Success and demand are not revealed: the chain saw them itself, so there is
@@ -43,23 +43,7 @@ nothing to disagree about, and the formula is applied once, to the consensus qua
    away. A model it did not score counts as 0 (skipping hard models does not pay), and a
    validator in the set that revealed nothing is *missing*: agreement 0.
 
-4. Emission (`epoch_emission`, `split_emission`). E(epoch) = initial >> (epoch // halving), so
-   it halves every `powr_halving_epochs` epochs and reaches 0; all epochs together emit less
-   than 2 * initial * halving. The validator pot, E * `powr_validator_share_bps` // BPS, goes
-   to validators by stake x agreement; the rest goes to models by score. A model's part is
-   split by `powr_creator_share_bps`, `powr_miner_share_bps`, `powr_backer_share_bps` (summing
-   to 10,000); the miners' part by confirmed tokens served in the epoch and the backers' part by
-   stake. A part with nobody to take it goes to the creator, as in `dn.chain.economics`: no
-   backers, or no miner that served a token (reasons `creator-backers-share`,
-   `creator-miners-share`).
-
-Remainders. Every division is by `apportion`: Hamilton's largest-remainder method, whose parts
-sum exactly to the whole, each within one unit of its exact proportional share; leftover units
-go to the largest remainders, ties to the smaller key (address or model id). So the credits of
-an epoch sum to its emission to the unit. The only exception is a pot with nobody to receive it
-at all (no validator with stake x agreement > 0; no model with a score > 0): it is `unpaid`,
-and the state machine should not mint it (emitted supply grows by `EpochResult.paid` only).
-Always: sum(credits) + unpaid == emission.
+4. Emission and its split: `dn.powr.emission`.
 
 Everything is ordered by address or model id, never by the order of a mapping, and scaling
 every validator stake (or every backer stake, or every miner's tokens) by the same positive
@@ -68,83 +52,19 @@ factor changes no result.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dn.chain.genesis import PARAMS
 from dn.encoding import MAX_AMOUNT
 from dn.errors import InputError
-
-PPM = 1_000_000  # a perfect score
-BPS = 10_000  # basis points in a whole (as dn.chain.genesis.BPS)
+from dn.powr.emission import Credit, ModelEpoch, epoch_emission, split_emission
+from dn.powr.params import BPS, PPM, EpochParams, check_int
 
 # The score formula's weights (basis points, summing to BPS): fixed here, in one place.
 SCORE_WEIGHT_QUALITY_BPS = 5_000
 SCORE_WEIGHT_SUCCESS_BPS = 2_500
 SCORE_WEIGHT_DEMAND_BPS = 2_500
-
-# The genesis parameters this module reads (defined with every other one in
-# dn.chain.genesis.PARAMS): name: (default, minimum, maximum). Across parameters, the shares of
-# a model's reward sum to BPS and the emission of all epochs, under 2 * powr_epoch_emission *
-# powr_halving_epochs, must leave the supply below 2^63 units.
-POWR_PARAMS: dict[str, tuple[int, int, int]] = {
-    name: spec for name, spec in PARAMS.items() if name.startswith("powr_")
-}
-
-REASON_VALIDATOR = "validator"
-REASON_DELEGATOR = "delegator"  # a share of the reward of the validator it delegates to
-REASON_POOL = "validator-pool"  # the validator pool (query fees' share, slashes) paid at a close
-REASON_CREATOR = "creator"
-REASON_MINER = "miner"
-REASON_BACKER = "backer"
-REASON_CREATOR_MINERS = "creator-miners-share"  # no miner served a token: the creator takes it
-REASON_CREATOR_BACKERS = "creator-backers-share"  # the model has no backers: the creator takes it
-
-
-def _check_int(value: object, low: int, high: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InputError(f"{what} must be an integer from {low} to {high}, got {value!r}")
-    return value
-
-
-# --- parameters -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EpochParams:
-    """The economic parameters of an epoch; field `x` is genesis parameter `powr_x`."""
-
-    epoch_emission: int = POWR_PARAMS["powr_epoch_emission"][0]
-    halving_epochs: int = POWR_PARAMS["powr_halving_epochs"][0]
-    validator_share_bps: int = POWR_PARAMS["powr_validator_share_bps"][0]
-    creator_share_bps: int = POWR_PARAMS["powr_creator_share_bps"][0]
-    miner_share_bps: int = POWR_PARAMS["powr_miner_share_bps"][0]
-    backer_share_bps: int = POWR_PARAMS["powr_backer_share_bps"][0]
-    clip_band_ppm: int = POWR_PARAMS["powr_clip_band_ppm"][0]
-    agreement_span_ppm: int = POWR_PARAMS["powr_agreement_span_ppm"][0]
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            _, low, high = POWR_PARAMS[f"powr_{f.name}"]
-            _check_int(getattr(self, f.name), low, high, f"powr_{f.name}")
-        shares = self.creator_share_bps + self.miner_share_bps + self.backer_share_bps
-        if shares != BPS:
-            raise InputError(
-                "powr_creator_share_bps + powr_miner_share_bps + powr_backer_share_bps must "
-                f"sum to {BPS} basis points, got {shares}"
-            )
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, int]) -> EpochParams:
-        """From a genesis params mapping (`Genesis.params`); defaults for names it lacks."""
-        return cls(
-            **{
-                f.name: params.get(f"powr_{f.name}", POWR_PARAMS[f"powr_{f.name}"][0])
-                for f in fields(cls)
-            }
-        )
 
 
 # --- the score ----------------------------------------------------------------------------------
@@ -153,15 +73,15 @@ class EpochParams:
 def success_ppm(confirmed: int, tasks: int) -> int:
     """Task success s by Laplace's rule of succession, (confirmed + 1) / (tasks + 2) in PPM:
     500,000 for a model with no tasks, the observed rate as tasks accumulate."""
-    _check_int(tasks, 0, MAX_AMOUNT, "tasks")
-    _check_int(confirmed, 0, tasks, "confirmed tasks")
+    check_int(tasks, 0, MAX_AMOUNT, "tasks")
+    check_int(confirmed, 0, tasks, "confirmed tasks")
     return (confirmed + 1) * PPM // (tasks + 2)
 
 
 def demand_ppm(tokens: int, total_tokens: int) -> int:
     """Demand d: the model's share of the epoch's paid tokens in PPM (0 when nothing was paid)."""
-    _check_int(total_tokens, 0, MAX_AMOUNT, "total paid tokens")
-    _check_int(tokens, 0, total_tokens, "paid tokens")
+    check_int(total_tokens, 0, MAX_AMOUNT, "total paid tokens")
+    check_int(tokens, 0, total_tokens, "paid tokens")
     return tokens * PPM // total_tokens if total_tokens else 0
 
 
@@ -170,9 +90,9 @@ def powr_score(quality_ppm: int, success_ppm: int, demand_ppm: int) -> int:
 
     Non-decreasing in each argument, 0 when q is 0, never above q. `success_ppm` should come from
     `success_ppm()` so that a model without tasks gets the neutral value."""
-    q = _check_int(quality_ppm, 0, PPM, "quality")
-    s = _check_int(success_ppm, 0, PPM, "success")
-    d = _check_int(demand_ppm, 0, PPM, "demand")
+    q = check_int(quality_ppm, 0, PPM, "quality")
+    s = check_int(success_ppm, 0, PPM, "success")
+    d = check_int(demand_ppm, 0, PPM, "demand")
     mix = (
         SCORE_WEIGHT_QUALITY_BPS * PPM + SCORE_WEIGHT_SUCCESS_BPS * s + SCORE_WEIGHT_DEMAND_BPS * d
     )
@@ -236,14 +156,14 @@ def clip(
 
     `scores_by_validator` is {validator: {model: score in PPM}}; only validators with a positive
     stake in `stakes` count. Models that no such validator scored are left out."""
-    _check_int(band_ppm, 0, PPM, "the clip band")
+    check_int(band_ppm, 0, PPM, "the clip band")
     by_model: dict[str, list[tuple[str, int, int]]] = {}
     for validator in sorted(scores_by_validator):
-        stake = _check_int(stakes.get(validator, 0), 0, MAX_AMOUNT, f"stake of {validator}")
+        stake = check_int(stakes.get(validator, 0), 0, MAX_AMOUNT, f"stake of {validator}")
         if not stake:
             continue
         for model, raw in scores_by_validator[validator].items():
-            _check_int(raw, 0, PPM, f"score of {validator} for {model}")
+            check_int(raw, 0, PPM, f"score of {validator} for {model}")
             by_model.setdefault(model, []).append((validator, stake, raw))
     out: dict[str, ModelConsensus] = {}
     for model in sorted(by_model):
@@ -269,7 +189,7 @@ def agreement(
     """Each validator's agreement with consensus in [0, PPM] (by address):
     sum over the models of `consensus` of max(0, span - |raw - median|) * PPM // (span * n).
     A model it did not score counts as 0; a validator that revealed nothing gets 0."""
-    _check_int(span_ppm, 1, PPM, "the agreement span")
+    check_int(span_ppm, 1, PPM, "the agreement span")
     n = len(consensus)
     out: dict[str, int] = {}
     for validator in sorted(validators):
@@ -278,187 +198,10 @@ def agreement(
         for model, found in consensus.items():
             raw = revealed.get(model)
             if raw is not None:
-                _check_int(raw, 0, PPM, f"score of {validator} for {model}")
+                check_int(raw, 0, PPM, f"score of {validator} for {model}")
                 close += max(0, span_ppm - abs(raw - found.median_ppm))
         out[validator] = close * PPM // (span_ppm * n) if n else 0
     return out
-
-
-# --- emission ---------------------------------------------------------------------------------
-
-
-def epoch_emission(epoch: int, initial: int, halving_epochs: int) -> int:
-    """Units minted for `epoch` (0, 1, …): `initial`, halved (rounding down) every
-    `halving_epochs` epochs, so eventually 0. All epochs together emit less than
-    2 * initial * halving_epochs."""
-    _check_int(epoch, 0, MAX_AMOUNT, "epoch")
-    _check_int(initial, 0, MAX_AMOUNT, "initial emission")
-    _check_int(halving_epochs, 1, MAX_AMOUNT, "halving epochs")
-    return initial >> (epoch // halving_epochs)
-
-
-def apportion(total: int, weights: Mapping[str, int]) -> dict[str, int]:
-    """Split `total` units in proportion to `weights` (key -> non-negative integer), exactly.
-
-    Hamilton's largest-remainder method: each key with a positive weight gets the floor of its
-    share, and the units left over (fewer than the number of keys) go one each to the largest
-    remainders, ties to the smaller key. The parts sum to `total` and each is within one unit
-    of its exact share. Keys with weight 0 are left out; {} when no weight is positive (nobody
-    can receive). Keys come back sorted."""
-    _check_int(total, 0, MAX_AMOUNT, "amount to split")
-    items = []
-    for key in sorted(weights):
-        weight = weights[key]
-        if weight < 0:
-            raise InputError(f"weight of {key} must not be negative, got {weight}")
-        if weight:
-            items.append((key, weight))
-    whole = sum(weight for _, weight in items)
-    if not whole:
-        return {}
-    parts: dict[str, int] = {}
-    remainders = []
-    for key, weight in items:
-        part, remainder = divmod(total * weight, whole)
-        parts[key] = part
-        remainders.append((-remainder, key))
-    remainders.sort()
-    for _, key in remainders[: total - sum(parts.values())]:
-        parts[key] += 1
-    return parts
-
-
-@dataclass(frozen=True)
-class ModelEpoch:
-    """What the chain saw of one model in the epoch."""
-
-    creator: str
-    tasks: int = 0  # tasks that ended in the epoch, confirmed or rejected
-    confirmed: int = 0  # of those, confirmed
-    paid_tokens: int = 0  # output tokens consumers paid for
-    miners: Mapping[str, int] = field(default_factory=dict)  # miner -> confirmed tokens served
-    backers: Mapping[str, int] = field(default_factory=dict)  # backer -> stake on the model
-
-    def check(self, model: str) -> None:
-        success_ppm(self.confirmed, self.tasks)
-        _check_int(self.paid_tokens, 0, MAX_AMOUNT, f"paid tokens of {model}")
-        for miner, tokens in self.miners.items():
-            _check_int(tokens, 0, MAX_AMOUNT, f"tokens served by {miner} for {model}")
-        for backer, stake in self.backers.items():
-            _check_int(stake, 0, MAX_AMOUNT, f"stake of {backer} on {model}")
-
-
-@dataclass(frozen=True)
-class Credit:
-    """Units paid to `address` for `reason`; `model` is the model that earned it (None for a
-    validator's share)."""
-
-    address: str
-    amount: int
-    reason: str
-    model: str | None = None
-    validator: str | None = None  # for a delegator's credit: whose reward it shares
-
-
-@dataclass(frozen=True)
-class EmissionSplit:
-    credits: tuple[Credit, ...]
-    unpaid: int  # no one to receive it: not minted
-    validator_rewards: Mapping[str, int] = field(default_factory=dict)  # before delegators'
-
-
-def _model_credits(model: str, amount: int, info: ModelEpoch, params: EpochParams) -> list[Credit]:
-    roles = apportion(
-        amount,
-        {
-            "creator": params.creator_share_bps,
-            "miners": params.miner_share_bps,
-            "backers": params.backer_share_bps,
-        },
-    )
-    out = [Credit(info.creator, roles.get("creator", 0), REASON_CREATOR, model)]
-    for role, holders, reason, fallback in (
-        ("miners", info.miners, REASON_MINER, REASON_CREATOR_MINERS),
-        ("backers", info.backers, REASON_BACKER, REASON_CREATOR_BACKERS),
-    ):
-        pot = roles.get(role, 0)
-        paid = apportion(pot, holders)
-        if paid:
-            out += [Credit(address, part, reason, model) for address, part in paid.items()]
-        else:
-            out.append(Credit(info.creator, pot, fallback, model))
-    return [credit for credit in out if credit.amount]
-
-
-def _validator_credits(
-    validator: str, reward: int, own: int, delegations: Mapping[str, int]
-) -> list[Credit]:
-    """A validator's reward shared with its delegators pro rata to stake: `own` is the weight
-    of its own stake, `delegations` what each delegator put on it."""
-    holders = {address: amount for address, amount in delegations.items() if address != validator}
-    parts = apportion(reward, {**holders, validator: max(own, 0)}) or {validator: reward}
-    return [
-        Credit(address, part, REASON_VALIDATOR)
-        if address == validator
-        else Credit(address, part, REASON_DELEGATOR, validator=validator)
-        for address, part in parts.items()
-        if part
-    ]
-
-
-def share_pool(
-    pool: int, result: EpochResult, delegations: Mapping[str, Mapping[str, int]]
-) -> tuple[Credit, ...]:
-    """Pay out `pool` units (the validator pool: the validators' share of query fees and part
-    of every slash) at the close of `result`'s epoch, by the same weights as the validators'
-    emission (stake x agreement), each validator's part shared with its delegators pro rata to
-    stake. () when no validator has weight: the pool waits for the next close."""
-    weights = {v.address: v.stake * v.agreement_ppm for v in result.validators}
-    paid = apportion(pool, weights)
-    credits: list[Credit] = []
-    for address, part in paid.items():
-        if not part:
-            continue
-        stake = next(v.stake for v in result.validators if v.address == address)
-        delegated = delegations.get(address, {})
-        own = stake - sum(delegated.values())
-        for credit in _validator_credits(address, part, own, delegated):
-            reason = REASON_POOL if credit.reason == REASON_VALIDATOR else credit.reason
-            credits.append(dataclasses.replace(credit, reason=reason))
-    return tuple(credits)
-
-
-def split_emission(
-    emission: int,
-    validator_weights: Mapping[str, int],
-    model_scores: Mapping[str, int],
-    models: Mapping[str, ModelEpoch],
-    params: EpochParams,
-    delegations: Mapping[str, Mapping[str, int]] | None = None,
-    own_stakes: Mapping[str, int] | None = None,
-) -> EmissionSplit:
-    """Split `emission` units: E * validator_share // BPS to validators by `validator_weights`
-    (stake x agreement), each validator's part shared with its `delegations` pro rata to stake
-    (its own weight `own_stakes`), the rest to models by `model_scores` and, within each model,
-    to its creator, miners and backers. Credits with 0 units are left out; a pot that no one can
-    receive is unpaid. sum(credits) + unpaid == emission."""
-    validator_pot = emission * params.validator_share_bps // BPS
-    model_pot = emission - validator_pot
-    credits: list[Credit] = []
-    unpaid = 0
-    paid = apportion(validator_pot, validator_weights)
-    if not paid:
-        unpaid += validator_pot
-    for address, part in paid.items():
-        if part:
-            own = (own_stakes or {}).get(address, 1)
-            credits += _validator_credits(address, part, own, (delegations or {}).get(address, {}))
-    shares = apportion(model_pot, model_scores)
-    if not shares:
-        unpaid += model_pot
-    for model, part in shares.items():
-        credits += _model_credits(model, part, models[model], params)
-    return EmissionSplit(tuple(credits), unpaid, {a: part for a, part in paid.items() if part})
 
 
 # --- the epoch ----------------------------------------------------------------------------------
@@ -556,9 +299,9 @@ def close_epoch(inputs: EpochInputs, params: EpochParams) -> EpochResult:
 
     Reveals from addresses outside `validator_stakes` and scores for models outside `models` are
     ignored. InputError for any number out of range."""
-    _check_int(inputs.epoch, 0, MAX_AMOUNT, "epoch")
+    check_int(inputs.epoch, 0, MAX_AMOUNT, "epoch")
     stakes = {
-        v: _check_int(stake, 0, MAX_AMOUNT, f"stake of validator {v}")
+        v: check_int(stake, 0, MAX_AMOUNT, f"stake of validator {v}")
         for v, stake in sorted(inputs.validator_stakes.items())
     }
     for model, info in inputs.models.items():

@@ -25,7 +25,7 @@ from dn.chain.state import apply_block, build_block, genesis_block, genesis_stat
 from dn.chain.types import Block, Tx
 from dn.encoding import hash_hex
 from dn.errors import GenesisError, InputError, InvalidTx
-from dn.powr.consensus import POWR_PARAMS
+from dn.powr.params import POWR_PARAMS
 from dn.wallet.keys import Keypair
 from tests.unit.test_chain_models import (
     CREATOR,

@@ -1,5 +1,5 @@
 """PoWR consensus math: the score formula, the weighted median, clipping, agreement, emission and
-the exact split of an epoch's rewards (dn/powr/consensus.py).
+the exact split of an epoch's rewards (dn/powr/consensus.py, emission.py, params.py).
 
 The property tests state what a user relies on: a minority cannot move a model's score by more
 than its clipped share, every unit of an epoch's emission is accounted for, and nothing depends
@@ -20,9 +20,17 @@ from hypothesis import strategies as st
 
 from dn.errors import InputError
 from dn.powr.consensus import (
-    BPS,
-    POWR_PARAMS,
-    PPM,
+    EpochInputs,
+    EpochResult,
+    agreement,
+    clip,
+    close_epoch,
+    demand_ppm,
+    powr_score,
+    success_ppm,
+    weighted_median,
+)
+from dn.powr.emission import (
     REASON_BACKER,
     REASON_CREATOR,
     REASON_CREATOR_BACKERS,
@@ -32,22 +40,13 @@ from dn.powr.consensus import (
     REASON_POOL,
     REASON_VALIDATOR,
     Credit,
-    EpochInputs,
-    EpochParams,
-    EpochResult,
     ModelEpoch,
-    agreement,
     apportion,
-    clip,
-    close_epoch,
-    demand_ppm,
     epoch_emission,
-    powr_score,
     share_pool,
     split_emission,
-    success_ppm,
-    weighted_median,
 )
+from dn.powr.params import BPS, POWR_PARAMS, PPM, EpochParams
 
 VALIDATORS = [f"val{i}" for i in range(8)]
 MODELS = [f"model{i}" for i in range(6)]

@@ -1,0 +1,71 @@
+"""The units and parameters of a PoWR epoch (DESIGN.md section 8).
+
+Scores are parts per million (`PPM` = 1,000,000 is a perfect score), shares are basis points
+(`BPS` = 10,000), money is in units (1 DN = 10^9). `EpochParams` holds the genesis parameters
+named `powr_*`, each checked against its range. Used by `dn.powr.consensus` (scores and the
+epoch's close) and `dn.powr.emission` (who is paid what).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+from dn.chain.genesis import PARAMS
+from dn.errors import InputError
+
+PPM = 1_000_000  # a perfect score
+BPS = 10_000  # basis points in a whole (as dn.chain.genesis.BPS)
+
+# The genesis parameters the PoWR epoch reads (defined with every other one in
+# dn.chain.genesis.PARAMS): name: (default, minimum, maximum). Across parameters, the shares of
+# a model's reward sum to BPS and the emission of all epochs, under 2 * powr_epoch_emission *
+# powr_halving_epochs, must leave the supply below 2^63 units.
+POWR_PARAMS: dict[str, tuple[int, int, int]] = {
+    name: spec for name, spec in PARAMS.items() if name.startswith("powr_")
+}
+
+
+def check_int(value: object, low: int, high: int, what: str) -> int:
+    """`value` if it is an int (not a bool) from `low` to `high`; InputError naming `what`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InputError(f"{what} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+# --- parameters -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EpochParams:
+    """The economic parameters of an epoch; field `x` is genesis parameter `powr_x`."""
+
+    epoch_emission: int = POWR_PARAMS["powr_epoch_emission"][0]
+    halving_epochs: int = POWR_PARAMS["powr_halving_epochs"][0]
+    validator_share_bps: int = POWR_PARAMS["powr_validator_share_bps"][0]
+    creator_share_bps: int = POWR_PARAMS["powr_creator_share_bps"][0]
+    miner_share_bps: int = POWR_PARAMS["powr_miner_share_bps"][0]
+    backer_share_bps: int = POWR_PARAMS["powr_backer_share_bps"][0]
+    clip_band_ppm: int = POWR_PARAMS["powr_clip_band_ppm"][0]
+    agreement_span_ppm: int = POWR_PARAMS["powr_agreement_span_ppm"][0]
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _, low, high = POWR_PARAMS[f"powr_{f.name}"]
+            check_int(getattr(self, f.name), low, high, f"powr_{f.name}")
+        shares = self.creator_share_bps + self.miner_share_bps + self.backer_share_bps
+        if shares != BPS:
+            raise InputError(
+                "powr_creator_share_bps + powr_miner_share_bps + powr_backer_share_bps must "
+                f"sum to {BPS} basis points, got {shares}"
+            )
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, int]) -> EpochParams:
+        """From a genesis params mapping (`Genesis.params`); defaults for names it lacks."""
+        return cls(
+            **{
+                f.name: params.get(f"powr_{f.name}", POWR_PARAMS[f"powr_{f.name}"][0])
+                for f in fields(cls)
+            }
+        )
