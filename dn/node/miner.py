@@ -13,7 +13,8 @@ from the generator while it is still decoding; a session idle for `idle_s` is cl
 
 Every task is recorded (`dn.node.records`) before its attestation is returned: the ticket, the
 input, the tokens and, for a checker, the per-token values it committed to, so a validator can
-judge the task later (dn/node/referee.py).
+judge the task later (dn/node/referee.py). A checker also holds the task's settlement and sends
+it itself if the gateway does not (dn/node/backstop.py).
 
 `faults` are for tests only (set through $DN_TEST_MINER_FAULTS, comma-separated). Generators:
 `stall` (stops after a few tokens and hangs), `garbage` (streams token ids that are not the
@@ -40,6 +41,7 @@ from dn.chain import tasks
 from dn.chain.ledger import MINER, MODEL, TASK
 from dn.chain.types import Tx
 from dn.errors import InvalidTx, TaskError
+from dn.node.backstop import Backstop
 from dn.node.node import Node
 from dn.node.records import TaskRecords, request_ok
 from dn.node.taskio import input_hash, normalize_input, render
@@ -159,6 +161,7 @@ class Miner:
         if records is None:
             records = TaskRecords(node.home.path / RECORDS_FILE)
         self.records = records
+        self.backstop = Backstop(node, wallet, records)
 
     @property
     def address(self) -> str:
@@ -191,6 +194,7 @@ class Miner:
             "local_models": [m["sha256"] for m in self.store.list()],
             "sessions": len(self._sessions),
             "records": self.records.count(),
+            "unsettled": self.backstop.pending(),
             "loaded": [
                 {"model": Path(path).stem, "role": role} for path, role in self.runner.loaded()
             ],
@@ -464,6 +468,8 @@ class Miner:
             att = self._attest(
                 current.job, tasks.CHECKER, tokens, tasks.CONFIRMED if ok else tasks.REJECTED, com
             )
+            if agreed:  # else the chain would refuse the pair of attestations anyway
+                self.backstop.hold(task, current.job.ticket, generator_attestation, att)
             return {"task": task, "verdict": result, "attestation": att}
 
         try:

@@ -7,6 +7,9 @@ validator asks, within the dispute window, it is treated as not having computed 
 written to SQLite (`miner_tasks.db` in the node's folder) before the attestation is returned, and
 survive a restart. The newest `keep` records are kept.
 
+A checker also keeps what `task.settle` needs (table `unsettled`) until the chain shows the task
+settled, so it can settle it itself if the gateway does not (`dn.node.backstop`).
+
 Only a validator may read a record, since it holds the consumer's prompt: the request carries the
 validator's address and its signature over `RECORD_DOMAIN`, the chain id and the task id
 (`sign_request`, `request_ok`).
@@ -70,6 +73,11 @@ class TaskRecords:
             pk="task",
             if_not_exists=True,
         )
+        self._db.table("unsettled").create(
+            {"task": str, "payload": str, "settle_at": int, "last_valid": int, "tries": int},
+            pk="task",
+            if_not_exists=True,
+        )
 
     def put(
         self,
@@ -101,6 +109,36 @@ class TaskRecords:
     def count(self) -> int:
         with self._lock:
             return int(self._db.conn.execute("SELECT count(*) FROM records").fetchone()[0])
+
+    # --- settlements held for the backstop ----------------------------------------------------
+
+    def hold(self, task: str, payload: dict[str, Any], *, settle_at: int, last_valid: int) -> None:
+        """Keep the `task.settle` payload of `task`: to send from height `settle_at` on, if it
+        is still unsettled, while a block up to `last_valid` can take it."""
+        row = {
+            "task": task,
+            "payload": json.dumps(payload),
+            "settle_at": settle_at,
+            "last_valid": last_valid,
+            "tries": 0,
+        }
+        with self._lock, self._db.conn:
+            self._db.table("unsettled").upsert(row, pk="task")
+
+    def held(self) -> list[dict[str, Any]]:
+        """Every held settlement, by task id: task, payload, settle_at, last_valid, tries."""
+        with self._lock:
+            rows = list(self._db["unsettled"].rows_where(order_by="task"))
+        return [{**row, "payload": json.loads(row["payload"])} for row in rows]
+
+    def tried(self, task: str) -> None:
+        with self._lock, self._db.conn:
+            self._db.conn.execute("UPDATE unsettled SET tries = tries + 1 WHERE task = ?", (task,))
+
+    def release(self, task: str) -> None:
+        """Forget a held settlement (settled, or past saving)."""
+        with self._lock, self._db.conn:
+            self._db.conn.execute("DELETE FROM unsettled WHERE task = ?", (task,))
 
     def close(self) -> None:
         with self._lock:

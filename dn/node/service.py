@@ -127,7 +127,8 @@ class NodeService:
                 await asyncio.wait_for(self._stop.wait(), TICK_S)
 
     async def _mine(self, miner: Miner) -> None:
-        """Keep the miner registered as it wants to be, and close abandoned check sessions."""
+        """Keep the miner registered as it wants to be, settle the tasks it checked that their
+        gateways left unsettled, and close abandoned check sessions."""
         while not self._stop.is_set():
             tx = miner.registration_tx(self.network.url)
             if tx is not None:
@@ -136,6 +137,10 @@ class NodeService:
                     log.info("miner.register sent (%s)", tx.id[:12])
                 else:
                     log.warning("miner.register refused: %s", result.get("message"))
+            try:
+                miner.backstop.step()
+            except DNError as exc:
+                log.warning("could not settle a held task: %s", exc.message)
             await miner.reap()
             try:
                 await asyncio.to_thread(miner.warm)

@@ -68,6 +68,8 @@ def test_a_query_streams_is_checked_and_pays_the_split_exactly(market: Market) -
         before = balances(client, market)
         pool_before = client.status()["supply"]
     ticket, events = ask(market)
+    with market.client() as client:
+        before_nonce = client.account(events[0]["checker"])["nonce"]
     kinds = [e["event"] for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("token") >= 1
     assert (
@@ -102,6 +104,12 @@ def test_a_query_streams_is_checked_and_pays_the_split_exactly(market: Market) -
     assert sum(v for k, v in shares.items() if k != "backers") == price
     assert status["supply"]["held"] == status["supply"]["created"]
     assert status["supply"]["burned"] >= pool_before["burned"] + shares["burn"]
+    # The checker held the settlement as a backstop; it sees the consumer's and sends none.
+    checker_node = next(m for m in market.miners if m.name == chk)
+    with checker_node.client() as client:
+        wait_until(lambda: client.status()["miner"]["unsettled"] == 0, 30, what="hold released")
+    with market.client() as client:
+        assert client.account(start["checker"])["nonce"] == before_nonce
 
     # The same ticket cannot settle twice, even in a new transaction.
     with market.client() as client:
@@ -208,6 +216,45 @@ def test_bad_queries_fail_clearly_and_cost_nothing(market: Market) -> None:
         after = balances(client, market)
     spent = before["consumer"] - after["consumer"]
     assert spent == events[-1]["price_units"] + market.genesis.param("min_fee")  # only the one paid
+
+
+def test_a_consumer_who_never_settles_pays_all_the_same(market: Market) -> None:
+    """The gateway's user normally settles at once. When nobody does, the checker, which holds
+    the ticket and both attestations, sends `task.settle` itself halfway through what is left of
+    the ticket's life (dn/node/backstop.py): it pays the fee, the consumer pays the price."""
+    ticket, events = ask(market, max_tokens=8, expiry_blocks=12)
+    done = events[-1]
+    assert done["status"] == "confirmed", done["verdict"]
+    task, checker = done["task"], done["checker"]["miner"]
+    consumer = market.wallets["consumer"].address
+    checker_node = next(m for m in market.miners if market.wallets[m.name].address == checker)
+    with checker_node.client() as client:
+        assert client.status()["miner"]["unsettled"] >= 1  # held while it waits
+    with market.client() as client:
+        before = {a: client.account(a) for a in (consumer, checker)}
+        with pytest.raises(NotFound):
+            client.task(task)  # not settled by anyone yet
+        wait_until(lambda: _settled(client, task), 60, what="the checker's settlement")
+        record = client.task(task)
+        after = {a: client.account(a) for a in (consumer, checker)}
+    assert record["status"] == "confirmed" and record["checker"] == checker
+    assert record["paid"] == done["price_units"] > 0
+    assert before[consumer]["balance"] - after[consumer]["balance"] == done["price_units"]
+    assert after[consumer]["nonce"] == before[consumer]["nonce"]  # it sent nothing
+    assert after[checker]["nonce"] == before[checker]["nonce"] + 1  # the checker sent it
+    share = split_fee(done["price_units"], market.genesis, {})["checker"]
+    fee = market.genesis.param("min_fee")
+    assert after[checker]["balance"] - before[checker]["balance"] == share - fee
+    with checker_node.client() as client:
+        wait_until(lambda: client.status()["miner"]["unsettled"] == 0, 30, what="the hold released")
+
+
+def _settled(client: NodeClient, task: str) -> bool:
+    try:
+        client.task(task)
+    except NotFound:
+        return False
+    return True
 
 
 def test_a_settlement_naming_other_miners_is_refused(market: Market) -> None:
