@@ -222,7 +222,7 @@ def test_a_consumer_who_never_settles_pays_all_the_same(market: Market) -> None:
     """The gateway's user normally settles at once. When nobody does, the checker, which holds
     the ticket and both attestations, sends `task.settle` itself halfway through what is left of
     the ticket's life (dn/node/backstop.py): it pays the fee, the consumer pays the price."""
-    ticket, events = ask(market, max_tokens=8, expiry_blocks=12)
+    ticket, events = ask(market, max_tokens=8, expiry_blocks=20)
     done = events[-1]
     assert done["status"] == "confirmed", done["verdict"]
     task, checker = done["task"], done["checker"]["miner"]
