@@ -279,20 +279,36 @@ def peers(ctx: typer.Context) -> None:
 
 @app.command()
 def status(ctx: typer.Context) -> None:
-    """Ask the node (--node) how it is doing."""
+    """Ask the node (--node) how it is doing; a miner's node also shows its miner."""
+    from dn.encoding import format_dn
+
     with opts(ctx).client() as client:
         data = client.status()
 
     def human(out: Any) -> None:
+        miner = data.get("miner")
+        roles = [r for r, on in (("validator", data["validator"]), ("miner", miner)) if on]
         rows = [
             ["node", data["node_address"]],
-            ["role", "validator" if data["validator"] else "full node"],
+            ["role", ", ".join(roles) or "full node"],
             ["chain id", data["chain_id"]],
             ["height", data["height"]],
             ["tip", data["tip"]],
             ["pending txs", data["mempool"]],
             ["version", f"{data['version']} (protocol {data['protocol']})"],
         ]
+        if miner:
+            rows += [
+                ["miner", miner["miner"]],
+                [
+                    "registered",
+                    f"yes, bond {format_dn(miner['bond'])} DN" if miner["registered"] else "no",
+                ],
+                ["models served", len(miner["models"])],
+                ["check sessions", miner["sessions"]],
+                ["tasks recorded", miner["records"]],
+                ["held to settle", f"{miner['unsettled']} (sent if the consumer does not)"],
+            ]
         out.print(table(None, ["", ""], rows))
 
     emit(ctx, data, human)

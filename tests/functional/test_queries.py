@@ -6,6 +6,7 @@ One module-scoped market keeps the cost of starting processes and loading the mo
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -121,7 +122,6 @@ def test_a_query_streams_is_checked_and_pays_the_split_exactly(market: Market) -
 
 def test_dn_query_streams_to_the_terminal_and_reports_the_payment(market: Market) -> None:
     env = {"DN_HOME": str(market.home), "DN_PASSWORD": PASSWORD, "DN_NODE": market.gateway.url}
-    import os
 
     out = subprocess.run(
         [
@@ -230,6 +230,15 @@ def test_a_consumer_who_never_settles_pays_all_the_same(market: Market) -> None:
     checker_node = next(m for m in market.miners if market.wallets[m.name].address == checker)
     with checker_node.client() as client:
         assert client.status()["miner"]["unsettled"] >= 1  # held while it waits
+    shown = subprocess.run(
+        [sys.executable, "-m", "dn", "--node", checker_node.url, "node", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "COLUMNS": "160"},  # an address on one line
+    ).stdout
+    assert "miner" in shown and checker in shown and "held to settle" in shown
     with market.client() as client:
         before = {a: client.account(a) for a in (consumer, checker)}
         with pytest.raises(NotFound):
