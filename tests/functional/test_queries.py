@@ -17,8 +17,11 @@ import pytest
 
 from dn.chain import tasks
 from dn.chain.economics import split_fee
+from dn.chain.explain import explain
+from dn.chain.store import Store
 from dn.errors import InvalidTx, NotFound, TaskError
 from dn.node.client import NodeClient
+from dn.node.node import NodeHome
 from dn.node.query import make_ticket, settle_tx, stream_query
 from tests.functional.harness import wait_until
 from tests.functional.market import PASSWORD, PRICE, Market, running_market
@@ -256,6 +259,16 @@ def test_a_consumer_who_never_settles_pays_all_the_same(market: Market) -> None:
     assert after[checker]["balance"] - before[checker]["balance"] == share - fee
     with checker_node.client() as client:
         wait_until(lambda: client.status()["miner"]["unsettled"] == 0, 30, what="the hold released")
+    # Both balances still trace to their causes: the checker's fee and share, the price.
+    store = Store.open(NodeHome.named("gw", market.home).store_file, readonly=True)
+    try:
+        for address in (consumer, checker):
+            assert explain(store, address).unexplained == 0
+        entries = explain(store, checker).entries
+    finally:
+        store.close()
+    there = {(e.kind, e.amount) for e in entries if e.height == record["height"]}
+    assert there == {("fee", -fee), ("checker-share", share)}
 
 
 def _settled(client: NodeClient, task: str) -> bool:
