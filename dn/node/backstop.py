@@ -58,7 +58,7 @@ class Backstop:
         )
 
     def pending(self) -> int:
-        return len(self.records.held())
+        return self.records.held_count()
 
     def step(self) -> list[str]:
         """Settle the held tasks that are due; forget those settled or past saving. Returns the

@@ -131,6 +131,10 @@ class TaskRecords:
             rows = list(self._db["unsettled"].rows_where(order_by="task"))
         return [{**row, "payload": json.loads(row["payload"])} for row in rows]
 
+    def held_count(self) -> int:
+        with self._lock:
+            return int(self._db.conn.execute("SELECT count(*) FROM unsettled").fetchone()[0])
+
     def tried(self, task: str) -> None:
         with self._lock, self._db.conn:
             self._db.conn.execute("UPDATE unsettled SET tries = tries + 1 WHERE task = ?", (task,))
