@@ -340,7 +340,7 @@ class Gateway:
         while not done:
             batch: list[int] = []
             size = chunk_size(offset, int(plan.ticket["max_tokens"]), self.chunk)
-            while len(batch) < size or (not done and not queue.empty()):
+            while len(batch) < size or not queue.empty():
                 item = await queue.get()
                 if item is None:
                     done = True
