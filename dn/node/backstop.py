@@ -17,7 +17,6 @@ import logging
 from typing import Any
 
 from dn.chain.ledger import TASK
-from dn.chain.types import Tx
 from dn.node.node import Node
 from dn.node.records import TaskRecords
 from dn.wallet.keys import Keypair
@@ -81,14 +80,7 @@ class Backstop:
                 continue
             if height < row["settle_at"]:
                 continue
-            tx = Tx.create(
-                self.wallet,
-                chain_id=self.node.genesis.chain_id,
-                kind="task.settle",
-                nonce=self.node.mempool.pending_nonce(self.wallet.address),
-                fee=self.node.genesis.param("min_fee"),
-                payload=row["payload"],
-            )
+            tx = self.node.own_tx(self.wallet, "task.settle", row["payload"])
             result = self.node.submit([tx.to_json()])[0]
             if result["accepted"]:
                 self.records.tried(task)

@@ -234,13 +234,8 @@ class Miner:
         )
         if reg and reg["url"] == url and reg["models"] == models and reg["bond"] >= bond:
             return None
-        tx = Tx.create(
-            self.wallet,
-            chain_id=self.chain_id,
-            kind="miner.register",
-            nonce=self.node.mempool.pending_nonce(self.address),
-            fee=self.node.genesis.param("min_fee"),
-            payload={"bond": bond, "url": url, "models": models},
+        tx = self.node.own_tx(
+            self.wallet, "miner.register", {"bond": bond, "url": url, "models": models}
         )
         self._registering = tx.id
         return tx

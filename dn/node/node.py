@@ -182,6 +182,18 @@ class Node:
 
     # --- transactions ----------------------------------------------------------------------
 
+    def own_tx(self, keypair: Keypair, kind: str, payload: dict[str, Any]) -> Tx:
+        """A transaction this node sends for a key it holds (its miner's, validator's or
+        gateway's): the next nonce after the key's pending ones, at the minimum fee."""
+        return Tx.create(
+            keypair,
+            chain_id=self.genesis.chain_id,
+            kind=kind,
+            nonce=self.mempool.pending_nonce(keypair.address),
+            fee=int(self.genesis.param("min_fee")),
+            payload=payload,
+        )
+
     def submit(self, raws: list[Any]) -> list[dict[str, Any]]:
         """Check and queue transactions; one result per input, in order. Persisted before return."""
         results: list[dict[str, Any]] = []

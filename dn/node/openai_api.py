@@ -40,7 +40,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from dn.chain import tasks
 from dn.chain.ledger import MODEL
-from dn.chain.types import Tx
 from dn.errors import DNError, Forbidden, InputError, TaskError
 from dn.node.gateway import Gateway
 from dn.node.node import Node
@@ -267,19 +266,8 @@ class OpenAIGateway:
 
     def settle(self, done: dict[str, Any]) -> dict[str, Any]:
         """Sign and submit `task.settle` for a finished query; the `dn` field of the answer."""
-        genesis = self.node.genesis
-        tx = Tx.create(
-            self.wallet,
-            chain_id=genesis.chain_id,
-            kind="task.settle",
-            nonce=self.node.mempool.pending_nonce(self.wallet.address),
-            fee=genesis.param("min_fee"),
-            payload={
-                "ticket": done["ticket"],
-                "generator": done["generator"],
-                "checker": done["checker"],
-            },
-        )
+        payload = {k: done[k] for k in ("ticket", "generator", "checker")}
+        tx = self.node.own_tx(self.wallet, "task.settle", payload)
         result = self.node.submit([tx.to_json()])[0]
         dn: dict[str, Any] = {
             "task": done["task"],

@@ -287,13 +287,10 @@ class Referee:
         transactions are numbered too, so two of them never take the same nonce."""
         roles = {GENERATOR: case.generator, CHECKER: case.checker}
         faults = {roles[role]: reason for role, reason in ruling.faults.items()}
-        tx = Tx.create(
+        tx = self.node.own_tx(
             self.keypair,
-            chain_id=self.node.genesis.chain_id,
-            kind="task.verdict",
-            nonce=self.node.mempool.pending_nonce(self.address),
-            fee=int(self.node.genesis.param("min_fee")),
-            payload={"task": case.task, "faults": faults, "evidence": ruling.evidence},
+            "task.verdict",
+            {"task": case.task, "faults": faults, "evidence": ruling.evidence},
         )
         self._sent[case.task] = (tx.id, self.node.tip.height)
         return tx

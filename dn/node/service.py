@@ -213,14 +213,7 @@ class NodeService:
             balance = int((node.state.get(ACCT + address) or {"balance": 0})["balance"])
             if sent is None or node.mempool.get(sent) is None:
                 if balance >= amount + fee and not self.network.behind():
-                    tx = Tx.create(
-                        node.key,
-                        chain_id=node.genesis.chain_id,
-                        kind="validator.bond",
-                        nonce=node.mempool.pending_nonce(address),
-                        fee=fee,
-                        payload={"amount": amount},
-                    )
+                    tx = node.own_tx(node.key, "validator.bond", {"amount": amount})
                     result = node.submit([tx.to_json()])[0]
                     if result["accepted"]:
                         log.info("validator.bond sent (%s)", tx.id[:12])

@@ -97,6 +97,8 @@ class ChainView(Protocol):
     @property
     def store(self) -> _Store: ...
 
+    def own_tx(self, keypair: Keypair, kind: str, payload: dict[str, Any]) -> Tx: ...
+
 
 class ModelFiles(Protocol):
     """The part of `dn.runner.modelstore.ModelStore` the validator uses."""
@@ -391,14 +393,7 @@ class PowrValidator:
             }
         else:
             payload = {"epoch": committed.epoch, "scores": committed.scores, "salt": committed.salt}
-        tx = Tx.create(
-            self.keypair,
-            chain_id=self.node.genesis.chain_id,
-            kind=f"powr.{kind}",
-            nonce=self.node.mempool.pending_nonce(self.address),
-            fee=int(self.node.genesis.param("min_fee")),
-            payload=payload,
-        )
+        tx = self.node.own_tx(self.keypair, f"powr.{kind}", payload)
         self._sent[(committed.epoch, kind)] = (tx.id, self.node.tip.height)
         return tx
 

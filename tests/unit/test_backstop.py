@@ -18,6 +18,7 @@ from dn.chain import tasks
 from dn.chain.ledger import TASK
 from dn.chain.types import Tx
 from dn.node.backstop import SETTLE_TRIES, Backstop, last_valid_height, settle_height
+from dn.node.node import Node
 from dn.node.records import TaskRecords
 from dn.wallet.keys import Keypair
 
@@ -77,6 +78,8 @@ class FakeNode:
     state: dict[str, Any] = field(default_factory=dict)
     refuse: dict[str, str] | None = None  # the error the next submit answers with
     submitted: list[Tx] = field(default_factory=list)
+
+    own_tx = Node.own_tx  # the real one: it reads only genesis and mempool
 
     def submit(self, raws: list[Any]) -> list[dict[str, Any]]:
         tx = Tx.from_json(raws[0])

@@ -22,6 +22,7 @@ from dn.chain.mempool import Mempool
 from dn.chain.powr_rules import commit_key, powr_commitment, reveal_key
 from dn.chain.state import genesis_block, genesis_state
 from dn.chain.types import Tx
+from dn.node.node import Node
 from dn.node.validator import STATE_FILE, PowrValidator
 from dn.powr.evaluate import Evaluation
 from dn.powr.suites import Item, builtin_suite, sample_items, sample_seed
@@ -97,6 +98,8 @@ class ChainNode:
     @property
     def store(self) -> ChainNode:
         return self
+
+    own_tx = Node.own_tx  # the real one: it reads only genesis and mempool
 
     def canonical_hash(self, height: int) -> str | None:
         if height == 0:
