@@ -40,8 +40,8 @@ from nacl.signing import VerifyKey
 
 from dn.chain.genesis import default_params
 from dn.chain.types import Tx
+from dn.client.http import NodeClient
 from dn.encoding import pubkey_from_address
-from dn.node.client import NodeClient
 from dn.node.node import Node, NodeHome, init_dev_chain
 from dn.wallet.keys import Keypair
 from dn.wallet.keystore import KDF_FAST, Keystore

@@ -1,5 +1,5 @@
 """How far two honest computations of a checker's values differ, next to the tolerance a
-referee allows (`Drift`, DESIGN.md section 7, dn/node/referee.py).
+referee allows (`Drift`, DESIGN.md section 7, dn/node/validator/referee.py).
 
 For each prompt an answer is generated with 1 thread and batch 8, then checked twice: by a
 context with 2 threads and batch 512 fed chunks of 16, and by one with 1 thread and batch 8 fed

@@ -4,7 +4,7 @@ A throwaway DN_HOME gets SmolLM2-135M (from the same cache the tests use) and a 
 nodes in one process (`dn devnet up --nodes 3 --validators 1 --miners 2`); devnet-alice
 registers the model. Then, for each prompt:
 
-- *query*: `dn.node.query` (what `dn query` runs) signs a ticket and streams the answer from the
+- *query*: `dn.client.query` (what `dn query` runs) signs a ticket and streams the answer from the
   validator's gateway: the clock runs from the request to the final `done` event, i.e. the
   generator decoding, the checker's incremental prefill check, both attestations, all HTTP hops
   (settlement, which comes after the answer, is not counted);
@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _models import model_file  # noqa: E402
 
 from dn.chain.types import Tx  # noqa: E402
-from dn.node.client import NodeClient  # noqa: E402
+from dn.client.http import NodeClient  # noqa: E402
+from dn.client.query import make_ticket, stream_query  # noqa: E402
 from dn.node.devnet import DEVNET_PASSWORD, miner_threads  # noqa: E402
-from dn.node.query import make_ticket, stream_query  # noqa: E402
 from dn.runner.modelstore import ModelStore  # noqa: E402
 from dn.wallet.keystore import Keystore  # noqa: E402
 

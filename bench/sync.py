@@ -31,7 +31,7 @@ from typing import Any
 
 from dn.chain.genesis import Genesis, default_params
 from dn.chain.types import Block, Tx
-from dn.node.client import NodeClient
+from dn.client.http import NodeClient
 from dn.node.node import Node, NodeHome, now_ms
 from dn.wallet.keys import Keypair
 

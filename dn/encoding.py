@@ -23,6 +23,7 @@ from dn.errors import EncodingError, InvalidAddress, InvalidAmount
 UNITS_PER_DN = 10**9
 DECIMALS = 9
 MAX_AMOUNT = 2**63 - 1  # amounts are < 2^63 units
+BPS = 10_000  # basis points in a whole: every share of an amount (fees, emission, slashes)
 ADDRESS_HRP = "dn"
 
 _DECIMAL_RE = re.compile(r"[0-9]+(?:\.[0-9]+)?|\.[0-9]+", re.ASCII)

@@ -27,7 +27,7 @@
                                  a miner that stalls or lies, price too low); `reason`  HTTP 409
 
 The CLI maps these to a message and an exit code in `dn/cli/main.py`; the HTTP API maps them to a
-status and a JSON body in `dn/node/api.py`. Nothing else catches them to print.
+status and a JSON body in `dn/node/http/app.py`. Nothing else catches them to print.
 """
 
 from __future__ import annotations

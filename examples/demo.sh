@@ -178,7 +178,7 @@ python3 - "${URLS[@]}" <<'PY'
 import sys, time
 from rich.console import Console
 from rich.table import Table
-from dn.node.client import NodeClient
+from dn.client.http import NodeClient
 
 clients = [NodeClient(url) for url in sys.argv[1:]]
 deadline = time.monotonic() + 20

@@ -2,7 +2,7 @@
 
 Validators re-run the checker's prefill check on every rejected task and on a sample of confirmed
 ones (`spot_checked`), compare what they compute with the values the checker committed to, and
-say who, if anyone, was at fault (dn/node/referee.py decides; this module only applies the
+say who, if anyone, was at fault (dn/node/validator/referee.py decides; this module only applies the
 ruling). The state machine cannot run llama.cpp, so a ruling is a validator's word, as a block is
 a validator's word; `evidence` is the commitment to the values the validator computed, so anyone
 can re-run the check and hold the validator to it.
@@ -35,8 +35,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from dn.chain.economics import split_fee
+from dn.chain.genesis import Genesis
 from dn.chain.ledger import (
     MINER,
     POOL_VALIDATORS,
@@ -49,11 +51,13 @@ from dn.chain.ledger import (
     credit,
     debit,
 )
+from dn.chain.miners import exit_miner
+from dn.chain.powr_rules import unrecord_task
+from dn.chain.tasks import CONFIRMED
+from dn.chain.types import Tx
+from dn.chain.validators import active
+from dn.encoding import BPS
 from dn.errors import InvalidTx
-
-if TYPE_CHECKING:
-    from dn.chain.genesis import Genesis
-    from dn.chain.types import Tx
 
 # Why a miner is at fault. The generator's answer is invalid (the checker's and the validator's
 # computations both reject it, or the checker's values cannot be trusted and the validator's
@@ -84,7 +88,7 @@ def spot_checked(task: str, genesis: Genesis) -> bool:
     """Whether validators re-check confirmed task `task`: a `spot_check_bps` share of tasks,
     chosen by the task id, so every validator agrees which without talking."""
     draw = int.from_bytes(hashlib.sha256(b"dn-spot-check" + task.encode()).digest()[:8], "big")
-    return draw % 10_000 < genesis.param("spot_check_bps")
+    return draw % BPS < genesis.param("spot_check_bps")
 
 
 @dataclass
@@ -118,10 +122,6 @@ def _unbonding_bond(
 def outcome(state: StateReader, tx: Tx, genesis: Genesis, height: int) -> Outcome:
     """Check `tx` (a `task.verdict`) against the state before it and say what it does; raise
     InvalidTx with the reason it is refused."""
-    from dn.chain.economics import split_fee
-    from dn.chain.tasks import CONFIRMED
-    from dn.chain.validators import active
-
     p = tx.payload
     if tx.sender not in active(state, genesis):
         raise InvalidTx("only a validator may rule on a task", reason="not-validator")
@@ -154,7 +154,7 @@ def outcome(state: StateReader, tx: Tx, genesis: Genesis, height: int) -> Outcom
         if miner is None:
             continue
         if miner["exited"] is None:
-            amount = miner["bond"] * bps // 10_000
+            amount = miner["bond"] * bps // BPS
             if miner["bond"] - amount < minimum:
                 out.exits.append(address)
         else:
@@ -162,7 +162,7 @@ def outcome(state: StateReader, tx: Tx, genesis: Genesis, height: int) -> Outcom
             if waiting is None:
                 continue
             key, index, held = waiting
-            amount = held * bps // 10_000
+            amount = held * bps // BPS
             out.from_unbonding[address] = (key, index)
         out.slashed[address] = amount
     if task["status"] == CONFIRMED and task["paid"]:
@@ -177,16 +177,13 @@ def outcome(state: StateReader, tx: Tx, genesis: Genesis, height: int) -> Outcom
         out.refund = min(task["paid"], total)
         out.unconfirm = True
     rest = total - out.refund
-    out.pool = rest * genesis.param("slash_pool_bps") // 10_000
+    out.pool = rest * genesis.param("slash_pool_bps") // BPS
     out.burn = rest - out.pool
     return out
 
 
 def task_verdict(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
     """The `task.verdict` rule (see the module docstring)."""
-    from dn.chain import powr_rules
-    from dn.chain.market import exit_miner
-
     result = outcome(state, tx, genesis, height)
     p = tx.payload
     task = state.get(TASK + p["task"])
@@ -214,7 +211,7 @@ def task_verdict(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
     if result.burn:
         burn(state, result.burn)
     if result.unconfirm:
-        powr_rules.unrecord_task(
+        unrecord_task(
             state, genesis, height, task["height"], task["model"], task["generator"], task["tokens"]
         )
     state.set(

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from dn.chain.genesis import BPS, FEE_SPLIT, PARAMS, Genesis, fee_split_problem
+from dn.chain.genesis import FEE_SPLIT, PARAMS, Genesis, fee_split_problem
+from dn.encoding import BPS
 from dn.errors import InputError
 
 SHARES = ("creator", "generator", "checker", "validators", "backers", "burn")

@@ -32,14 +32,16 @@ from typing import Any
 
 from dn.chain import disputes, powr_rules, staking, validators
 from dn.chain.economics import split_fee
-from dn.chain.genesis import BPS, Genesis
+from dn.chain.epochs import Epoch
+from dn.chain.genesis import Genesis
 from dn.chain.ledger import MINER, MODEL, TASK, UNLOCK, DictState, Overlay, StateReader, account
-from dn.chain.market import backers_of
+from dn.chain.models import is_model
+from dn.chain.staking import backers_of
 from dn.chain.state import apply_block, apply_tx, begin_block, genesis_block, genesis_state
 from dn.chain.store import Store
 from dn.chain.tasks import CONFIRMED, price_of, task_id
 from dn.chain.types import Block, Tx
-from dn.encoding import format_dn
+from dn.encoding import BPS, format_dn
 from dn.errors import ChainError, DNError
 
 UNEXPLAINED = "unexplained"
@@ -186,7 +188,7 @@ class _Tracer:
                 )
         self.pending.pop(height, None)
         begin_block(overlay, height, self.genesis)
-        epoch = powr_rules.Epoch.closed_at(height, self.genesis.param("epoch_blocks"))
+        epoch = Epoch.closed_at(height, self.genesis.param("epoch_blocks"))
         if epoch is not None:
             record = overlay.get(powr_rules.result_key(epoch))
             for credit in record["credits"]:
@@ -297,7 +299,7 @@ def _name(state: StateReader, target: str | None) -> str:
     """A model's name (and short id), or the address a stake names."""
     if target is None:
         return "?"
-    if staking.is_model(target):
+    if is_model(target):
         found = state.get(MODEL + target)
         return f"model {found['name']} ({target[:12]}…)" if found else f"model {target[:12]}…"
     return f"validator {target}"
@@ -315,7 +317,7 @@ def locked_funds(state: DictState, address: str) -> list[dict[str, Any]]:
         elif key.startswith(staking.STAKE) and key.endswith(":" + address):
             target = key[len(staking.STAKE) : -len(address) - 1]
             item = {"kind": "stake", "amount": value["amount"], "target": target}
-            model = state.get(MODEL + target) if staking.is_model(target) else None
+            model = state.get(MODEL + target) if is_model(target) else None
             out.append({**item, "name": model["name"]} if model else item)
         elif key.startswith(UNLOCK):
             due = int(key[len(UNLOCK) :])

@@ -21,14 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from dn.config import atomic_write
-from dn.encoding import MAX_AMOUNT, UNITS_PER_DN, hash_hex, merkle_root, pubkey_from_address
+from dn.encoding import BPS, MAX_AMOUNT, UNITS_PER_DN, hash_hex, merkle_root, pubkey_from_address
 from dn.errors import DNError, GenesisError, InputError
+from dn.powr.params import POWR_PARAMS
 
 FORMAT = 1
 ZERO_HASH = "0" * 64
-
-BPS = 10_000  # basis points in a whole
-PPM = 1_000_000  # parts per million in a whole (PoWR scores)
 
 # name: (default, minimum, maximum)
 PARAMS: dict[str, tuple[int, int, int]] = {
@@ -53,23 +51,15 @@ PARAMS: dict[str, tuple[int, int, int]] = {
     # Staking (backing a model, delegating to a validator); unstaked funds wait unbonding_blocks.
     "stake_min": (UNITS_PER_DN, 1, MAX_AMOUNT),  # units: the least stake, and the least left
     # PoWR (DESIGN.md section 8): epoch e is heights e*epoch_blocks+1 … (e+1)*epoch_blocks,
-    # commits in its first half, reveals in its second (dn/chain/powr_rules.py).
+    # commits in its first half, reveals in its second (dn/chain/epochs.py).
     "epoch_blocks": (100, 4, 1_000_000),
     # units of stake a genesis validator counts for by itself (its bond and delegations add)
     "validator_base_weight": (UNITS_PER_DN, 1, MAX_AMOUNT),
     # the least bond of a validator that joins after genesis (dn/chain/validators.py)
     "validator_min_bond": (100 * UNITS_PER_DN, 1, MAX_AMOUNT),
-    # The epoch close (dn/powr/consensus.py, emission.py): emission and its halving, how it is
-    # shared, and how validators' scores are clipped and judged. Shares in basis points, scores
-    # in ppm.
-    "powr_epoch_emission": (50 * UNITS_PER_DN, 0, MAX_AMOUNT),  # units minted in epochs 0, 1, …
-    "powr_halving_epochs": (10_000, 1, 1_000_000_000),  # … halved every this many epochs
-    "powr_validator_share_bps": (2_000, 0, BPS),  # of the emission, to validators
-    "powr_creator_share_bps": (3_000, 0, BPS),  # of a model's part, to its creator
-    "powr_miner_share_bps": (5_000, 0, BPS),  # … to its miners by confirmed tokens served
-    "powr_backer_share_bps": (2_000, 0, BPS),  # … to its backers by stake (the creator if none)
-    "powr_clip_band_ppm": (100_000, 0, PPM),  # scores clipped to the median ± this
-    "powr_agreement_span_ppm": (200_000, 1, PPM),  # agreement reaches 0 this far from the median
+    # The epoch close: emission and its halving, how it is shared, and how validators' scores
+    # are clipped and judged (the powr_* parameters, defined in dn/powr/params.py).
+    **POWR_PARAMS,
     # The checker's verification thresholds (DESIGN.md section 7; read by the runner).
     "check_max_rank": (64, 0, 1_000_000),  # every claimed token within this rank …
     "check_max_gap_milli": (8_000, 0, 1_000_000),  # … and this logit gap (thousandths)

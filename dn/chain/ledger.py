@@ -1,8 +1,8 @@
 """The state's keys and the few operations every rule uses: accounts, credit, debit, burn.
 
-The state machine (`state.py`) and every kind's rules (`market.py`, `staking.py`, `validators.py`,
-`disputes.py`, `powr_rules.py`) read and write the state through these; `state.py` documents the
-whole key layout.
+The state machine (`state.py`) and every kind's rules (`models.py`, `miners.py`, `market.py`,
+`staking.py`, `validators.py`, `disputes.py`, `powr_rules.py`) read and write the state through
+these; `state.py` documents the whole key layout.
 """
 
 from __future__ import annotations

@@ -1,188 +1,44 @@
-"""The market's rules: models (`model.register`, `model.retire`), miners (`miner.register`,
-`miner.exit`) and paid answers (`task.settle`), DESIGN.md sections 4 and 7.
+"""Paid answers (DESIGN.md section 7): the `task.settle` rule, which settles one task and
+splits its payment.
 
-A model is registered once by its creator under a unique live name and retired by the creator
-only. A miner's registration bonds at least `miner_min_bond` and names the live models it serves;
-`serving:<model>` keeps who served what when, so a settlement is checked against the miners its
-ticket's reference height selected. `task.settle` re-checks the ticket, the choice of the two
-miners, both attestations and the price, then splits the payment by `split_fee`.
+`task.settle` {ticket, generator, checker}: anyone may send it; the sender pays only the fee,
+the ticket's consumer pays `price_of(model price, tokens)`. Checks, in order: the ticket's
+schema and consumer signature (`bad-ticket`, `bad-ticket-signature`: `verify_ticket`); the model
+is registered (`unknown-model`) and, if retired, the ticket was made before it
+(`model-retired`); the ticket's reference height is inside the ticket window (`stale-ticket`)
+and it has not expired (`expired-ticket`); the task is not settled yet (`task-settled`); both
+attestations (`check_attestations`); the generator and checker are the two miners the
+reference height selects from those serving the model then (`wrong-miners`); the price is
+within the ticket's `max_price` (`over-max-price`); the consumer can pay it
+(`consumer-cannot-pay`).
+
+A confirmed answer is paid and split by `split_fee` (creator, generator, checker, validator
+pool, the model's backers by stake, burn); a rejected one pays nothing. Either way the task is
+recorded under `task:<id>` and counted in the epoch's PoWR statistics
+(`powr_rules.record_task`). Models and miners have their own rules (`models.py`, `miners.py`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from dn.chain import powr_rules
 from dn.chain.economics import split_fee
 from dn.chain.genesis import Genesis
-from dn.chain.ledger import (
-    MINER,
-    MODEL,
-    MODEL_NAME,
-    POOL_VALIDATORS,
-    TASK,
-    UNLOCK,
-    Overlay,
-    StateReader,
-    burn,
-    credit,
-    debit,
-)
-from dn.chain.staking import BACKERS, STAKE
+from dn.chain.ledger import MODEL, POOL_VALIDATORS, TASK, Overlay, burn, credit, debit
+from dn.chain.powr_rules import record_task
+from dn.chain.staking import backers_of
 from dn.chain.tasks import (
     CONFIRMED,
     REJECTED,
-    SERVING,
     check_attestations,
     eligible_miners,
     price_of,
     select_miners,
-    serving_changed,
     task_id,
     verify_ticket,
 )
 from dn.chain.types import Tx
 from dn.errors import InvalidTx, TaskError
-
-# --- models ---------------------------------------------------------------------------------
-
-
-def live_model(state: StateReader, sha: str, retired_reason: str) -> dict[str, Any]:
-    found = state.get(MODEL + sha)
-    if found is None:
-        raise InvalidTx(f"no model {sha[:12]}… is registered", reason="unknown-model")
-    if found["retired"]:
-        raise InvalidTx(f"model {found['name']!r} is retired", reason=retired_reason)
-    return dict(found)
-
-
-def model_register(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    p = tx.payload
-    if state.get(MODEL + p["model"]) is not None:
-        raise InvalidTx(f"model {p['model'][:12]}… is registered already", reason="model-exists")
-    if state.get(MODEL_NAME + p["name"]) is not None:
-        raise InvalidTx(f"another live model is named {p['name']!r}", reason="name-taken")
-    state.set(
-        MODEL + p["model"],
-        {
-            "creator": tx.sender,
-            "name": p["name"],
-            "domain": p["domain"],
-            "price": p["price"],
-            "license": p["license"],
-            "size": p["size"],
-            "height": height,
-            "retired": False,
-            "tasks": 0,
-            "tokens": 0,
-            "rejected": 0,
-        },
-    )
-    state.set(MODEL_NAME + p["name"], p["model"])
-
-
-def model_retire(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    sha = tx.payload["model"]
-    found = state.get(MODEL + sha)
-    if found is None:
-        raise InvalidTx(f"no model {sha[:12]}… is registered", reason="unknown-model")
-    if found["creator"] != tx.sender:
-        raise InvalidTx("only the model's creator may retire it", reason="not-creator")
-    if found["retired"]:
-        raise InvalidTx(f"model {found['name']!r} is retired already", reason="already-retired")
-    state.set(MODEL + sha, {**found, "retired": True, "retired_at": height})
-    if state.get(MODEL_NAME + found["name"]) == sha:
-        state.set(MODEL_NAME + found["name"], None)  # the name is free for a new model
-
-
-# --- miners ---------------------------------------------------------------------------------
-
-
-def _set_serving(
-    state: Overlay, model: str, miner: str, height: int, genesis: Genesis, *, serving: bool
-) -> None:
-    key = SERVING + model
-    window = genesis.param("ticket_window_blocks")
-    intervals = serving_changed(state.get(key) or [], miner, height, window, serving=serving)
-    state.set(key, intervals or None)
-
-
-def miner_register(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    """Register, or update a live registration: `bond` is the total bond wanted (at least
-    `miner_min_bond`, never less than the miner already holds); the difference moves from the
-    sender's balance. `url` and `models` replace the old ones, from this block on."""
-    p = tx.payload
-    bond = p["bond"]
-    if bond < genesis.param("miner_min_bond"):
-        raise InvalidTx(
-            f"bond {bond} is below the minimum of {genesis.param('miner_min_bond')} units",
-            reason="bond-too-low",
-        )
-    models = sorted(set(p["models"]))
-    for sha in models:
-        live_model(state, sha, retired_reason="model-retired")
-    current = state.get(MINER + tx.sender)
-    live = current is not None and current["exited"] is None
-    held = current["bond"] if live else 0
-    if bond < held:
-        raise InvalidTx(
-            f"bond {bond} is less than the {held} units already bonded; a bond only shrinks "
-            "by exiting",
-            reason="bond-decrease",
-        )
-    if bond > held:
-        debit(state, tx.sender, bond - held, f"bond {bond - held} after fee {tx.fee}")
-    before = set(current["models"]) if live else set()
-    for sha in sorted(before - set(models)):
-        _set_serving(state, sha, tx.sender, height, genesis, serving=False)
-    for sha in sorted(set(models) - before):
-        _set_serving(state, sha, tx.sender, height, genesis, serving=True)
-    state.set(
-        MINER + tx.sender,
-        {
-            "bond": bond,
-            "url": p["url"],
-            "models": models,
-            "since": current["since"] if live else height,
-            "exited": None,
-        },
-    )
-
-
-def miner_exit(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    """Stop serving now; the bond comes back at the start of block `height + unbonding_blocks`
-    (until then it stays slashable, and counted in the supply, under `unlock:`)."""
-    current = state.get(MINER + tx.sender)
-    if current is None or current["exited"] is not None:
-        raise InvalidTx("the sender is not a registered miner", reason="not-miner")
-    exit_miner(state, tx.sender, height, genesis)
-
-
-def exit_miner(state: Overlay, address: str, height: int, genesis: Genesis) -> None:
-    """Take a live miner out of service in block `height` (its `miner.exit`, or a slash that left
-    its bond below the minimum): it stops serving, and its bond unbonds (`what`: "bond", so a
-    verdict can still find and slash it)."""
-    current = state.get(MINER + address)
-    for sha in current["models"]:
-        _set_serving(state, sha, address, height, genesis, serving=False)
-    key = UNLOCK + str(height + genesis.param("unbonding_blocks"))
-    entry = {"address": address, "amount": current["bond"], "what": "bond"}
-    state.set(key, [*(state.get(key) or []), entry])
-    state.set(MINER + address, {**current, "bond": 0, "exited": height})
-
-
-# --- paid queries ---------------------------------------------------------------------------
-
-
-def backers_of(state: StateReader, model: str) -> dict[str, int]:
-    """A model's backers and their stakes (`backers:<model>` lists them, `stake:<model>:<addr>`
-    holds each; both written by `stake` and `unstake`)."""
-    backers: dict[str, int] = {}
-    for address in state.get(BACKERS + model) or []:
-        stake = state.get(f"{STAKE}{model}:{address}")
-        if stake is not None and stake["amount"] > 0:
-            backers[address] = stake["amount"]
-    return backers
 
 
 def task_settle(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
@@ -242,7 +98,7 @@ def task_settle(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
     else:
         model.update(rejected=model["rejected"] + 1)  # validators rule on it (a later issue)
     state.set(MODEL + sha, model)
-    powr_rules.record_task(state, genesis, height, sha, gen["miner"], tokens, confirmed=confirmed)
+    record_task(state, genesis, height, sha, gen["miner"], tokens, confirmed=confirmed)
     state.set(
         TASK + task,
         {

@@ -1,10 +1,10 @@
-"""PoWR on the chain (DESIGN.md section 8): epochs, the `powr.commit` and `powr.reveal` rules, the
+"""PoWR on the chain (DESIGN.md section 8): the `powr.commit` and `powr.reveal` rules, the
 per-epoch task statistics, and the epoch close that mints the emission.
 
 Epochs. With E = `epoch_blocks`, epoch e covers heights [e*E + 1, (e+1)*E] (height 0 is
 genesis). Its commit phase is the first E // 2 of those heights, its reveal phase the rest
-(`Epoch`). Epoch e is closed at the start of block (e+1)*E + 1, the first of epoch e+1, after
-that block's unlocks and before its transactions (`state.begin_block`).
+(`epochs.Epoch`). Epoch e is closed at the start of block (e+1)*E + 1, the first of epoch e+1,
+after that block's unlocks and before its transactions (`state.begin_block`).
 
     powr:<e>:commit:<validator>  the commitment hash (deleted when the epoch closes)
     powr:<e>:reveal:<validator>  {model sha: quality in ppm}, as revealed
@@ -15,45 +15,43 @@ that block's unlocks and before its transactions (`state.begin_block`).
     powr:<e>:result              the epoch's outcome (`result_record`), written at close
 
 Rules, checks in order:
-- `powr.commit` {epoch, commitment}: the sender is a genesis validator (`not-validator`); the
-  block is in the commit phase of `epoch` (`wrong-phase`, also for any other epoch); the sender
-  has not committed this epoch (`already-committed`); no other validator committed the same hash
-  this epoch (`copied-commitment`).
-- `powr.reveal` {epoch, scores, salt}: a genesis validator (`not-validator`); the block is in
-  the reveal phase of `epoch` (`wrong-phase`); the sender committed this epoch
+- `powr.commit` {epoch, commitment}: the sender is in the active validator set of the block
+  (`validators.active`: the genesis validators, changed by bonds and unbonds at epoch
+  boundaries; `not-validator`); the block is in the commit phase of `epoch` (`wrong-phase`,
+  also for any other epoch); the sender has not committed this epoch (`already-committed`); no
+  other active validator committed the same hash this epoch (`copied-commitment`).
+- `powr.reveal` {epoch, scores, salt}: the sender is an active validator (`not-validator`);
+  the block is in the reveal phase of `epoch` (`wrong-phase`); the sender committed this epoch
   (`no-commitment`) and has not revealed (`already-revealed`); `powr_commitment(epoch, sender,
   scores, salt)` equals the commitment (`reveal-mismatch`); every scored model is registered
   (`unknown-model`). The commitment binds the validator's own address, so a copied commitment
   can never be revealed by the copier.
 
 Scores are quality q in ppm only: success and demand are what the chain itself saw
-(`dn.powr.consensus` explains why). A validator's stake is `validator_base_weight` plus what is
-delegated to it (`stake:<validator>:<address>`); its reward is shared with its delegators pro
-rata to stake (its own weight is `validator_base_weight`).
-
-`state` imports this module for its rule table; the rules import the few `state` helpers they
-share with other kinds when they run, since importing them here at load time would be a cycle.
+(`dn.powr.consensus` explains why). A validator's stake in the close (`validator_stakes`) is
+its own weight (`validators.own_weight`: `validator_base_weight` if it is a genesis validator,
+plus its bond) plus what is delegated to it (`stake:<validator>:<address>`), capped at
+`MAX_AMOUNT`; its reward is shared pro rata between itself, for its own weight, and its
+delegators, for their stakes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from dn.chain.epochs import COMMIT, REVEAL, Epoch
+from dn.chain.genesis import Genesis
 from dn.chain.ledger import MODEL, POOL_VALIDATORS, SUPPLY, Overlay, StateReader, credit
+from dn.chain.staking import backers_of
+from dn.chain.types import Tx
+from dn.chain.validators import active, own_weight
 from dn.encoding import MAX_AMOUNT, hash_hex
 from dn.errors import InvalidTx
 from dn.powr.consensus import EpochInputs, EpochResult, close_epoch
 from dn.powr.emission import Credit, ModelEpoch, share_pool
 from dn.powr.params import EpochParams
 
-if TYPE_CHECKING:
-    from dn.chain.genesis import Genesis
-    from dn.chain.types import Tx
-
 POWR = "powr:"
-COMMIT = "commit"
-REVEAL = "reveal"
 
 
 def commit_key(epoch: int, validator: str) -> str:
@@ -81,60 +79,10 @@ def powr_commitment(epoch: int, validator: str, scores: dict[str, int], salt: st
     return hash_hex({"epoch": epoch, "validator": validator, "scores": scores, "salt": salt})
 
 
-# --- epochs -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Epoch:
-    """Epoch `number` of `blocks` heights: [number*blocks + 1, (number+1)*blocks]; commits from
-    `first` to `reveal_from - 1`, reveals from `reveal_from` to `last`."""
-
-    number: int
-    blocks: int
-
-    @classmethod
-    def at(cls, height: int, blocks: int) -> Epoch:
-        """The epoch that block `height` (≥ 1) belongs to."""
-        if height < 1:
-            raise ValueError("genesis (height 0) belongs to no epoch")
-        return cls((height - 1) // blocks, blocks)
-
-    @staticmethod
-    def closed_at(height: int, blocks: int) -> int | None:
-        """The epoch that is closed at the start of block `height` (the first block of the next
-        epoch), or None."""
-        if height > blocks and (height - 1) % blocks == 0:
-            return (height - 1) // blocks - 1
-        return None
-
-    @property
-    def first(self) -> int:
-        return self.number * self.blocks + 1
-
-    @property
-    def reveal_from(self) -> int:
-        return self.first + self.blocks // 2
-
-    @property
-    def last(self) -> int:
-        return (self.number + 1) * self.blocks
-
-    def phase(self, height: int) -> str:
-        return COMMIT if height < self.reveal_from else REVEAL
-
-    def heights(self, phase: str) -> tuple[int, int]:
-        """The first and last height of `phase`."""
-        if phase == COMMIT:
-            return self.first, self.reveal_from - 1
-        return self.reveal_from, self.last
-
-
 # --- rules ------------------------------------------------------------------------------------
 
 
 def _check_validator(state: StateReader, tx: Tx, genesis: Genesis) -> None:
-    from dn.chain.validators import active
-
     if tx.sender not in active(state, genesis):
         raise InvalidTx(f"{tx.sender} is not a validator", reason="not-validator")
 
@@ -154,8 +102,6 @@ def _check_phase(tx: Tx, genesis: Genesis, height: int, phase: str) -> int:
 
 
 def commit(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
-    from dn.chain.validators import active
-
     _check_validator(state, tx, genesis)
     epoch = _check_phase(tx, genesis, height, COMMIT)
     if state.get(commit_key(epoch, tx.sender)) is not None:
@@ -272,9 +218,6 @@ def unrecord_task(
 def validator_stakes(state: StateReader, genesis: Genesis) -> dict[str, int]:
     """Each active validator's stake: its own weight (`validators.own_weight`: the base weight
     of a genesis validator, plus its bond) and what is delegated to it."""
-    from dn.chain.market import backers_of
-    from dn.chain.validators import active, own_weight
-
     return {
         v: min(MAX_AMOUNT, own_weight(state, genesis, v) + sum(backers_of(state, v).values()))
         for v in active(state, genesis)
@@ -285,9 +228,6 @@ def epoch_inputs(state: StateReader, epoch: int, genesis: Genesis) -> EpochInput
     """What `close_epoch` needs, from the state at the end of `epoch`. The models are those with
     a task settled in the epoch or a revealed score; a retired model's scores are left out, so
     it gets quality 0 (and nothing)."""
-    from dn.chain.market import backers_of
-    from dn.chain.validators import active
-
     members = active(state, genesis)
     reveals = {}
     for v in members:
@@ -389,8 +329,6 @@ def close(state: Overlay, epoch: int, genesis: Genesis) -> EpochResult:
         state.set(POOL_VALIDATORS, {"balance": left} if left else None)
         record["pool"] = {"paid": paid, "credits": [_credit_record(c) for c in shared]}
     state.set(result_key(epoch), record)
-    from dn.chain.validators import active
-
     for v in active(state, genesis):
         if state.get(commit_key(epoch, v)) is not None:
             state.set(commit_key(epoch, v), None)

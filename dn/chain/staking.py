@@ -16,25 +16,23 @@ address.
   the supply meanwhile. A stake on a model retired since, or on any target, can always be
   withdrawn.
 
-A model's backers share its query fees pro rata (`state.backers_of`, `economics.split_fee`).
-Stake delegated to a validator adds to its weight in the PoWR epoch close (`powr_rules`), and
-its delegators share the validator's reward pro rata to stake.
-
-`state` imports this module for its rule table; the rules import the few `state` helpers they
-share with other kinds when they run, since importing them here at load time would be a cycle.
+A model's backers share its query fees pro rata (`backers_of` here, `economics.split_fee`) and
+its backers' part of the PoWR emission. Stake delegated to a validator adds to its weight in the
+PoWR epoch close (`powr_rules.validator_stakes`), and its delegators share the validator's
+reward pro rata to stake.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from dn.chain.genesis import Genesis
 from dn.chain.ledger import UNLOCK, Overlay, StateReader, debit
+from dn.chain.models import is_model, live_model
+from dn.chain.types import Tx
+from dn.chain.validators import known
 from dn.errors import InvalidTx
-
-if TYPE_CHECKING:
-    from dn.chain.genesis import Genesis
-    from dn.chain.types import Tx
 
 STAKE = "stake:"
 BACKERS = "backers:"
@@ -42,11 +40,6 @@ BACKERS = "backers:"
 
 def stake_key(target: str, address: str) -> str:
     return f"{STAKE}{target}:{address}"
-
-
-def is_model(target: str) -> bool:
-    """A target is a model hash (64 lowercase hex digits) or else an address (`dn1…`)."""
-    return len(target) == 64 and all(c in "0123456789abcdef" for c in target)
 
 
 def staked(state: StateReader, target: str, address: str) -> int:
@@ -63,10 +56,18 @@ def _set_stake(state: Overlay, target: str, address: str, amount: int) -> None:
         state.set(BACKERS + target, sorted(after) or None)
 
 
-def _check_target(state: StateReader, target: str, genesis: Genesis) -> None:
-    from dn.chain.market import live_model
-    from dn.chain.validators import known
+def backers_of(state: StateReader, target: str) -> dict[str, int]:
+    """Who holds a stake on `target` (a model's backers, a validator's delegators) and how much:
+    `backers:<target>` lists them, `stake:<target>:<address>` holds each."""
+    backers: dict[str, int] = {}
+    for address in state.get(BACKERS + target) or []:
+        stake = state.get(f"{STAKE}{target}:{address}")
+        if stake is not None and stake["amount"] > 0:
+            backers[address] = stake["amount"]
+    return backers
 
+
+def _check_target(state: StateReader, target: str, genesis: Genesis) -> None:
     if is_model(target):
         live_model(state, target, retired_reason="model-retired")
     elif not known(state, genesis, target):

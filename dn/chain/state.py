@@ -15,8 +15,8 @@ None deletes a key):
                              "since": height of this registration, "exited": height | null,
                              "slashed": units lost to verdicts (once slashed)}
     serving:<sha256>        [{"miner", "from", "until"}, …] who served a model when (tasks.py)
-    unlock:<height>         [{"address", "amount", "what": "bond" | "stake"}, …] bonds and
-                            unstaked funds released at the start of that block
+    unlock:<height>         [{"address", "amount", "what": "bond" | "validator-bond" | "stake"},
+                            …] bonds and unstaked funds released at the start of that block
     pool:validators         {"balance": units} the validators' share of paid queries
     task:<task id>          {"model", "consumer", "generator", "checker", "tokens", "paid",
                              "status": "confirmed" | "rejected", "height", "output_hash",
@@ -40,13 +40,14 @@ The order of checks mirrors the spec: a block's header is checked against its pa
 finish unbonding at its height are released, then every transaction is applied in order on an
 overlay, then the computed roots are compared with the header; any failure raises InvalidBlock and
 leaves nothing changed. A transaction pays its fee and bumps its sender's nonce, then its kind's
-rule (one function per kind, named in `RULES`: `transfer` here; models, miners and `task.settle`
-in market.py; `stake` and `unstake` in staking.py; `validator.bond` and `validator.unbond` in
+rule (one function per kind, named in `RULES`: `transfer` here; `model.register` and
+`model.retire` in models.py; `miner.register` and `miner.exit` in miners.py; `task.settle` in
+market.py; `stake` and `unstake` in staking.py; `validator.bond` and `validator.unbond` in
 validators.py; `task.verdict` in disputes.py; `powr.commit` and `powr.reveal` in powr_rules.py)
 checks and applies the payload; any failure raises InvalidTx and leaves nothing changed. The keys
-and the account operations they share are in ledger.py. At the first block of each PoWR epoch,
-after the unlocks and before the transactions, the previous epoch is closed and its emission paid
-(`begin_block`).
+and the account operations they share are in ledger.py. At the first block of each PoWR epoch
+(epochs.py), after the unlocks and before the transactions, the previous epoch is closed and its
+emission paid (`begin_block`).
 """
 
 from __future__ import annotations
@@ -55,8 +56,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from dn.chain import consensus, disputes, market, powr_rules, staking, validators
-from dn.chain.genesis import BPS, Genesis
+from dn.chain import consensus, disputes, market, miners, models, powr_rules, staking, validators
+from dn.chain.epochs import Epoch
+from dn.chain.genesis import Genesis
 from dn.chain.ledger import (
     ACCT,
     MINER,
@@ -72,7 +74,7 @@ from dn.chain.ledger import (
 )
 from dn.chain.staking import STAKE
 from dn.chain.types import Block, Header, Tx, txs_root
-from dn.encoding import hash_hex
+from dn.encoding import BPS, hash_hex
 from dn.errors import InvalidBlock, InvalidTx
 from dn.wallet.keys import Keypair
 
@@ -181,7 +183,7 @@ def begin_block(state: Overlay, height: int, genesis: Genesis) -> None:
         for entry in due:
             credit(state, entry["address"], entry["amount"])
         state.set(UNLOCK + str(height), None)
-    epoch = powr_rules.Epoch.closed_at(height, genesis.param("epoch_blocks"))
+    epoch = Epoch.closed_at(height, genesis.param("epoch_blocks"))
     if epoch is not None:
         powr_rules.close(state, epoch, genesis)
         validators.begin_epoch(state, epoch + 1, genesis)
@@ -189,12 +191,12 @@ def begin_block(state: Overlay, height: int, genesis: Genesis) -> None:
 
 RULES: dict[str, Rule] = {
     "transfer": _transfer,
-    "model.register": market.model_register,
-    "model.retire": market.model_retire,
+    "model.register": models.model_register,
+    "model.retire": models.model_retire,
     "stake": staking.stake,
     "unstake": staking.unstake,
-    "miner.register": market.miner_register,
-    "miner.exit": market.miner_exit,
+    "miner.register": miners.miner_register,
+    "miner.exit": miners.miner_exit,
     "validator.bond": validators.bond,
     "validator.unbond": validators.unbond,
     "task.settle": market.task_settle,

@@ -22,23 +22,19 @@ Which set checks what. A block at height h is proposed by a validator of the set
 after block h-1 (its parent), with the in-turn order and the recent-signer rule of that set; a
 transaction in block h (`powr.commit`, `task.verdict`, …) sees the set after that block's start,
 so at an epoch's first block it already sees the epoch's set. A validator's weight in the PoWR
-close is its own (`validator_base_weight` for a genesis validator, plus its bond) plus what is
-delegated to it.
-
-`state` imports this module for its rule table; the rules import the few `state` helpers they
-share with other kinds when they run, since importing them here at load time would be a cycle.
+close is its own (`own_weight`: `validator_base_weight` for a genesis validator, plus its bond)
+plus what is delegated to it (`powr_rules.validator_stakes`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from dn.chain.epochs import Epoch
+from dn.chain.genesis import Genesis
 from dn.chain.ledger import UNLOCK, Overlay, StateReader, debit
+from dn.chain.types import Tx
 from dn.errors import InvalidTx
-
-if TYPE_CHECKING:
-    from dn.chain.genesis import Genesis
-    from dn.chain.types import Tx
 
 VALIDATORS = "validators"
 VALIDATOR = "validator:"
@@ -70,8 +66,6 @@ def own_weight(state: StateReader, genesis: Genesis, address: str) -> int:
 
 
 def _epoch(height: int, genesis: Genesis) -> int:
-    from dn.chain.powr_rules import Epoch
-
     return Epoch.at(height, genesis.param("epoch_blocks")).number
 
 

@@ -81,7 +81,7 @@ def up(
     devnet-carol (password 'devnet') work from another terminal with the same DN_HOME.
     """
     from dn.config import home
-    from dn.node import devnet
+    from dn.node import devnet, devnet_run
 
     base = home(opts(ctx).home)
     devnet.Shape.check(
@@ -115,7 +115,7 @@ def up(
 
         state = "resuming" if net.resumed else "starting"
         say(f"{state} devnet {net.genesis.chain_id} ({net.shape.describe()}) in {base}")
-        devnet.run(net, port_base, ready, powr=powr, powr_items=powr_items)
+        devnet_run.run(net, port_base, ready, powr=powr, powr_items=powr_items)
     say("devnet stopped")
 
 

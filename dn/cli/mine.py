@@ -12,8 +12,8 @@ from dn.cli.output import opts, read_password, say
 from dn.errors import InputError, ModelError
 
 if TYPE_CHECKING:
-    from dn.node.net import NetOptions
     from dn.node.node import Node
+    from dn.node.p2p.network import NetOptions
     from dn.runner.modelstore import ModelStore
 
 
@@ -50,7 +50,7 @@ def mine(
     from dn.cli.node import prepare_node
     from dn.config import home
     from dn.encoding import parse_dn
-    from dn.node.miner import MinerOptions
+    from dn.node.market.miner import MinerOptions
     from dn.node.service import run_foreground
     from dn.runner.modelstore import ModelStore
 
@@ -93,8 +93,8 @@ def _resolve(node: Node, net: NetOptions, ref: str, on_chain: set[str]) -> str:
     """A model's sha256 from the local chain state or, before this node has synced, from its
     peers."""
     from dn.chain.ledger import MODEL_NAME
+    from dn.client.http import NodeClient
     from dn.errors import DNError
-    from dn.node.client import NodeClient
 
     sha = node.state.get(MODEL_NAME + ref)
     if sha is None and len(ref) >= 8:
@@ -120,7 +120,7 @@ def _pull(
     from dn.chain import tasks
     from dn.chain.ledger import MINER
     from dn.cli.output import progress
-    from dn.node.pull import pull_model
+    from dn.node.p2p.pull import pull_model
 
     for sha in missing:
         serving = tasks.eligible_miners(node.state, sha, node.tip.height)

@@ -279,7 +279,7 @@ def pull(
     ),
 ) -> None:
     """Download a model's GGUF file from peers by hash: resumable, verified by SHA-256."""
-    from dn.node.pull import pull_model
+    from dn.node.p2p.pull import pull_model
 
     store = _store(ctx)
     with opts(ctx).client() as client:

@@ -116,7 +116,7 @@ def start(
                 "wallet's bond: dn validate --wallet NAME)"
             )
         from dn.config import home
-        from dn.node.validator import for_node
+        from dn.node.validator.powr import for_node
         from dn.runner.modelstore import ModelStore
 
         models = ModelStore.default(home(opts(ctx).home))
@@ -158,8 +158,8 @@ def prepare_node(
     network options: what `dn node start` and `dn mine` share."""
     from dn.config import home
     from dn.errors import StoreError
-    from dn.node.net import NetOptions, normalise_peer
     from dn.node.node import Node, NodeHome
+    from dn.node.p2p.network import NetOptions, normalise_peer
 
     node_home = NodeHome.named(name, home(opts(ctx).home))
     peers = [normalise_peer(p) for p in peer]
@@ -189,7 +189,7 @@ def prepare_node(
 
 def _fetch_genesis(url: str) -> Any:
     from dn.chain.genesis import Genesis
-    from dn.node.client import NodeClient
+    from dn.client.http import NodeClient
 
     with NodeClient(url, timeout=10.0) as client:
         return Genesis.from_json(client.genesis())
@@ -216,7 +216,7 @@ def _pin_genesis(node_home: Any, genesis: Any, *, source: str) -> None:
 def _network_key(text: str | None) -> bytes | None:
     if text is None:
         return None
-    from dn.node.handshake import network_key_from_text
+    from dn.node.p2p.handshake import network_key_from_text
 
     return network_key_from_text(text)
 

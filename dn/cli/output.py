@@ -22,7 +22,7 @@ from dn.errors import InputError
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from dn.node.client import NodeClient
+    from dn.client.http import NodeClient
     from dn.wallet.keystore import Keystore
 
 
@@ -39,7 +39,7 @@ class Options:
         return node_url(self.node, self.home)
 
     def client(self) -> NodeClient:
-        from dn.node.client import NodeClient
+        from dn.client.http import NodeClient
 
         return NodeClient(self.node_url())
 

@@ -36,8 +36,8 @@ def query(
 ) -> None:
     """Run a paid query on two miners: one generates, one checks. Tokens stream as they come;
     the last line says confirmed or rejected, what was paid and the task id."""
+    from dn.client.query import make_ticket, settle_tx, stream_query
     from dn.encoding import format_dn, parse_dn
-    from dn.node.query import make_ticket, settle_tx, stream_query
 
     text = sys.stdin.read() if prompt == "-" else prompt
     task_input: dict[str, Any] = (

@@ -16,7 +16,7 @@ from dn.cli.output import emit, opts, table
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from dn.node.client import NodeClient
+    from dn.client.http import NodeClient
 
 app = typer.Typer(
     help="Staking: back a model (a share of its query fees) or delegate to a validator.",

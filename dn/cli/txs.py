@@ -16,7 +16,7 @@ import typer
 from dn.cli.output import opts, read_password
 
 if TYPE_CHECKING:
-    from dn.node.client import NodeClient
+    from dn.client.http import NodeClient
     from dn.wallet.keys import Keypair
 
 

@@ -39,7 +39,7 @@ def validate(
     from dn.config import home
     from dn.encoding import format_dn, parse_dn
     from dn.node.service import run_foreground
-    from dn.node.validator import for_node
+    from dn.node.validator.powr import for_node
     from dn.runner.modelstore import ModelStore
 
     store = opts(ctx).keystore()

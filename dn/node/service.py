@@ -19,14 +19,15 @@ from dn.chain.ledger import ACCT
 from dn.chain.types import Tx
 from dn.chain.validators import VALIDATOR
 from dn.errors import DNError, NodeError
-from dn.node.api import create_app
-from dn.node.gateway import Gateway
-from dn.node.miner import Miner, MinerOptions, faults_from_env
-from dn.node.net import NetOptions, Network
+from dn.node import hooks
+from dn.node.http.app import create_app
+from dn.node.market.gateway import Gateway
+from dn.node.market.miner import Miner, MinerOptions
 from dn.node.node import Node, now_ms
-from dn.node.referee import Referee
-from dn.node.referee import for_node as referee_for_node
-from dn.node.validator import PowrValidator
+from dn.node.p2p.network import NetOptions, Network
+from dn.node.validator.powr import PowrValidator
+from dn.node.validator.referee import Referee
+from dn.node.validator.referee import for_node as referee_for_node
 from dn.runner.modelstore import ModelStore
 from dn.wallet.keys import Keypair
 
@@ -77,7 +78,6 @@ class NodeService:
                 runner,
                 models=mine.models,
                 bond=mine.bond,
-                faults=faults_from_env(),
             )
         self.validator = validate
         self.referee: Referee | None = None
@@ -101,6 +101,7 @@ class NodeService:
         )
         self.server = _Server(config)
         self._stop = asyncio.Event()
+        hooks.install(self)
 
     @property
     def url(self) -> str:
@@ -179,8 +180,8 @@ class NodeService:
                 log.warning("%s refused: %s", what(tx), result["message"])
 
     async def _judge(self, referee: Referee) -> None:
-        """The referee duty: judge the rejected and spot-checked tasks (dn/node/referee.py),
-        one at a time, the llama.cpp work in a worker thread."""
+        """The referee duty: judge the rejected and spot-checked tasks
+        (dn/node/validator/referee.py), one at a time, the llama.cpp work in a worker thread."""
         while not self._stop.is_set():
             case = None
             try:
@@ -255,9 +256,9 @@ class NodeService:
             await self.gateway.aclose()
             if bonding is not None:
                 await asyncio.gather(bonding, return_exceptions=True)
-            if miner is not None:
+            if miner is not None and self.miner is not None:
                 await asyncio.gather(miner, return_exceptions=True)
-                self.miner.close()  # type: ignore[union-attr]
+                self.miner.close()
             if validator is not None and validating is not None:
                 await asyncio.gather(validating, return_exceptions=True)
                 validator.close()

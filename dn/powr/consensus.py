@@ -56,10 +56,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dn.encoding import MAX_AMOUNT
+from dn.encoding import BPS, MAX_AMOUNT
 from dn.errors import InputError
 from dn.powr.emission import Credit, ModelEpoch, epoch_emission, split_emission
-from dn.powr.params import BPS, PPM, EpochParams, check_int
+from dn.powr.params import PPM, EpochParams, check_int
 
 # The score formula's weights (basis points, summing to BPS): fixed here, in one place.
 SCORE_WEIGHT_QUALITY_BPS = 5_000

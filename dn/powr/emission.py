@@ -33,9 +33,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from dn.encoding import MAX_AMOUNT
+from dn.encoding import BPS, MAX_AMOUNT
 from dn.errors import InputError
-from dn.powr.params import BPS, EpochParams, check_int
+from dn.powr.params import EpochParams, check_int
 
 if TYPE_CHECKING:
     from dn.powr.consensus import EpochResult

@@ -47,9 +47,9 @@ from typing import TYPE_CHECKING, Any
 
 from dn.errors import InputError, TaskError
 from dn.powr.grading import grade, grade_choice, quality
+from dn.powr.suites import KINDS, Item, Kind
 
 if TYPE_CHECKING:
-    from dn.powr.suites import Item, Kind
     from dn.runner.llama import LoadedModel
 
 DEFAULT_MAX_TOKENS = 32
@@ -114,8 +114,6 @@ class Evaluation:
     def by_kind(self) -> dict[str, dict[str, Any]]:
         """Per item kind that was run, in the order kinds are listed in the suites module:
         how many items, how many right, and their quality."""
-        from dn.powr.suites import KINDS
-
         out: dict[str, dict[str, Any]] = {}
         for kind in KINDS:
             scores = [r.score for r in self.results if r.kind == kind]

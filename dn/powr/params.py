@@ -1,9 +1,10 @@
 """The units and parameters of a PoWR epoch (DESIGN.md section 8).
 
 Scores are parts per million (`PPM` = 1,000,000 is a perfect score), shares are basis points
-(`BPS` = 10,000), money is in units (1 DN = 10^9). `EpochParams` holds the genesis parameters
-named `powr_*`, each checked against its range. Used by `dn.powr.consensus` (scores and the
-epoch's close) and `dn.powr.emission` (who is paid what).
+(`dn.encoding.BPS` = 10,000), money is in units (1 DN = 10^9). `POWR_PARAMS` defines the genesis
+parameters named `powr_*` (`dn.chain.genesis.PARAMS` takes them from here, with every other
+parameter); `EpochParams` holds their values, each checked against its range. Used by
+`dn.powr.consensus` (scores and the epoch's close) and `dn.powr.emission` (who is paid what).
 """
 
 from __future__ import annotations
@@ -11,18 +12,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from dn.chain.genesis import PARAMS
+from dn.encoding import BPS, MAX_AMOUNT, UNITS_PER_DN
 from dn.errors import InputError
 
 PPM = 1_000_000  # a perfect score
-BPS = 10_000  # basis points in a whole (as dn.chain.genesis.BPS)
 
-# The genesis parameters the PoWR epoch reads (defined with every other one in
-# dn.chain.genesis.PARAMS): name: (default, minimum, maximum). Across parameters, the shares of
-# a model's reward sum to BPS and the emission of all epochs, under 2 * powr_epoch_emission *
-# powr_halving_epochs, must leave the supply below 2^63 units.
+# The genesis parameters the PoWR epoch reads: name: (default, minimum, maximum). The epoch
+# close (dn/powr/consensus.py, emission.py): emission and its halving, how it is shared, and how
+# validators' scores are clipped and judged. Shares in basis points, scores in ppm. Across
+# parameters, the shares of a model's reward sum to BPS and the emission of all epochs, under
+# 2 * powr_epoch_emission * powr_halving_epochs, must leave the supply below 2^63 units.
 POWR_PARAMS: dict[str, tuple[int, int, int]] = {
-    name: spec for name, spec in PARAMS.items() if name.startswith("powr_")
+    "powr_epoch_emission": (50 * UNITS_PER_DN, 0, MAX_AMOUNT),  # units minted in epochs 0, 1, …
+    "powr_halving_epochs": (10_000, 1, 1_000_000_000),  # … halved every this many epochs
+    "powr_validator_share_bps": (2_000, 0, BPS),  # of the emission, to validators
+    "powr_creator_share_bps": (3_000, 0, BPS),  # of a model's part, to its creator
+    "powr_miner_share_bps": (5_000, 0, BPS),  # … to its miners by confirmed tokens served
+    "powr_backer_share_bps": (2_000, 0, BPS),  # … to its backers by stake (the creator if none)
+    "powr_clip_band_ppm": (100_000, 0, PPM),  # scores clipped to the median ± this
+    "powr_agreement_span_ppm": (200_000, 1, PPM),  # agreement reaches 0 this far from the median
 }
 
 

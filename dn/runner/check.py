@@ -26,9 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from dn.encoding import hash_hex
-
-BPS = 10_000
+from dn.encoding import BPS, hash_hex
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import pytest
 
 from dn.chain.powr_rules import powr_commitment
 from dn.cli.txs import send_tx
-from dn.node.client import NodeClient
+from dn.client.http import NodeClient
 from dn.node.node import NodeHome
 from dn.wallet.keystore import Keystore
 from tests.cli.conftest import PASSWORD

@@ -20,11 +20,13 @@ from typing import Any, TypeVar
 
 from dn.chain.genesis import Genesis
 from dn.chain.types import Tx
-from dn.node.client import NodeClient
+from dn.client.http import NodeClient
 from dn.node.node import Node, NodeHome, init_dev_chain
 from dn.wallet.keys import Keypair
+from tests.functional import hooks
 
 T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[2]  # so node processes can import the harness's hook
 
 
 def free_port() -> int:
@@ -65,8 +67,8 @@ def init_chain(dn_home: Path, allocations: dict[str, int], name: str = "default"
 
 class NodeProcess:
     """`dn node start` as a child process. `args` are extra options for `dn node start`; the
-    node reads its test-only link deny list from `links_file` (see dn.node.net). `command`
-    replaces `node start` (e.g. `["mine", "--wallet", "m1"]`); `env` adds variables."""
+    node reads its test-only link deny list from `links_file` (see tests/functional/hooks.py).
+    `command` replaces `node start` (e.g. `["mine", "--wallet", "m1"]`); `env` adds variables."""
 
     def __init__(
         self,
@@ -104,7 +106,12 @@ class NodeProcess:
             **os.environ,
             "DN_HOME": str(self.dn_home),
             "PYTHONUNBUFFERED": "1",
-            "DN_TEST_LINKS": str(self.links_file),
+            # the harness's hook (tests/functional/hooks.py): cut links, misbehaving miners
+            "DN_TEST_HOOK": hooks.HOOK,
+            hooks.LINKS_ENV: str(self.links_file),
+            "PYTHONPATH": os.pathsep.join(
+                p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p
+            ),
             **self.extra_env,
         }
         with self.log.open("ab") as log:

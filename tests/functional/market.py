@@ -13,7 +13,7 @@ from typing import Any
 from dn.chain import tasks
 from dn.chain.genesis import Genesis
 from dn.chain.types import Tx
-from dn.node.client import NodeClient
+from dn.client.http import NodeClient
 from dn.node.taskio import input_hash
 from dn.runner.modelstore import ModelStore
 from dn.wallet.keys import Keypair

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
+from dn.client.http import NodeClient
 from dn.encoding import UNITS_PER_DN
-from dn.node.client import NodeClient
 from dn.node.devnet import DEVNET_PASSWORD, FUNDS, WALLETS
 from tests.functional.harness import free_port, wait_until
 

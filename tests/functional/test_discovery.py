@@ -21,7 +21,14 @@ from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
 
 from dn import PROTOCOL_VERSION
 from dn.errors import InputError
-from dn.node.discovery import SERVICE_TYPE, Discovery, Found, instance_name, parse_txt, txt_record
+from dn.node.p2p.discovery import (
+    SERVICE_TYPE,
+    Discovery,
+    Found,
+    instance_name,
+    parse_txt,
+    txt_record,
+)
 from dn.wallet.keys import Keypair
 
 LOOPBACK = ["127.0.0.1"]

@@ -33,8 +33,8 @@ from dn.chain.economics import split_fee
 from dn.chain.explain import explain
 from dn.chain.powr_rules import result_key
 from dn.chain.store import Store
+from dn.client.query import settle_tx, stream_query
 from dn.node.node import NodeHome
-from dn.node.query import settle_tx, stream_query
 from tests.functional.harness import verify_offline, wait_until
 from tests.functional.market import DN, Market, find_ticket, register_model, running_market
 

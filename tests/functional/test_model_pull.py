@@ -15,7 +15,7 @@ import pytest
 
 from dn.chain.types import Tx
 from dn.errors import ModelError
-from dn.node.pull import pull_model
+from dn.node.p2p.pull import pull_model
 from dn.runner.catalog import CATALOG
 from dn.runner.modelstore import ModelStore, sha256_file
 from dn.wallet.keys import Keypair

@@ -1,7 +1,7 @@
 """Several real `dn node start` processes on loopback: turn-taking, gossip, partitions, heals.
 
 Nodes peer through static `--peer` addresses (mDNS has its own test); links are cut and healed
-with the test-only deny list each node reads (DN_TEST_LINKS).
+with the test-only deny list each node reads (tests/functional/hooks.py).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from dn.chain.genesis import Genesis
 from dn.chain.types import Tx
 from dn.encoding import canonical
 from dn.errors import DNError, EncodingError
-from dn.node.api import MAX_BODY
+from dn.node.http.app import MAX_BODY
 from dn.wallet.keys import Keypair
 from tests.functional.harness import NodeProcess, init_chain, wait_until
 

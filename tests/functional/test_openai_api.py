@@ -14,7 +14,8 @@ import httpx
 import openai
 import pytest
 
-from dn.node.openai_api import is_local
+from dn.node.http.openai_routes import is_local
+from tests.functional import hooks
 from tests.functional.harness import wait_until
 from tests.functional.market import PASSWORD, PRICE, Market, running_market
 
@@ -58,7 +59,7 @@ def settled(market: Market, dn: dict[str, Any]) -> dict[str, Any]:
 def restart_m1(market: Market, faults: str) -> None:
     miner = market.miners[0]
     miner.stop()
-    miner.extra_env["DN_TEST_MINER_FAULTS"] = faults
+    miner.extra_env[hooks.FAULTS_ENV] = faults
     miner.start(timeout=60)
     with market.client() as gateway, miner.client() as node:
         wait_until(
@@ -247,7 +248,7 @@ def test_a_lying_miner_ends_the_query_unpaid_and_a_bad_answer_is_returned_unpaid
         ("127.0.0.53", True),
         ("::1", True),
         ("::ffff:127.0.0.1", True),
-        ("testclient", True),
+        ("testclient", False),  # a name, not an address: not known to be this machine
         ("192.168.1.20", False),
         ("10.0.0.1", False),
         ("fe80::1", False),

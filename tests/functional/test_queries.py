@@ -19,10 +19,10 @@ from dn.chain import tasks
 from dn.chain.economics import split_fee
 from dn.chain.explain import explain
 from dn.chain.store import Store
+from dn.client.http import NodeClient
+from dn.client.query import make_ticket, settle_tx, stream_query
 from dn.errors import InvalidTx, NotFound, TaskError
-from dn.node.client import NodeClient
 from dn.node.node import NodeHome
-from dn.node.query import make_ticket, settle_tx, stream_query
 from tests.functional.harness import wait_until
 from tests.functional.market import PASSWORD, PRICE, Market, running_market
 
@@ -224,7 +224,7 @@ def test_bad_queries_fail_clearly_and_cost_nothing(market: Market) -> None:
 def test_a_consumer_who_never_settles_pays_all_the_same(market: Market) -> None:
     """The gateway's user normally settles at once. When nobody does, the checker, which holds
     the ticket and both attestations, sends `task.settle` itself halfway through what is left of
-    the ticket's life (dn/node/backstop.py): it pays the fee, the consumer pays the price."""
+    the ticket's life (dn/node/market/backstop.py): it pays the fee, the consumer pays the price."""
     ticket, events = ask(market, max_tokens=8, expiry_blocks=20)
     done = events[-1]
     assert done["status"] == "confirmed", done["verdict"]

@@ -1,6 +1,6 @@
-"""Miners that misbehave, switched on by the test-only $DN_TEST_MINER_FAULTS, and models nobody
-(or only one miner) serves: every case ends with a clear error or a rejected answer, and the
-consumer never pays for a bad answer."""
+"""Miners that misbehave, switched on through the harness's hook (tests/functional/hooks.py), and
+models nobody (or only one miner) serves: every case ends with a clear error or a rejected answer,
+and the consumer never pays for a bad answer."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ import pytest
 
 from dn.chain import tasks
 from dn.chain.types import Tx
+from dn.client.query import settle_tx, stream_query
 from dn.errors import TaskError
-from dn.node.query import settle_tx, stream_query
 from dn.node.taskio import input_hash
+from tests.functional import hooks
 from tests.functional.harness import wait_until
 from tests.functional.market import Market, find_ticket, register_model, running_market
 
@@ -42,7 +43,7 @@ def ticket_for(market: Market, role: str, miner: str) -> dict[str, Any]:
 def restart_m1(market: Market, faults: str) -> None:
     miner = market.miners[0]
     miner.stop()
-    miner.extra_env["DN_TEST_MINER_FAULTS"] = faults
+    miner.extra_env[hooks.FAULTS_ENV] = faults
     miner.start(timeout=60)
 
 

@@ -94,9 +94,9 @@ def test_chunking_moves_the_values_only_by_drift(checker: LoadedModel) -> None:
 def test_a_checkers_values_are_reproducible_and_made_up_ones_are_not(
     smollm2_gguf: Path, checker: LoadedModel
 ) -> None:
-    """What a referee relies on (dn/node/referee.py): a second computation on other settings
-    gives the same values within `Drift`, while values written down without computing (what a
-    greedy answer mostly looks like: rank 0, gap 0) or one made-up bad gap do not."""
+    """What a referee relies on (dn/node/validator/referee.py): a second computation on other
+    settings gives the same values within `Drift`, while values written down without computing
+    (what a greedy answer mostly looks like: rank 0, gap 0) or one made-up bad gap do not."""
     other = LoadedModel(smollm2_gguf, n_threads=1, n_batch=8)
     try:
         drift = Drift.from_params(default_params().__getitem__)

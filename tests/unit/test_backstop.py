@@ -1,5 +1,5 @@
-"""The checker's backstop for payment (dn/node/backstop.py): held settlements survive a restart,
-are sent once when due, and are forgotten once settled or past saving.
+"""The checker's backstop for payment (dn/node/market/backstop.py): held settlements survive a
+restart, are sent once when due, and are forgotten once settled or past saving.
 
 The node here is a stand-in that records what is submitted; tests/functional/test_queries.py
 runs the same code in real miners, with a consumer who never settles.
@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from dn.chain import tasks
 from dn.chain.ledger import TASK
 from dn.chain.types import Tx
-from dn.node.backstop import SETTLE_TRIES, Backstop, last_valid_height, settle_height
+from dn.node.market.backstop import SETTLE_TRIES, Backstop, last_valid_height, settle_height
+from dn.node.market.records import TaskRecords
 from dn.node.node import Node
-from dn.node.records import TaskRecords
 from dn.wallet.keys import Keypair
 
 CHAIN = "devnet-test"

@@ -11,9 +11,10 @@ import pytest
 
 from dn.chain import disputes
 from dn.chain.economics import split_fee
+from dn.chain.epochs import Epoch
 from dn.chain.explain import UNEXPLAINED, explain_blocks
 from dn.chain.ledger import POOL_VALIDATORS
-from dn.chain.powr_rules import Epoch, stats_key
+from dn.chain.powr_rules import stats_key
 from dn.chain.tasks import eligible_miners, task_id
 from dn.chain.types import Block, Tx
 from dn.wallet.keys import Keypair

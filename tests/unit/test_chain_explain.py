@@ -16,7 +16,7 @@ import pytest
 from dn.chain.economics import split_fee
 from dn.chain.explain import UNEXPLAINED, Entry, Explanation, explain, explain_blocks
 from dn.chain.ledger import DictState
-from dn.chain.market import backers_of
+from dn.chain.staking import backers_of
 from dn.chain.state import apply_block, genesis_block, genesis_state
 from dn.chain.store import Store
 from dn.chain.tasks import eligible_miners, select_miners, task_id

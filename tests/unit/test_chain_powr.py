@@ -17,10 +17,11 @@ from typing import Any
 import pytest
 
 from dn.chain import consensus
+from dn.chain.epochs import Epoch
 from dn.chain.genesis import PARAMS, Genesis, checked_params
 from dn.chain.ledger import DictState, account
 from dn.chain.mempool import Mempool
-from dn.chain.powr_rules import Epoch, powr_commitment
+from dn.chain.powr_rules import powr_commitment
 from dn.chain.state import apply_block, build_block, genesis_block, genesis_state, supply_holds
 from dn.chain.types import Block, Tx
 from dn.encoding import hash_hex

@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 
 from dn.chain.genesis import PARAMS
 from dn.chain.ledger import DictState
-from dn.chain.market import backers_of
-from dn.chain.staking import stakes_of
+from dn.chain.staking import backers_of, stakes_of
 from dn.chain.state import apply_block, build_block, genesis_state, supply_holds, supply_report
 from dn.chain.types import Block, Tx
 from dn.errors import InvalidTx

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from dn.chain.economics import split_fee
 from dn.chain.genesis import FEE_SPLIT, default_params
 from dn.chain.ledger import DictState
-from dn.chain.market import backers_of
+from dn.chain.staking import backers_of
 from dn.chain.state import apply_block, build_block, supply_report
 from dn.chain.tasks import (
     ATTEST_DOMAIN,

@@ -1,5 +1,5 @@
-"""How the gateway forwards a streaming answer to the checker (`dn.node.gateway`): chunk sizes
-and the order and completeness of what the checker is sent, over an httpx mock transport."""
+"""How the gateway forwards a streaming answer to the checker (`dn.node.market.gateway`): chunk
+sizes and the order and completeness of what the checker is sent, over an httpx mock transport."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import httpx
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dn.node.gateway import Gateway, Plan, chunk_size
+from dn.node.market.gateway import Gateway, Plan, chunk_size
 
 
 @given(st.integers(1, 4096), st.integers(1, 64), st.data())

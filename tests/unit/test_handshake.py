@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from dn import PROTOCOL_VERSION
 from dn.errors import DNError, HandshakeError, InputError
-from dn.node import handshake
-from dn.node.handshake import PeerHello
+from dn.node.p2p import handshake
+from dn.node.p2p.handshake import PeerHello
 from dn.wallet.keys import Keypair
 
 ALICE = Keypair.from_seed(bytes(range(32)))  # the node that asks

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dn.encoding import BPS
 from dn.errors import InputError
 from dn.powr.consensus import (
     EpochInputs,
@@ -46,7 +47,7 @@ from dn.powr.emission import (
     share_pool,
     split_emission,
 )
-from dn.powr.params import BPS, POWR_PARAMS, PPM, EpochParams
+from dn.powr.params import POWR_PARAMS, PPM, EpochParams
 
 VALIDATORS = [f"val{i}" for i in range(8)]
 MODELS = [f"model{i}" for i in range(6)]

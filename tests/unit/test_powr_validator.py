@@ -1,4 +1,4 @@
-"""The validator's PoWR duty (`dn/node/validator.py`) on the pure state machine.
+"""The validator's PoWR duty (`dn/node/validator/powr.py`) on the pure state machine.
 
 The chain is test_chain_powr's: three validators, epochs of 4 blocks (epoch 1 is heights 5 … 8,
 commits in 5 and 6, reveals in 7 and 8, closed at the start of block 9). Every transaction the
@@ -23,7 +23,7 @@ from dn.chain.powr_rules import commit_key, powr_commitment, reveal_key
 from dn.chain.state import genesis_block, genesis_state
 from dn.chain.types import Tx
 from dn.node.node import Node
-from dn.node.validator import STATE_FILE, PowrValidator
+from dn.node.validator.powr import STATE_FILE, PowrValidator
 from dn.powr.evaluate import Evaluation
 from dn.powr.suites import Item, builtin_suite, sample_items, sample_seed
 from dn.wallet.keys import Keypair

@@ -1,5 +1,5 @@
-"""The referee's decision (dn/node/referee.py `decide`), the drift comparison it rests on
-(dn/runner/check.py `consistent`) and the miner's task records (dn/node/records.py), as pure
+"""The referee's decision (dn/node/validator/referee.py `decide`), the drift comparison it rests on
+(dn/runner/check.py `consistent`) and the miner's task records (dn/node/market/records.py), as pure
 functions and a real SQLite file. The devnet test with cheating miners is
 tests/functional/test_disputes.py."""
 
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from dn.chain import disputes
-from dn.node.records import TaskRecords, request_ok, sign_request
-from dn.node.referee import decide
+from dn.node.market.records import TaskRecords, request_ok, sign_request
+from dn.node.validator.referee import decide
 from dn.runner.check import Drift, Thresholds, TokenValue, Verdict, consistent, judge
 from dn.wallet.keys import Keypair
 

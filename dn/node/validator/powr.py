@@ -40,18 +40,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from dn.chain.genesis import Genesis
+from dn.chain.epochs import COMMIT, REVEAL, Epoch
 from dn.chain.ledger import ACCT, MODEL
-from dn.chain.mempool import Mempool
-from dn.chain.powr_rules import COMMIT, REVEAL, Epoch, commit_key, powr_commitment, reveal_key
-from dn.chain.types import Block, Tx
+from dn.chain.powr_rules import commit_key, powr_commitment, reveal_key
+from dn.chain.types import Tx
 from dn.chain.validators import active
 from dn.config import atomic_write
 from dn.errors import DNError
+from dn.node.validator.interfaces import ChainView, ModelFiles, ModelRunner
 from dn.powr.evaluate import DEFAULT_MAX_TOKENS, Evaluation
 from dn.powr.evaluate import evaluate as run_evaluation
+from dn.powr.params import PPM
 from dn.powr.suites import Item, builtin_domains, builtin_suite, sample_items, sample_seed
 from dn.wallet.keys import Keypair
 
@@ -60,58 +61,12 @@ log = logging.getLogger("dn.validator")
 STATE_FILE = "powr_validator.json"
 DEFAULT_ITEMS = 8
 FALLBACK_DOMAIN = "general"
-PPM = 1_000_000
 
 Evaluate = Callable[..., Evaluation]  # evaluate(model, items, *, max_tokens=…, progress=…)
 
 
 class Stopped(Exception):
     """Raised inside an evaluation once `PowrValidator.stop()` was called."""
-
-
-class _State(Protocol):
-    def get(self, key: str) -> Any: ...
-
-    def items(self) -> Any: ...
-
-
-class _Store(Protocol):
-    def canonical_hash(self, height: int) -> str | None: ...
-
-
-class ChainView(Protocol):
-    """What the validator reads of a node (`dn.node.node.Node` has all of it)."""
-
-    @property
-    def tip(self) -> Block: ...
-
-    @property
-    def state(self) -> _State: ...
-
-    @property
-    def genesis(self) -> Genesis: ...
-
-    @property
-    def mempool(self) -> Mempool: ...
-
-    @property
-    def store(self) -> _Store: ...
-
-    def own_tx(self, keypair: Keypair, kind: str, payload: dict[str, Any]) -> Tx: ...
-
-
-class ModelFiles(Protocol):
-    """The part of `dn.runner.modelstore.ModelStore` the validator uses."""
-
-    def has(self, sha: str) -> bool: ...
-
-    def path(self, sha: str) -> Path: ...
-
-
-class ModelRunner(Protocol):
-    def model(self, path: Path, role: str = "generate") -> Any: ...
-
-    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -205,7 +160,7 @@ class PowrValidator:
         self.items_per_model = items_per_model
         self.max_tokens = max_tokens
         if state_file is None:
-            state_file = node.home.path / STATE_FILE  # type: ignore[attr-defined]
+            state_file = node.home.path / STATE_FILE
         self.state_file = state_file
         self._evaluate = evaluate
         self.committed: Committed | None = self._load()

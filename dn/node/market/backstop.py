@@ -17,8 +17,8 @@ import logging
 from typing import Any
 
 from dn.chain.ledger import TASK
+from dn.node.market.records import TaskRecords
 from dn.node.node import Node
-from dn.node.records import TaskRecords
 from dn.wallet.keys import Keypair
 
 log = logging.getLogger("dn.backstop")

@@ -8,8 +8,8 @@ TXT record carries what a node needs to decide whether a stranger is worth a han
 
 `on_found` hears only about services whose TXT parses, whose genesis hash is ours and whose node
 address is not our own; everything else is dropped (logged at debug). Nothing here is trusted: a
-found service is only a *candidate*, and `dn.node.net` adds it as a peer after the signed
-handshake (`dn.node.handshake`). `on_lost(name)` is called when a service we reported goes away
+found service is only a *candidate*, and `dn.node.p2p.network` adds it as a peer after the signed
+handshake (`dn.node.p2p.handshake`). `on_lost(name)` is called when a service we reported goes away
 (its goodbye, its records expiring, or an update that no longer qualifies).
 
 Sockets. Each `Discovery` owns its own `AsyncZeroconf`, bound only to the IPv4 addresses in

@@ -16,8 +16,9 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from dn.chain.epochs import COMMIT, Epoch
 from dn.chain.ledger import MODEL
-from dn.chain.powr_rules import COMMIT, POWR, Epoch, result_key
+from dn.chain.powr_rules import POWR, result_key
 from dn.errors import InputError, NotFound
 from dn.node.node import Node
 

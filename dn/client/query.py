@@ -21,8 +21,8 @@ import httpx
 
 from dn.chain import tasks
 from dn.chain.types import Tx
+from dn.client.http import NodeClient, _error_from
 from dn.errors import NodeError, TaskError
-from dn.node.client import NodeClient, _error_from
 from dn.node.taskio import input_hash, normalize_input
 from dn.wallet.keys import Keypair
 

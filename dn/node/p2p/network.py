@@ -2,7 +2,7 @@
 
 - **Candidates** are addresses we could talk to: static `--peer HOST:PORT`, services found by
   mDNS, and nodes that handshook with us. A candidate becomes a **peer** only after a signed
-  handshake (`dn.node.handshake`): same genesis, the right network key, never ourselves.
+  handshake (`dn.node.p2p.handshake`): same genesis, the right network key, never ourselves.
 - A **heartbeat** asks every peer for its status. A peer whose head is heavier than ours (fork
   choice: total difficulty, then lowest hash) is synced from, in ranges of blocks, starting from
   the first block whose parent we know; the store is the cursor, so sync resumes after a restart.
@@ -14,45 +14,44 @@
 - A peer that sends invalid data loses points by how bad it was, and below `BAN_SCORE` is banned
   for `ban_s`: nothing is taken from or sent to it until then. Scores heal slowly.
 
-Test-only: with `DN_TEST_LINKS` naming a JSON file `{"deny": [URL, …]}`, the node neither talks to
-nor accepts gossip from those URLs; the functional harness edits the file to cut and heal links.
+The parts: `peers` (records, standing, the link policy), `sync` (range sync), `gossip` (pushes),
+`handshake` and `discovery`; this module runs them on the node's loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
 
 from dn.chain import consensus
-from dn.chain.types import Block, Tx
-from dn.errors import DNError, InvalidBlock
-from dn.node import handshake
+from dn.errors import DNError
 from dn.node.node import Node
+from dn.node.p2p import handshake
+from dn.node.p2p.gossip import Gossip
+from dn.node.p2p.peers import (
+    BAN_SCORE,
+    DEFAULT_PENALTY,
+    HEAL_PER_S,
+    PENALTY,
+    LinkPolicy,
+    OpenLinks,
+    Peer,
+    Standing,
+    normalise_peer,
+)
+from dn.node.p2p.sync import Sync
 
 log = logging.getLogger("dn.net")
 
-PAGE = 100  # blocks per sync request (the API's page limit)
-BAN_SCORE = -100
-PENALTY = {  # points lost per reason; unknown reasons cost DEFAULT_PENALTY
-    "future-block": 20,
-    "below-final": 10,
-    "bad-block": 50,
-    "bad-response": 25,
-}
-DEFAULT_PENALTY = 35
-HEAL_PER_S = 1.0
-REANNOUNCE_S = 3.0  # push a still-pending transaction again after this long
-REANNOUNCE_MAX = 1_000  # transactions per re-announcement
 FROM_HEADER = "x-dn-from"
+
+__all__ = ["FROM_HEADER", "NetOptions", "Network", "Peer", "normalise_peer"]
 
 
 @dataclass
@@ -67,77 +66,7 @@ class NetOptions:
     ban_s: float = 60.0
 
 
-@dataclass
-class Peer:
-    url: str
-    address: str
-    roles: tuple[str, ...]
-    source: str
-    height: int = 0
-    tip: str = ""
-    total_difficulty: int = 0
-    last_seen: float = field(default_factory=time.monotonic)
-    last_seen_ms: int = field(default_factory=lambda: time.time_ns() // 1_000_000)
-
-    def head(self) -> tuple[int, str]:
-        return (self.total_difficulty, self.tip)
-
-
-@dataclass
-class Standing:
-    """A URL's score; banned until `banned_until` (monotonic seconds) once below BAN_SCORE."""
-
-    score: float = 0.0
-    banned_until: float = 0.0
-    updated: float = field(default_factory=time.monotonic)
-    last_reason: str = ""
-
-
-class Links:
-    """The test-only deny list (see the module docstring); empty unless DN_TEST_LINKS is set."""
-
-    def __init__(self, path: str | None) -> None:
-        self.path = Path(path) if path else None
-        self._mtime = 0.0
-        self.deny: set[str] = set()
-
-    def refresh(self) -> None:
-        if self.path is None:
-            return
-        try:
-            mtime = self.path.stat().st_mtime
-            if mtime == self._mtime:
-                return
-            doc = json.loads(self.path.read_text())
-            self.deny = {str(u).rstrip("/") for u in doc.get("deny", [])}
-            self._mtime = mtime
-        except FileNotFoundError:
-            self.deny = set()
-        except (OSError, ValueError, AttributeError):
-            log.warning("cannot read the links file %s", self.path)
-
-    def allows(self, url: str) -> bool:
-        self.refresh()
-        return url.rstrip("/") not in self.deny
-
-
-def normalise_peer(text: str) -> str:
-    """`HOST:PORT` or a URL -> `http://host:port`."""
-    from dn.errors import InputError
-
-    value = text.strip().rstrip("/")
-    if "://" not in value:
-        value = "http://" + value
-    try:
-        parsed = httpx.URL(value)
-    except (httpx.InvalidURL, ValueError):
-        raise InputError(f"--peer wants HOST:PORT, got {text!r}") from None
-    if parsed.scheme != "http" or not parsed.host or parsed.port is None:
-        raise InputError(f"--peer wants HOST:PORT, got {text!r}")
-    return f"http://{parsed.host}:{parsed.port}"
-
-
-class Network:
+class Network(Sync, Gossip):
     """The peer-to-peer side of one node, run as tasks on the node's asyncio loop."""
 
     def __init__(self, node: Node, *, url: str, options: NetOptions | None = None) -> None:
@@ -156,7 +85,7 @@ class Network:
         self.found: dict[str, str] = {}  # mDNS instance name -> url
         self.peers: dict[str, Peer] = {}
         self.standing: dict[str, Standing] = {}
-        self.links = Links(os.environ.get("DN_TEST_LINKS"))
+        self.links: LinkPolicy = OpenLinks()
         self._next_try: dict[str, float] = {}
         self._syncing: set[str] = set()
         self._announced: dict[str, float] = {}  # tx id -> when we last pushed it
@@ -243,7 +172,7 @@ class Network:
         task.add_done_callback(self._tasks.discard)
 
     async def _start_discovery(self) -> None:
-        from dn.node.discovery import Discovery, Found
+        from dn.node.p2p.discovery import Discovery, Found
 
         def on_found(found: Found) -> None:
             url = f"http://{found.host}:{found.port}"
@@ -363,144 +292,6 @@ class Network:
         ours = (self.node.tip_td, self.node.tip.hash)
         if consensus.prefer(peer.head(), ours) and peer.url not in self._syncing:
             await self.sync_from(peer)
-
-    async def sync_from(self, peer: Peer) -> int:
-        """Fetch and apply blocks from `peer` until we have its head; returns blocks taken."""
-        assert self._http is not None
-        self._syncing.add(peer.url)
-        taken = 0
-        try:
-            start = await self._find_start(peer)
-            if start is None:
-                return 0
-            pending: asyncio.Task[list[Block] | None] | None = asyncio.ensure_future(
-                self._page(peer, start)
-            )
-            while pending is not None:
-                blocks = await pending
-                pending = None
-                if not blocks:
-                    break
-                if len(blocks) == PAGE:  # fetch the next page while this one is applied
-                    pending = asyncio.ensure_future(self._page(peer, blocks[-1].height + 1))
-                for block in blocks:
-                    try:
-                        outcome = self.node.receive_block(block)
-                    except InvalidBlock as exc:
-                        log.warning("invalid block %d from %s: %s", block.height, peer.url, exc)
-                        self.penalise(peer.url, exc.reason)
-                        if pending is not None:
-                            pending.cancel()
-                        return taken
-                    if outcome == "orphan":
-                        self.penalise(peer.url, "bad-response")
-                        if pending is not None:
-                            pending.cancel()
-                        return taken
-                    if outcome != "known":
-                        taken += 1
-                await asyncio.sleep(0)  # let the HTTP server answer between pages
-            return taken
-        finally:
-            self._syncing.discard(peer.url)
-            if consensus.prefer(peer.head(), (self.node.tip_td, self.node.tip.hash)):
-                self._unreachable[peer.url] = peer.head()
-            else:
-                self._unreachable.pop(peer.url, None)
-
-    async def _page(self, peer: Peer, start: int) -> list[Block] | None:
-        assert self._http is not None
-        try:
-            response = await self._http.get(
-                peer.url + "/dn/v1/blocks", params={"from": start, "limit": PAGE}
-            )
-            raw = response.json()["blocks"]
-            return [Block.from_json(item) for item in raw]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as exc:
-            log.debug("sync page %d from %s failed: %s", start, peer.url, exc)
-            return None
-        except DNError as exc:
-            self.penalise(peer.url, "bad-response")
-            log.warning("malformed blocks from %s: %s", peer.url, exc)
-            return None
-
-    async def _find_start(self, peer: Peer) -> int | None:
-        """The lowest height worth fetching: walk back from our tip until the peer's block there
-        has a parent we know (a common ancestor), never below our final block."""
-        height = max(1, min(self.node.tip.height + 1, peer.height))
-        step = 1
-        while True:
-            page = await self._page(peer, height)
-            if not page:
-                return None
-            if self.node.store.has_block(page[0].header.prev):
-                return height
-            if height - 1 <= self.node.final:
-                return None
-            height = max(self.node.final + 1, height - step)
-            step *= 2
-
-    # --- gossip ----------------------------------------------------------------------------
-
-    def _on_node_event(self, event: str, payload: Any) -> None:
-        if self._http is None or self._stop.is_set():
-            return
-        if event == "block":
-            if self._syncing:
-                return  # blocks taken by range sync are old news to the peers they came from
-            assert isinstance(payload, Block)
-            self._push_all("/dn/v1/gossip/block", payload.to_json())
-        elif event == "txs":
-            self._push_txs([tx for tx in payload if isinstance(tx, Tx)])
-
-    def _push_txs(self, txs: list[Tx]) -> None:
-        now = time.monotonic()
-        for tx in txs:
-            self._announced[tx.id] = now
-        self._push_all("/dn/v1/gossip/txs", [tx.to_json() for tx in txs])
-
-    def _reannounce(self) -> None:
-        """Push again what has waited in our mempool for a while. A peer that had not yet seen
-        the block a transaction builds on refused it (a nonce gap); if we may not sign the next
-        block ourselves, only the peers can include it."""
-        pending = {tx.id: tx for tx in self.node.mempool.pending(REANNOUNCE_MAX)}
-        self._announced = {k: v for k, v in self._announced.items() if k in pending}
-        now = time.monotonic()
-        stale = [
-            tx
-            for tx_id, tx in pending.items()
-            if now - self._announced.get(tx_id, 0.0) >= REANNOUNCE_S
-        ]
-        if stale and self.peers:
-            self._push_txs(stale)
-
-    def _push_all(self, path: str, body: Any) -> None:
-        for url in list(self.peers):
-            if self.links.allows(url) and not self.banned(url):
-                self._spawn(self._push(url + path, body))
-
-    async def _push(self, target: str, body: Any) -> None:
-        assert self._http is not None
-        with contextlib.suppress(httpx.HTTPError):
-            await self._http.post(target, json=body)
-
-    def on_gossip_block(self, raw: Any, from_url: str | None) -> dict[str, Any]:
-        """A block pushed to us. Invalid -> the sender loses points; orphan -> sync from it."""
-        source = from_url.rstrip("/") if from_url else None
-        try:
-            block = Block.from_json(raw)
-            outcome = self.node.receive_block(block)
-        except DNError as exc:
-            if source is not None:
-                self.penalise(source, exc.reason if isinstance(exc, InvalidBlock) else "bad-block")
-            raise
-        if outcome == "orphan":
-            peer = self.peers.get(source or "")
-            if peer is not None and peer.url not in self._syncing:
-                self._spawn(self.sync_from(peer))
-            else:
-                self._wake.set()
-        return {"result": outcome, "height": block.height, "hash": block.hash}
 
     def peer_list(self) -> list[dict[str, Any]]:
         now = time.monotonic()

@@ -202,8 +202,9 @@ class Gateway:
                 try:
                     gen_att = None
                     async for event in self._generate(http, plan, body):
-                        if forwarder.done() and forwarder.exception() is not None:
-                            raise forwarder.exception()  # type: ignore[misc]
+                        failed = forwarder.exception() if forwarder.done() else None
+                        if failed is not None:
+                            raise failed
                         if event.get("done"):
                             gen_att = event.get("attestation")
                             break

@@ -11,17 +11,14 @@ llama.cpp work runs in worker threads; the node's event loop only moves messages
 session over several requests (open, a chunk of tokens at a time, finish) because the tokens come
 from the generator while it is still decoding; a session idle for `idle_s` is closed.
 
-Every task is recorded (`dn.node.records`) before its attestation is returned: the ticket, the
-input, the tokens and, for a checker, the per-token values it committed to, so a validator can
-judge the task later (dn/node/referee.py). A checker also holds the task's settlement and sends
-it itself if the gateway does not (dn/node/backstop.py).
+Every task is recorded (`dn.node.market.records`) before its attestation is returned: the ticket,
+the input, the tokens and, for a checker, the per-token values it committed to, so a validator can
+judge the task later (dn/node/validator/referee.py). A checker also holds the task's settlement and
+sends it itself if the gateway does not (dn/node/market/backstop.py).
 
-`faults` are for tests only (set through $DN_TEST_MINER_FAULTS, comma-separated). Generators:
-`stall` (stops after a few tokens and hangs), `garbage` (streams token ids that are not the
-model's answer), `tamper` (changes one token of the answer), `other-model` (answers with another
-model it holds), `wrong-key` (signs attestations with another key). Checkers: `check-stall`
-(never answers a chunk), `lazy-check` (approves without computing, committing to made-up
-values), `spiteful` (computes, then rejects every answer).
+At each point where a dishonest miner would act otherwise, the miner asks its `behaviour`
+(`dn.node.market.behaviour`); the honest one changes nothing. Only the test harness installs
+another (through `dn.node.hooks`).
 """
 
 from __future__ import annotations
@@ -41,20 +38,19 @@ from dn.chain import tasks
 from dn.chain.ledger import MINER, MODEL, TASK
 from dn.chain.types import Tx
 from dn.errors import InvalidTx, TaskError
-from dn.node.backstop import Backstop
+from dn.node.market.backstop import Backstop
+from dn.node.market.behaviour import HONEST, Behaviour, Check
+from dn.node.market.records import TaskRecords, request_ok
 from dn.node.node import Node
-from dn.node.records import TaskRecords, request_ok
 from dn.node.taskio import input_hash, normalize_input, render
-from dn.runner.check import Thresholds, TokenValue, Verdict, commitment, judge
+from dn.runner.check import Thresholds, TokenValue, commitment
 from dn.runner.llama import CheckSession, Runner
 from dn.runner.modelstore import ModelStore
 from dn.wallet.keys import Keypair
 
 T = TypeVar("T")
 log = logging.getLogger("dn.miner")
-FAULTS_ENV = "DN_TEST_MINER_FAULTS"
 RECORDS_FILE = "miner_tasks.db"
-TAMPERED_AT = 2  # the token the `tamper` fault changes
 
 
 @dataclass
@@ -66,34 +62,10 @@ class _Job:
     generator: str  # the miner the selection rule picked to generate
 
 
-class _LazyCheck:
-    """The `lazy-check` fault: a check session that computes nothing, approves every answer and
-    makes up the values it commits to (rank 0, gap 0, logit 0: what a greedy answer mostly
-    looks like)."""
-
-    def __init__(self, max_tokens: int) -> None:
-        self.max_tokens = max_tokens
-        self.prompt_tokens: list[int] = []
-        self.tokens: list[int] = []
-        self.values: list[TokenValue] = []
-
-    def feed(self, tokens: list[int]) -> list[TokenValue]:
-        fresh = [TokenValue(int(t), 0, 0.0, 0.0) for t in tokens]
-        self.tokens.extend(int(t) for t in tokens)
-        self.values.extend(fresh)
-        return fresh
-
-    def finish(self) -> Verdict:
-        return judge(self.values, Thresholds(), max_tokens=self.max_tokens, ended=True)
-
-    def close(self) -> None:
-        pass
-
-
 @dataclass
 class _Session:
     job: _Job
-    check: CheckSession | _LazyCheck
+    check: Check
     lock: threading.Lock = field(default_factory=threading.Lock)
     touched: float = field(default_factory=time.monotonic)
 
@@ -110,11 +82,6 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECK_NICE)
     except (AttributeError, OSError):
         pass
-
-
-def faults_from_env() -> frozenset[str]:
-    raw = os.environ.get(FAULTS_ENV, "")
-    return frozenset(f.strip() for f in raw.split(",") if f.strip())
 
 
 @dataclass(frozen=True)
@@ -141,7 +108,6 @@ class Miner:
         models: tuple[str, ...] = (),
         bond: int | None = None,
         idle_s: float = 60.0,
-        faults: frozenset[str] = frozenset(),
         records: TaskRecords | None = None,
     ) -> None:
         self.node = node
@@ -152,8 +118,7 @@ class Miner:
         self.store = store
         self.runner = runner
         self.idle_s = idle_s
-        self.faults = faults
-        self._signer = Keypair.generate() if "wrong-key" in faults else wallet
+        self.behaviour: Behaviour = HONEST
         self._sessions: dict[str, _Session] = {}
         self._check_pool = ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="dn-check", initializer=_lower_priority
@@ -198,7 +163,7 @@ class Miner:
             "loaded": [
                 {"model": Path(path).stem, "role": role} for path, role in self.runner.loaded()
             ],
-            "faults": sorted(self.faults),
+            "behaviour": self.behaviour.name,
         }
 
     def warm(self) -> int:
@@ -279,7 +244,7 @@ class Miner:
     def _attest(self, job: _Job, role: str, tokens: list[int], verdict: str, com: str) -> Any:
         return tasks.sign_attestation(
             self.chain_id,
-            self._signer,
+            self.behaviour.signer(self.wallet),
             task=job.task,
             role=role,
             output_hash=tasks.output_hash(tokens),
@@ -306,7 +271,7 @@ class Miner:
 
         def work() -> None:
             try:
-                model = self.runner.model(self._generating_path(job), "generate")
+                model = self.runner.model(self.behaviour.generating_path(self, job), "generate")
                 prompt = render(model, job.task_input)
                 decoder = model.text_decoder()
                 produced: list[int] = []
@@ -315,14 +280,10 @@ class Miner:
                     for token in stream:
                         if stop.is_set():
                             return
-                        if "garbage" in self.faults:
-                            token = (token * 7919 + 13) % model.n_vocab
-                        if "tamper" in self.faults and len(produced) == TAMPERED_AT:
-                            token = (token + 1) % model.n_vocab
+                        token = self.behaviour.token(token, len(produced), model.n_vocab)
                         produced.append(token)
                         put({"tokens": [token], "text": decoder.piece(token).text})
-                        if "stall" in self.faults and len(produced) == 3:
-                            stop.wait(3600)
+                        if self.behaviour.hold(len(produced), stop):
                             return
                 finally:
                     stream.close()
@@ -381,14 +342,15 @@ class Miner:
             raise TaskError("a check of this task is open already", reason="busy")
         thresholds = Thresholds.from_params(self.node.genesis.param)
 
-        def open_session() -> CheckSession | _LazyCheck:
-            if "lazy-check" in self.faults:
-                return _LazyCheck(job.ticket["max_tokens"])
+        def honest() -> CheckSession:
             model = self.runner.model(job.path, "check")
             session = model.check(
                 render(model, job.task_input), job.ticket["max_tokens"], thresholds
             )
             return session.__enter__()
+
+        def open_session() -> Check:
+            return self.behaviour.open_check(job.ticket["max_tokens"], honest)
 
         session = await self._checking(open_session)
         self._sessions[job.task] = _Session(job, session)
@@ -409,14 +371,11 @@ class Miner:
         found.touched = time.monotonic()
         return found
 
-    async def check_feed(self, task: str, offset: int, tokens: list[int]) -> dict[str, Any]:
+    async def check_feed(self, task: str, offset: int, tokens: Any) -> dict[str, Any]:
         """Score the next chunk; `offset` is the index of its first token (chunks must come in
         order, none twice)."""
         current = self._session(task)
-        if "check-stall" in self.faults:
-            while task in self._sessions:  # never answer; give up once the gateway aborts
-                await asyncio.sleep(0.1)
-            raise TaskError("the check was aborted", reason="aborted")
+        await self.behaviour.before_feed(self, task)
         if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
             raise TaskError("tokens must be a list of integers", reason="bad-tokens")
 
@@ -454,7 +413,7 @@ class Miner:
                 )
                 check.close()
             agreed, why = self._matches(current.job, generator_attestation, tokens)
-            ok = verdict.ok and agreed and "spiteful" not in self.faults
+            ok = self.behaviour.approves(verdict.ok and agreed)
             result = (
                 verdict.to_json()
                 if agreed
@@ -512,15 +471,6 @@ class Miner:
         if found is None:
             raise TaskError(f"no record of task {task[:12]}…", reason="no-record")
         return found
-
-    def _generating_path(self, job: _Job) -> Path:
-        """The model file the generator runs: the ticket's, unless the `other-model` fault makes
-        it answer with another model it holds."""
-        if "other-model" not in self.faults:
-            return job.path
-        wanted = job.ticket["model"]
-        others = [m["sha256"] for m in self.store.list() if m["sha256"] != wanted]
-        return self.store.path(others[0]) if others else job.path
 
     async def reap(self) -> None:
         """Close check sessions nobody has fed for `idle_s` (a gateway that went away)."""

@@ -1,4 +1,4 @@
-"""HTTP routes for models and tasks, added to the node's app (`dn/node/api.py`).
+"""HTTP routes for models and tasks, added to the node's app (`dn/node/http/app.py`).
 
     GET  /dn/v1/models                         models on chain, with the miners serving each
     GET  /dn/v1/models/{sha or name}           one model
@@ -12,7 +12,8 @@
     POST /dn/v1/tasks/check/{task}/abort       miner: the gateway gave up; close the session
     GET  /dn/v1/tasks/{task}/values            miner: the per-token values it committed to
     POST /dn/v1/tasks/{task}/record            miner: ticket, input, tokens and values, for a
-                                               validator's signed request (dn/node/records.py)
+                                               validator's signed request
+                                               (dn/node/market/records.py)
 
 Streams are newline-delimited JSON. An error found before streaming starts is an ordinary JSON
 error with its status; one found later is the stream's last line, `{"event": "error", …}`.
@@ -29,10 +30,10 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from dn.chain import tasks
 from dn.chain.ledger import MINER, MODEL, MODEL_NAME, TASK
-from dn.chain.market import backers_of
+from dn.chain.staking import backers_of
 from dn.errors import InputError, NotFound, TaskError
-from dn.node.gateway import Gateway, error_event
-from dn.node.miner import Miner
+from dn.node.market.gateway import Gateway, error_event
+from dn.node.market.miner import Miner
 from dn.node.node import Node
 from dn.runner.modelstore import ModelStore, check_sha
 
@@ -162,7 +163,7 @@ def add_task_routes(
         offset = body.get("offset")
         if not isinstance(offset, int) or offset < 0:
             raise InputError("offset must be a non-negative integer", reason="bad-request")
-        return await mining().check_feed(task, offset, body.get("tokens"))  # type: ignore[arg-type]
+        return await mining().check_feed(task, offset, body.get("tokens"))
 
     @app.post("/dn/v1/tasks/check/{task}/finish")
     async def check_finish(task: str, request: Request) -> dict[str, Any]:

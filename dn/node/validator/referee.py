@@ -5,11 +5,12 @@ Which tasks. Every rejected task, and the confirmed tasks `disputes.spot_checked
 window is open. Each task has one referee first: the validators ordered by
 sha256(task id + address); the others step in once half the window has passed without a ruling.
 
-How. The referee asks the task's checker for its record (`dn.node.records`: the ticket's input,
-the claimed tokens and the per-token values it committed to), and the generator when the checker
-cannot give the input and tokens. Everything a miner sends is checked against the chain: the input
-against the ticket's prompt hash, the tokens against the attested output hash, the values against
-the checker's commitment. Then it runs its own prefill check of the tokens and decides (`decide`):
+How. The referee asks the task's checker for its record (`dn.node.market.records`: the ticket's
+input, the claimed tokens and the per-token values it committed to), and the generator when the
+checker cannot give the input and tokens. Everything a miner sends is checked against the chain: the
+input against the ticket's prompt hash, the tokens against the attested output hash, the values
+against the checker's commitment. Then it runs its own prefill check of the tokens and decides
+(`decide`):
 
 - an answer whose shape is wrong (token ids outside the vocabulary, tokens after the end, too
   many, truncated, empty) is invalid whatever the hardware: the generator is at fault, and the
@@ -46,9 +47,9 @@ from dn.chain.ledger import ACCT, MINER, TASK
 from dn.chain.types import Tx
 from dn.chain.validators import active
 from dn.errors import DNError
-from dn.node.records import sign_request
+from dn.node.market.records import sign_request
 from dn.node.taskio import input_hash, normalize_input, render
-from dn.node.validator import ChainView, ModelFiles, ModelRunner
+from dn.node.validator.interfaces import ChainView, ModelFiles, ModelRunner
 from dn.runner.check import (
     Drift,
     Thresholds,
@@ -221,7 +222,7 @@ class Referee:
         start = max(1, tip - window + 1, self._scanned - RESCAN + 1)
         genesis = self.node.genesis
         for height in range(start, tip + 1):
-            block = self.node.store.block(height)  # type: ignore[attr-defined]
+            block = self.node.store.block(height)
             if block is None:
                 break
             for tx in block.txs:

@@ -41,9 +41,9 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from dn.chain import tasks
 from dn.chain.ledger import MODEL
 from dn.errors import DNError, Forbidden, InputError, TaskError
-from dn.node.gateway import Gateway
+from dn.node.http.task_routes import _body, all_model_keys, find_model
+from dn.node.market.gateway import Gateway
 from dn.node.node import Node
-from dn.node.task_api import _body, all_model_keys, find_model
 from dn.node.taskio import input_hash, normalize_input
 from dn.wallet.keys import Keypair
 
@@ -100,8 +100,8 @@ def error_response(exc: BaseException) -> JSONResponse:
 
 
 def is_local(host: str | None) -> bool:
-    """Whether a client address is this machine ("testclient" is Starlette's test client)."""
-    if host in ("testclient", "localhost"):
+    """Whether a client address is this machine."""
+    if host == "localhost":
         return True
     try:
         address = ipaddress.ip_address(host or "")

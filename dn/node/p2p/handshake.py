@@ -17,7 +17,8 @@ Binding the proof to the address makes a lifted proof worthless.
 `wrong-network-key`, `wrong-genesis`. Nothing but the shape and the challenge is looked at before
 the signature checks out.
 
-Pure: no I/O. The HTTP route and the retry policy live in `dn/node/api.py` and `dn/node/net.py`.
+Pure: no I/O. The HTTP route and the retry policy live in `dn/node/http/app.py` and
+`dn/node/p2p/network.py`.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ written to SQLite (`miner_tasks.db` in the node's folder) before the attestation
 survive a restart. The newest `keep` records are kept.
 
 A checker also keeps what `task.settle` needs (table `unsettled`) until the chain shows the task
-settled, so it can settle it itself if the gateway does not (`dn.node.backstop`).
+settled, so it can settle it itself if the gateway does not (`dn.node.market.backstop`).
 
 Only a validator may read a record, since it holds the consumer's prompt: the request carries the
 validator's address and its signature over `RECORD_DOMAIN`, the chain id and the task id

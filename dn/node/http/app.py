@@ -16,17 +16,18 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dn.chain.staking import is_model, stakes_of
+from dn.chain.models import is_model
+from dn.chain.staking import stakes_of
 from dn.chain.types import Block
 from dn.encoding import pubkey_from_address
 from dn.errors import DNError, Forbidden, InputError, NotFound, PayloadTooLarge
-from dn.node.net import FROM_HEADER  # the sender's own URL on node-to-node pushes
 from dn.node.node import Node
+from dn.node.p2p.network import FROM_HEADER  # the sender's own URL on node-to-node pushes
 
 if TYPE_CHECKING:
-    from dn.node.gateway import Gateway
-    from dn.node.miner import Miner
-    from dn.node.net import Network
+    from dn.node.market.gateway import Gateway
+    from dn.node.market.miner import Miner
+    from dn.node.p2p.network import Network
     from dn.runner.modelstore import ModelStore
     from dn.wallet.keys import Keypair
 
@@ -250,7 +251,7 @@ def create_app(
         """The active set, and every validator with its own weight, bond, delegations and
         scheduled change."""
         from dn.chain import validators as vs
-        from dn.chain.market import backers_of
+        from dn.chain.staking import backers_of
 
         members = vs.active(node.state, node.genesis)
         everyone = set(members) | set(node.genesis.validators)
@@ -274,12 +275,12 @@ def create_app(
             )
         return {"height": node.tip.height, "active": members, "validators": rows}
 
-    from dn.node.powr_api import add_powr_routes
+    from dn.node.http.powr_routes import add_powr_routes
 
     add_powr_routes(app, node)
     if gateway is not None and store is not None:
-        from dn.node.openai_api import add_openai_routes
-        from dn.node.task_api import add_task_routes
+        from dn.node.http.openai_routes import add_openai_routes
+        from dn.node.http.task_routes import add_task_routes
 
         add_task_routes(app, node, gateway, miner, store)
         add_openai_routes(app, node, gateway, gateway_wallet)
