@@ -347,31 +347,65 @@ def build_block(
 # --- invariants -----------------------------------------------------------------------------
 
 
+_HOLDINGS = ("balances", "bonds", "unbonding", "pools", "stakes")
+
+
+def _holding(key: str, value: Any) -> tuple[str, int] | None:
+    """Which holding a state entry adds to, and how much (None: it holds no units)."""
+    if value is None:
+        return None
+    if key.startswith(ACCT):
+        return "balances", value["balance"]
+    if key.startswith(MINER) or key.startswith(validators.VALIDATOR):
+        return "bonds", value["bond"]
+    if key.startswith(UNLOCK):
+        return "unbonding", sum(entry["amount"] for entry in value)
+    if key.startswith(POOL):
+        return "pools", value["balance"]
+    if key.startswith(STAKE):
+        return "stakes", value["amount"]
+    return None
+
+
+class SupplyTally:
+    """The supply report kept up to date from each block's state changes, so reading it costs
+    nothing however large the state grows (`supply_report` sums the whole state instead)."""
+
+    def __init__(self, items: Iterable[tuple[str, Any]]) -> None:
+        self.totals = dict.fromkeys(_HOLDINGS, 0)
+        self.supply = {"genesis": 0, "emitted": 0, "burned": 0}
+        for key, value in items:
+            self._add(key, value, 1)
+
+    def _add(self, key: str, value: Any, sign: int) -> None:
+        if key == SUPPLY:
+            if sign > 0:
+                self.supply = dict(value)
+            return
+        found = _holding(key, value)
+        if found is not None:
+            self.totals[found[0]] += sign * found[1]
+
+    def apply(self, state: StateReader, changes: dict[str, Any]) -> None:
+        """Take in `changes` (key -> new value, None for removed) before they are written over
+        `state`."""
+        for key, value in changes.items():
+            self._add(key, state.get(key), -1)
+            self._add(key, value, 1)
+
+    def report(self) -> dict[str, int]:
+        held = sum(self.totals.values()) + self.supply["burned"]
+        created = self.supply["genesis"] + self.supply["emitted"]
+        return {**self.totals, "burned": self.supply["burned"], "held": held, "created": created}
+
+
 def supply_report(items: Iterable[tuple[str, Any]]) -> dict[str, int]:
     """Sum the state's holdings and compare with what genesis and emission created.
 
     Every unit is in exactly one place: an account balance, a miner's or validator's bond, a bond
-    unbonding
-    under `unlock:`, a pool (`pool:validators`), a stake, or burned. So the invariant is
+    unbonding under `unlock:`, a pool (`pool:validators`), a stake, or burned. So the invariant is
     balances + bonds + unbonding + pools + stakes + burned == genesis + emitted."""
-    totals = {"balances": 0, "bonds": 0, "unbonding": 0, "pools": 0, "stakes": 0}
-    supply = {"genesis": 0, "emitted": 0, "burned": 0}
-    for key, value in items:
-        if key.startswith(ACCT):
-            totals["balances"] += value["balance"]
-        elif key.startswith(MINER) or key.startswith(validators.VALIDATOR):
-            totals["bonds"] += value["bond"]
-        elif key.startswith(UNLOCK):
-            totals["unbonding"] += sum(entry["amount"] for entry in value)
-        elif key.startswith(POOL):
-            totals["pools"] += value["balance"]
-        elif key.startswith(STAKE):
-            totals["stakes"] += value["amount"]
-        elif key == SUPPLY:
-            supply = value
-    held = sum(totals.values()) + supply["burned"]
-    created = supply["genesis"] + supply["emitted"]
-    return {**totals, "burned": supply["burned"], "held": held, "created": created}
+    return SupplyTally(items).report()
 
 
 def supply_holds(items: Iterable[tuple[str, Any]]) -> bool:

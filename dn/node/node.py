@@ -26,7 +26,7 @@ from dn.chain import consensus, validators
 from dn.chain.genesis import Genesis
 from dn.chain.ledger import ACCT, DictState, Overlay, account
 from dn.chain.mempool import Mempool
-from dn.chain.state import SIGNERS, apply_block, build_block, genesis_state, supply_report
+from dn.chain.state import SIGNERS, SupplyTally, apply_block, build_block, genesis_state
 from dn.chain.store import Store
 from dn.chain.types import Block, Tx
 from dn.config import DEFAULT_NODE_NAME, node_dir, private_dir
@@ -133,6 +133,7 @@ class Node:
         self.rng = rng or random.Random()
         self.listeners: list[Listener] = []
         self.state = DictState(self.store.load_state())
+        self.supply = SupplyTally(self.state.items())
         self.tip = self.store.tip()
         self.tip_td = self.store.tip_total_difficulty()
         self.final = 0
@@ -374,6 +375,7 @@ class Node:
             len(branch.blocks),
             branch.fork_height + 1,
         )
+        self.supply.apply(self.state, branch.state.changes)
         self.state.update(branch.state.changes)  # the rewind to the fork, then the branch
         self.tip = branch.blocks[-1][0]
         self.tip_td = td
@@ -395,6 +397,7 @@ class Node:
 
     def _adopt(self, block: Block, changes: dict[str, Any], rejected: list[str]) -> None:
         self.store.commit_block(block, changes)
+        self.supply.apply(self.state, changes)
         self.state.update(changes)
         self.tip = block
         self.tip_td += block.header.difficulty
@@ -439,7 +442,7 @@ class Node:
             "final_height": self.final,
             "state_root": self.tip.header.state_root,
             "mempool": len(self.mempool),
-            "supply": supply_report(self.state.items()),
+            "supply": self.supply.report(),
         }
 
     def account(self, address: str) -> dict[str, Any]:

@@ -3,7 +3,10 @@ does not move, the sender loses standing, and the next valid block is still acce
 
 The test holds the validators' keys (their node folders are in its DN_HOME) and keeps an
 in-process replica of the chain to build blocks on, so every bad block differs from a valid one
-in exactly one way.
+in exactly one way. The blocks come from peers the node has handshaken (scriptable peers,
+tests/functional/hostile.py), each push signed with the peer's key: only a signed push can cost
+its sender standing (a push that merely names a sender costs no one anything; see
+test_hostile_peers.py).
 """
 
 from __future__ import annotations
@@ -22,8 +25,12 @@ from dn.chain.types import Block, Header
 from dn.node.node import Node, NodeHome, now_ms
 from dn.wallet.keys import Keypair
 from tests.functional.harness import NodeProcess, make_keys, wait_until, write_genesis
+from tests.functional.hostile import HostilePeer
 
 GOSSIP = "/dn/v1/gossip/block"
+
+
+SENDERS = 10  # distinct peers, so one test's penalties do not add up to a ban on another's
 
 
 class Rig:
@@ -40,13 +47,23 @@ class Rig:
         )
         self.keys = {k.address: k for k in keys.values()}
         self.validators = sorted(self.keys)
-        self.node = node_factory("v0", None, ["--no-mdns"]).start()
+        self.senders = [HostilePeer(self.genesis.hash).start() for _ in range(SENDERS)]
+        peers = [arg for s in self.senders for arg in ("--peer", s.url)]
+        self.node = node_factory("v0", None, ["--no-mdns", *peers]).start()
+        self.address = keys["v0"].address
         self.http = httpx.Client(base_url=self.node.url, timeout=10)
+        wait_until(
+            lambda: len(self.http.get("/dn/v1/peers").json()["peers"]) == SENDERS,
+            20,
+            what="the node to handshake every sender",
+        )
         self.replica = Node(NodeHome.named("replica", dn_home), self.genesis)
 
     def close(self) -> None:
         self.http.close()
         self.replica.close()
+        for sender in self.senders:
+            sender.stop()
 
     def next_valid(self, at: int | None = None) -> Block:
         """A valid next block by a validator allowed to sign it (in turn when possible)."""
@@ -67,10 +84,11 @@ class Rig:
         )
         return applied.block
 
-    def push(self, block: Block, sender: str) -> httpx.Response:
-        return self.http.post(GOSSIP, json=block.to_json(), headers={"x-dn-from": sender})
+    def push(self, block: Block, sender: HostilePeer) -> httpx.Response:
+        return sender.push(self.http, self.node.url, self.address, GOSSIP, block.to_json())
 
-    def accept(self, block: Block, sender: str = "http://127.0.0.1:1") -> None:
+    def accept(self, block: Block, sender: HostilePeer | None = None) -> None:
+        sender = sender or self.senders[0]
         response = self.push(block, sender)
         assert response.status_code == 200, response.text
         assert response.json()["result"] == "extended"
@@ -79,9 +97,9 @@ class Rig:
     def tip(self) -> str:
         return str(self.http.get("/dn/v1/status").json()["tip"])
 
-    def standing(self, sender: str) -> dict:  # type: ignore[type-arg]
+    def standing(self, sender: HostilePeer) -> dict:  # type: ignore[type-arg]
         body = self.http.get("/dn/v1/peers").json()
-        return {p["url"]: p for p in body["standing"]}.get(sender, {})
+        return {p["url"]: p for p in body["standing"]}.get(sender.url, {})
 
 
 @pytest.fixture
@@ -129,8 +147,8 @@ def _bad_blocks(rig: Rig) -> dict[str, Block]:
 def test_each_bad_block_is_refused_with_its_reason(rig: Rig) -> None:
     rig.accept(rig.next_valid())
     rig.accept(rig.next_valid())
-    for reason, bad in _bad_blocks(rig).items():
-        sender = f"http://127.0.0.1:{10_000 + len(reason)}"
+    for i, (reason, bad) in enumerate(_bad_blocks(rig).items()):
+        sender = rig.senders[1 + i]
         before = rig.tip()
         response = rig.push(bad, sender)
         assert response.status_code == 422, (reason, response.text)
@@ -147,7 +165,7 @@ def test_equivocation_is_refused(rig: Rig) -> None:
     first = rig.next_valid()
     twin = _reseal(first, rig.keys[first.header.proposer], time=first.header.time + 1)
     rig.accept(first)
-    response = rig.push(twin, "http://127.0.0.1:9")
+    response = rig.push(twin, rig.senders[-1])
     assert response.status_code == 422 and response.json()["reason"] == "equivocation"
     assert rig.tip() == first.hash
     rig.accept(rig.next_valid())
@@ -155,15 +173,15 @@ def test_equivocation_is_refused(rig: Rig) -> None:
 
 def test_a_peer_that_keeps_sending_bad_blocks_is_banned(rig: Rig) -> None:
     rig.accept(rig.next_valid())
-    sender = "http://127.0.0.1:7"
+    sender = rig.senders[1]
     bad = _bad_blocks(rig)["bad-state-root"]
     codes = [rig.push(bad, sender).status_code for _ in range(4)]
     assert codes[0] == 422
     assert codes[-1] == 403
     banned = rig.http.get("/dn/v1/peers").json()["banned"]
-    assert [b["url"] for b in banned] == [sender]
+    assert [b["url"] for b in banned] == [sender.url]
     # Banned means nothing is taken from it, not even a valid block; others are still heard.
     good = rig.next_valid()
     assert rig.push(good, sender).status_code == 403
-    rig.accept(good, "http://127.0.0.1:8")
+    rig.accept(good, rig.senders[2])
     wait_until(lambda: rig.tip() == good.hash, 5)

@@ -14,7 +14,7 @@ import pytest
 
 from dn.chain import consensus
 from dn.chain.genesis import Genesis, default_params
-from dn.chain.state import build_block
+from dn.chain.state import build_block, supply_report
 from dn.chain.types import Block, Tx
 from dn.chain.verify import verify_store
 from dn.errors import InvalidBlock
@@ -160,6 +160,8 @@ def test_partition_two_by_two_then_heal_converges_and_returns_transactions(
             node.receive_block(block)  # type: ignore[arg-type]
     heads = {n.tip.hash for n in net.nodes}
     assert len(heads) == 1
+    for node in net.nodes:  # the supply kept per block, through the reorg, is the state's sum
+        assert node.supply.report() == supply_report(node.state.items())
     winner_is_left = net.nodes[0].tip.hash == left_blocks[-1].hash  # type: ignore[union-attr]
     losers = right if winner_is_left else left
     lost_tx = tx_right if winner_is_left else tx_left
@@ -184,6 +186,8 @@ def test_partition_two_by_two_then_heal_converges_and_returns_transactions(
         assert node.store.count_canonical_tx(won_tx.id) == 1
         report = verify_store(node.store)
         assert report["ok"], report["problems"]
+        assert node.supply.report() == supply_report(node.state.items())
+        assert node.supply.report()["burned"] > 0  # the fees' burned share moved it
     assert len({n.tip.hash for n in net.nodes}) == 1
     assert len({n.tip.header.state_root for n in net.nodes}) == 1
 

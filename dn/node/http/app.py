@@ -7,6 +7,7 @@ read in full: the guard looks at Content-Length first and counts streamed chunks
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -21,8 +22,9 @@ from dn.chain.staking import stakes_of
 from dn.chain.types import Block
 from dn.encoding import pubkey_from_address
 from dn.errors import DNError, Forbidden, InputError, NotFound, PayloadTooLarge
+from dn.node.http.bodies import decode, json_body
 from dn.node.node import Node
-from dn.node.p2p.network import FROM_HEADER  # the sender's own URL on node-to-node pushes
+from dn.node.p2p.auth import FROM_HEADER  # the URL a push claims to come from
 
 if TYPE_CHECKING:
     from dn.node.market.gateway import Gateway
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
 
 MAX_BODY = 8 * 1024 * 1024
 MAX_BATCH = 10_000
+SUBMIT_SLICE = 250  # transactions checked between two turns of the event loop
 MAX_BLOCKS_PER_PAGE = 100
 MAX_HEIGHT = 2**63 - 1  # SQLite INTEGER; larger decimal refs cannot name a block
 
@@ -115,12 +118,15 @@ def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
-async def _json_body(request: Request) -> Any:
-    raw = await request.body()
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise InputError("request body is not valid JSON", reason="malformed-json") from None
+async def _submit(node: Node, raws: list[Any]) -> list[dict[str, Any]]:
+    """`node.submit` a slice at a time, letting the event loop answer other requests in between
+    (a 10,000-transaction batch checked in one go held it for half a second)."""
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(raws), SUBMIT_SLICE):
+        if start:
+            await asyncio.sleep(0)
+        results += node.submit(raws[start : start + SUBMIT_SLICE])
+    return results
 
 
 def _block_json(block: Block) -> dict[str, Any]:
@@ -155,11 +161,11 @@ def create_app(
 
     @app.post("/dn/v1/txs", response_model=None)
     async def submit(request: Request) -> Any:
-        body = await _json_body(request)
+        body = await json_body(request)
         if isinstance(body, list):
             if len(body) > MAX_BATCH:
                 raise InputError(f"at most {MAX_BATCH} transactions per request", reason="batch")
-            results = node.submit(body)
+            results = await _submit(node, body)
             return {"accepted": sum(r["accepted"] for r in results), "results": results}
         result = node.submit([body])[0]
         if not result["accepted"]:
@@ -195,10 +201,11 @@ def create_app(
 
     @app.post("/dn/v1/handshake")
     async def hello(request: Request) -> dict[str, Any]:
-        body = await _json_body(request)
+        body = await json_body(request)
         if not isinstance(body, dict) or not isinstance(body.get("challenge"), str):
             raise InputError("a handshake needs a challenge", reason="bad-request")
-        return net().hello(body["challenge"], body.get("url"))
+        caller = request.client.host if request.client else None
+        return net().hello(body["challenge"], body.get("url"), caller)
 
     @app.get("/dn/v1/peers")
     async def peers() -> dict[str, Any]:
@@ -209,26 +216,28 @@ def create_app(
             "standing": current.standings(),
         }
 
-    def gossip_source(request: Request) -> str | None:
-        """The sender a push claims to come from, unless its link is cut or it is banned."""
+    async def gossip(request: Request) -> tuple[str | None, str | None, Any]:
+        """(the URL a push claims to come from, the peer that signed it, its body), unless the
+        claimed sender's link is cut or it is banned."""
         source = request.headers.get(FROM_HEADER)
         refused = net().accepts_from(source)
         if refused:
             raise Forbidden(f"not taking gossip from {source}: {refused}", reason=refused)
-        return source
+        raw = await request.body()
+        signed_by = net().authenticate(request.headers, request.url.path, raw)
+        return source, signed_by, decode(raw)
 
     @app.post("/dn/v1/gossip/block")
     async def gossip_block(request: Request) -> dict[str, Any]:
-        source = gossip_source(request)
-        return net().on_gossip_block(await _json_body(request), source)
+        source, signed_by, body = await gossip(request)
+        return net().on_gossip_block(body, source, signed_by)
 
     @app.post("/dn/v1/gossip/txs")
     async def gossip_txs(request: Request) -> dict[str, Any]:
-        gossip_source(request)
-        body = await _json_body(request)
+        _, _, body = await gossip(request)
         if not isinstance(body, list) or len(body) > MAX_BATCH:
             raise InputError(f"gossip carries a list of at most {MAX_BATCH} txs", reason="batch")
-        results = node.submit(body)
+        results = await _submit(node, body)
         return {"accepted": sum(r["accepted"] for r in results)}
 
     @app.get("/dn/v1/accounts/{address}")

@@ -41,7 +41,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from dn.chain import tasks
 from dn.chain.ledger import MODEL
 from dn.errors import DNError, Forbidden, InputError, TaskError
-from dn.node.http.task_routes import _body, all_model_keys, find_model
+from dn.node.http.bodies import json_object
+from dn.node.http.task_routes import all_model_keys, find_model
 from dn.node.market.gateway import Gateway
 from dn.node.node import Node
 from dn.node.taskio import input_hash, normalize_input
@@ -407,7 +408,7 @@ def add_openai_routes(app: FastAPI, node: Node, gateway: Gateway, wallet: Keypai
                     "'dn node start --gateway-wallet NAME'",
                     reason="no-gateway-wallet",
                 )
-            ask = parse_ask(await _body(request), shape)
+            ask = parse_ask(await json_object(request), shape)
             task, model, events = payer.start(ask)
         except DNError as exc:
             return error_response(exc)

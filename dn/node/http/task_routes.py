@@ -32,22 +32,13 @@ from dn.chain import tasks
 from dn.chain.ledger import MINER, MODEL, MODEL_NAME, TASK
 from dn.chain.staking import backers_of
 from dn.errors import InputError, NotFound, TaskError
+from dn.node.http.bodies import json_object
 from dn.node.market.gateway import Gateway, error_event
 from dn.node.market.miner import Miner
 from dn.node.node import Node
 from dn.runner.modelstore import ModelStore, check_sha
 
 NDJSON = "application/x-ndjson"
-
-
-async def _body(request: Request) -> dict[str, Any]:
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        raise InputError("request body is not valid JSON", reason="malformed-json") from None
-    if not isinstance(body, dict):
-        raise InputError("request body must be a JSON object", reason="bad-request")
-    return body
 
 
 async def _ndjson(events: AsyncIterator[dict[str, Any]]) -> AsyncIterator[bytes]:
@@ -142,24 +133,24 @@ def add_task_routes(
 
     @app.post("/dn/v1/query", response_model=None)
     async def query(request: Request) -> Any:
-        body = await _body(request)
+        body = await json_object(request)
         events = gateway.run(body.get("ticket"), body.get("input"))
         return StreamingResponse(_ndjson(events), media_type=NDJSON)
 
     @app.post("/dn/v1/tasks/generate", response_model=None)
     async def generate(request: Request) -> Any:
-        body = await _body(request)
+        body = await json_object(request)
         events = mining().generate(body.get("ticket"), body.get("input"))
         return StreamingResponse(_ndjson(events), media_type=NDJSON)
 
     @app.post("/dn/v1/tasks/check")
     async def check_open(request: Request) -> dict[str, Any]:
-        body = await _body(request)
+        body = await json_object(request)
         return await mining().check_open(body.get("ticket"), body.get("input"))
 
     @app.post("/dn/v1/tasks/check/{task}/tokens")
     async def check_tokens(task: str, request: Request) -> dict[str, Any]:
-        body = await _body(request)
+        body = await json_object(request)
         offset = body.get("offset")
         if not isinstance(offset, int) or offset < 0:
             raise InputError("offset must be a non-negative integer", reason="bad-request")
@@ -167,7 +158,7 @@ def add_task_routes(
 
     @app.post("/dn/v1/tasks/check/{task}/finish")
     async def check_finish(task: str, request: Request) -> dict[str, Any]:
-        body = await _body(request)
+        body = await json_object(request)
         return await mining().check_finish(task, body.get("generator"))
 
     @app.post("/dn/v1/tasks/check/{task}/abort")
@@ -180,5 +171,5 @@ def add_task_routes(
 
     @app.post("/dn/v1/tasks/{task}/record")
     async def record(task: str, request: Request) -> dict[str, Any]:
-        body = await _body(request)
+        body = await json_object(request)
         return mining().record(task, body)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,7 @@ import httpx
 
 from dn.chain.types import Block, Tx
 from dn.errors import DNError, InvalidBlock
+from dn.node.p2p import auth
 from dn.node.p2p.peers import LinkPolicy, Peer
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ class Gossip:
     """The gossip half of `Network` (a mixin: it shares the network's peers and HTTP client)."""
 
     node: Node
+    url: str
     peers: dict[str, Peer]
     links: LinkPolicy
     _http: httpx.AsyncClient | None
@@ -80,24 +83,43 @@ class Gossip:
             self._push_txs(stale)
 
     def _push_all(self, path: str, body: Any) -> None:
-        for url in list(self.peers):
+        """Push `body` to every peer, signed for each (dn.node.p2p.auth)."""
+        data = json.dumps(body, separators=(",", ":")).encode()
+        now = time.time_ns() // 1_000_000
+        for url, peer in list(self.peers.items()):
             if self.links.allows(url) and not self.banned(url):
-                self._spawn(self._push(url + path, body))
+                headers = auth.sign_push(
+                    self.node.key,
+                    genesis_hash=self.node.genesis.hash,
+                    from_url=self.url,
+                    to_address=peer.address,
+                    path=path,
+                    body=data,
+                    time_ms=now,
+                )
+                self._spawn(self._push(url + path, data, headers))
 
-    async def _push(self, target: str, body: Any) -> None:
+    async def _push(self, target: str, data: bytes, headers: dict[str, str]) -> None:
         assert self._http is not None
         with contextlib.suppress(httpx.HTTPError):
-            await self._http.post(target, json=body)
+            await self._http.post(
+                target, content=data, headers={**headers, "content-type": "application/json"}
+            )
 
-    def on_gossip_block(self, raw: Any, from_url: str | None) -> dict[str, Any]:
-        """A block pushed to us. Invalid -> the sender loses points; orphan -> sync from it."""
+    def on_gossip_block(
+        self, raw: Any, from_url: str | None, signed_by: str | None = None
+    ) -> dict[str, Any]:
+        """A block pushed to us. Invalid -> the sender loses points, but only a peer that signed
+        the push (`signed_by`, see `authenticate`): a URL in a header proves nothing. An orphan
+        -> sync from the peer it names."""
         source = from_url.rstrip("/") if from_url else None
         try:
             block = Block.from_json(raw)
             outcome = self.node.receive_block(block)
         except DNError as exc:
-            if source is not None:
-                self.penalise(source, exc.reason if isinstance(exc, InvalidBlock) else "bad-block")
+            if signed_by is not None:
+                reason = exc.reason if isinstance(exc, InvalidBlock) else "bad-block"
+                self.penalise(signed_by, reason)
             raise
         if outcome == "orphan":
             peer = self.peers.get(source or "")

@@ -24,20 +24,23 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
-from dn.chain import consensus
 from dn.errors import DNError
 from dn.node.node import Node
-from dn.node.p2p import handshake
+from dn.node.p2p import auth, handshake
 from dn.node.p2p.gossip import Gossip
 from dn.node.p2p.peers import (
     BAN_SCORE,
     DEFAULT_PENALTY,
     HEAL_PER_S,
+    INBOUND_WINDOW_S,
+    MAX_CANDIDATES,
+    MAX_INBOUND_PER_HOST,
     PENALTY,
     LinkPolicy,
     OpenLinks,
@@ -49,9 +52,9 @@ from dn.node.p2p.sync import Sync
 
 log = logging.getLogger("dn.net")
 
-FROM_HEADER = "x-dn-from"
+MAX_SEEN_PUSHES = 100_000  # signatures remembered against replays (about 13 MB at most)
 
-__all__ = ["FROM_HEADER", "NetOptions", "Network", "Peer", "normalise_peer"]
+__all__ = ["NetOptions", "Network", "Peer", "normalise_peer"]
 
 
 @dataclass
@@ -87,9 +90,12 @@ class Network(Sync, Gossip):
         self.standing: dict[str, Standing] = {}
         self.links: LinkPolicy = OpenLinks()
         self._next_try: dict[str, float] = {}
+        self._seen_pushes: dict[str, int] = {}  # signature -> when (ms): pushes are taken once
+        self._inbound: dict[str, list[float]] = {}  # host -> when we took its inbound candidates
         self._syncing: set[str] = set()
+        self._verified: set[str] = set()
         self._announced: dict[str, float] = {}  # tx id -> when we last pushed it
-        self._unreachable: dict[str, tuple[int, str]] = {}  # url -> a head we could not sync to
+        self._unreachable: dict[str, tuple[tuple[int, str], float]] = {}
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -118,6 +124,32 @@ class Network(Sync, Gossip):
             self.peers.pop(url, None)
             log.warning("banned %s for %.0f s (last: %s)", url, self.ban_s, reason)
 
+    def authenticate(self, headers: Mapping[str, str], path: str, body: bytes) -> str | None:
+        """The URL of the peer that signed this push, or None when no peer did (see
+        `dn.node.p2p.auth`): the key must be the one that peer proved in its handshake, and a
+        signature is taken once."""
+        now = time.time_ns() // 1_000_000
+        push = auth.check_push(
+            headers,
+            genesis_hash=self.node.genesis.hash,
+            to_address=self.node.key.address,
+            path=path,
+            body=body,
+            now_ms=now,
+        )
+        if push is None:
+            return None
+        peer = self.peers.get(push.url)
+        if peer is None or peer.address != push.address or push.sig in self._seen_pushes:
+            return None
+        if len(self._seen_pushes) >= MAX_SEEN_PUSHES:
+            horizon = now - 2 * auth.FRESH_MS
+            self._seen_pushes = {s: t for s, t in self._seen_pushes.items() if t > horizon}
+            while len(self._seen_pushes) >= MAX_SEEN_PUSHES:  # all fresh: forget the oldest
+                self._seen_pushes.pop(next(iter(self._seen_pushes)))
+        self._seen_pushes[push.sig] = now
+        return push.url
+
     def accepts_from(self, url: str | None) -> str | None:
         """Why gossip claiming to come from `url` is refused, or None if it is welcome."""
         if url is None:
@@ -130,16 +162,9 @@ class Network(Sync, Gossip):
         return None
 
     def behind(self) -> bool:
-        """Whether we are syncing, or know a peer whose head beats ours (then do not propose)."""
-        if self._syncing:
-            return True
-        ours = (self.node.tip_td, self.node.tip.hash)
-        return any(
-            consensus.prefer(p.head(), ours)
-            and self.links.allows(url)
-            and self._unreachable.get(url) != p.head()
-            for url, p in self.peers.items()
-        )
+        """Whether a sync is taking blocks of a heavier chain from a peer (then do not propose).
+        A peer's claim to a heavier chain alone does not count: a liar could stop production."""
+        return bool(self._verified)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -148,7 +173,9 @@ class Network(Sync, Gossip):
         self._wake.set()
 
     async def run(self) -> None:
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(5.0), headers={FROM_HEADER: self.url})
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(5.0), headers={auth.FROM_HEADER: self.url}
+        )
         try:
             if self.mdns_interfaces:
                 await self._start_discovery()
@@ -222,6 +249,16 @@ class Network(Sync, Gossip):
             self._spawn(self._poll(peer))
 
     async def _handshake(self, url: str) -> None:
+        peer = await self._try_handshake(url)
+        if peer is None:
+            if self.candidates.get(url) == "inbound":  # it may handshake us again to come back
+                self.candidates.pop(url, None)
+            return
+        self.peers[url] = peer
+        log.info("peer %s (%s) added", url, peer.address)
+        await self._poll(peer)
+
+    async def _try_handshake(self, url: str) -> Peer | None:
         assert self._http is not None
         challenge = handshake.new_challenge()
         try:
@@ -231,7 +268,7 @@ class Network(Sync, Gossip):
             reply = response.json()
             if response.status_code != 200:
                 log.debug("handshake with %s refused: %s", url, reply)
-                return
+                return None
             hello = handshake.verify(
                 reply,
                 challenge=challenge,
@@ -241,21 +278,21 @@ class Network(Sync, Gossip):
             )
         except (httpx.HTTPError, ValueError) as exc:
             log.debug("handshake with %s failed: %s", url, exc)
-            return
+            return None
         except DNError as exc:
             log.info("not peering with %s: %s (%s)", url, exc.message, exc.reason)
             if exc.reason == "self":
                 self.candidates.pop(url, None)
-            return
+            return None
         if any(p.address == hello.address for p in self.peers.values()):
-            return  # the same node under another URL
-        peer = Peer(url, hello.address, tuple(hello.roles), self.candidates.get(url, "inbound"))
-        self.peers[url] = peer
-        log.info("peer %s (%s) added", url, hello.address)
-        await self._poll(peer)
+            return None  # the same node under another URL
+        return Peer(url, hello.address, tuple(hello.roles), self.candidates.get(url, "inbound"))
 
-    def hello(self, challenge: str, from_url: Any) -> dict[str, Any]:
-        """Answer a handshake; remember the caller as a candidate to handshake back."""
+    def hello(self, challenge: str, from_url: Any, caller: str | None = None) -> dict[str, Any]:
+        """Answer a handshake; remember the caller as a candidate to handshake back. Only the
+        caller's own address is dialled back (at the port its URL names), at most
+        `MAX_INBOUND_PER_HOST` ports of one host per `INBOUND_WINDOW_S`, so handshakes naming
+        other hosts or many ports cannot make this node open connections for someone else."""
         reply = handshake.answer(
             challenge,
             self.node.key,
@@ -267,12 +304,27 @@ class Network(Sync, Gossip):
         if isinstance(from_url, str):
             try:
                 url = normalise_peer(from_url)
+                if caller is not None:
+                    url = normalise_peer(f"{_bracketed(caller)}:{httpx.URL(url).port}")
             except DNError:
                 return reply
             if url != self.url and url not in self.candidates and self.links.allows(url):
-                self.candidates[url] = "inbound"
-                self._wake.set()
+                if self._admit_inbound(httpx.URL(url).host):
+                    self.candidates[url] = "inbound"
+                    self._wake.set()
         return reply
+
+    def _admit_inbound(self, host: str) -> bool:
+        now = time.monotonic()
+        recent = [t for t in self._inbound.get(host, []) if now - t < INBOUND_WINDOW_S]
+        if len(recent) >= MAX_INBOUND_PER_HOST or len(self.candidates) >= MAX_CANDIDATES:
+            self._inbound[host] = recent
+            return False
+        self._inbound[host] = [*recent, now]
+        if len(self._inbound) > MAX_CANDIDATES:  # forget the hosts heard from longest ago
+            oldest = min(self._inbound, key=lambda h: max(self._inbound[h], default=0.0))
+            self._inbound.pop(oldest, None)
+        return True
 
     async def _poll(self, peer: Peer) -> None:
         assert self._http is not None
@@ -289,8 +341,7 @@ class Network(Sync, Gossip):
             return
         peer.last_seen = time.monotonic()
         peer.last_seen_ms = time.time_ns() // 1_000_000
-        ours = (self.node.tip_td, self.node.tip.hash)
-        if consensus.prefer(peer.head(), ours) and peer.url not in self._syncing:
+        if self.worth_syncing(peer):
             await self.sync_from(peer)
 
     def peer_list(self) -> list[dict[str, Any]]:
@@ -337,3 +388,7 @@ class Network(Sync, Gossip):
             for url, s in sorted(self.standing.items())
             if s.banned_until > now
         ]
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

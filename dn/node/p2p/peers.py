@@ -24,6 +24,9 @@ PENALTY = {  # points lost per reason; unknown reasons cost DEFAULT_PENALTY
 }
 DEFAULT_PENALTY = 35
 HEAL_PER_S = 1.0
+MAX_INBOUND_PER_HOST = 8  # ports of one host we dial back after its handshakes, per window
+INBOUND_WINDOW_S = 60.0
+MAX_CANDIDATES = 256
 
 
 @dataclass
