@@ -197,6 +197,13 @@ class Node:
 
     def submit(self, raws: list[Any]) -> list[dict[str, Any]]:
         """Check and queue transactions; one result per input, in order. Persisted before return."""
+        results, accepted = self.check(raws)
+        self.keep(accepted)
+        return results
+
+    def check(self, raws: list[Any]) -> tuple[list[dict[str, Any]], list[Tx]]:
+        """Check transactions into the mempool (in memory): a result per input, and those
+        accepted, which `keep` must persist and announce before they are reported accepted."""
         results: list[dict[str, Any]] = []
         accepted: list[Tx] = []
         for raw in raws:
@@ -210,10 +217,13 @@ class Node:
                 continue
             accepted.append(tx)
             results.append({"accepted": True, "id": tx.id})
+        return results, accepted
+
+    def keep(self, accepted: list[Tx]) -> None:
+        """Persist accepted transactions (one store transaction) and tell the listeners."""
         self.store.mempool_add(accepted)
         if accepted:
             self._emit("txs", accepted)
-        return results
 
     def tx_status(self, tx_id: str) -> dict[str, Any]:
         record = self.store.tx(tx_id)

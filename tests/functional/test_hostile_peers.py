@@ -166,9 +166,17 @@ def test_json_nested_5000_deep_is_a_4xx_on_every_route_that_reads_a_body(
             response = http.post(route, content=deep, headers={"content-type": "application/json"})
             assert response.status_code == 400, (route, response.status_code, response.text)
             assert response.json()["reason"] == "too-deep", (route, response.text)
-    with node.client() as client:  # the node still takes and includes a valid transaction
+        # In a batch, each item is judged alone: the deep one is refused, the valid one taken.
         tx = transfer(genesis.chain_id, alice, 0)
-        client.submit(tx.to_json())
+        nested: Any = {}
+        for _ in range(100):
+            nested = {"a": nested}
+        reply = http.post("/dn/v1/txs", json=[tx.to_json(), nested])
+        assert reply.status_code == 200, reply.text
+        results = reply.json()["results"]
+        assert results[0] == {"accepted": True, "id": tx.id}
+        assert results[1]["accepted"] is False and results[1]["reason"] == "too-deep"
+    with node.client() as client:  # and the node includes the valid transaction
         assert client.wait_for_tx(tx.id, timeout=INCLUDED_WITHIN_S)["status"] == "included"
 
 

@@ -14,14 +14,17 @@ from dn.errors import InputError
 MAX_DEPTH = 64  # far above any message of the protocol (a block is about 6 deep)
 
 
-def decode(raw: bytes) -> Any:
-    """Parse `raw`; InputError `malformed-json` or `too-deep`."""
+def decode(raw: bytes, *, batch: bool = False) -> Any:
+    """Parse `raw`; InputError `malformed-json` or `too-deep`. For a `batch` (a list whose items
+    the route checks one by one, see `depth`), only the list itself is checked here."""
     try:
         value = json.loads(raw)
     except RecursionError:
         raise InputError(f"JSON nested deeper than {MAX_DEPTH}", reason="too-deep") from None
     except (ValueError, UnicodeDecodeError):
         raise InputError("request body is not valid JSON", reason="malformed-json") from None
+    if batch and isinstance(value, list):
+        return value
     if depth(value) > MAX_DEPTH:
         raise InputError(f"JSON nested deeper than {MAX_DEPTH}", reason="too-deep")
     return value

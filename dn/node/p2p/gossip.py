@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 REANNOUNCE_S = 3.0  # push a still-pending transaction again after this long
 REANNOUNCE_MAX = 1_000  # transactions per re-announcement
+PUSH_TXS = 200  # transactions per push
 
 
 class Gossip:
@@ -65,7 +66,17 @@ class Gossip:
         now = time.monotonic()
         for tx in txs:
             self._announced[tx.id] = now
-        self._push_all("/dn/v1/gossip/txs", [tx.to_json() for tx in txs])
+        if len(txs) <= PUSH_TXS:
+            self._push_all("/dn/v1/gossip/txs", [tx.to_json() for tx in txs])
+        else:  # a big batch in parts, the event loop free in between
+            self._spawn(self._push_in_parts(txs))
+
+    async def _push_in_parts(self, txs: list[Tx]) -> None:
+        for start in range(0, len(txs), PUSH_TXS):
+            await asyncio.sleep(0)
+            self._push_all(
+                "/dn/v1/gossip/txs", [t.to_json() for t in txs[start : start + PUSH_TXS]]
+            )
 
     def _reannounce(self) -> None:
         """Push again what has waited in our mempool for a while. A peer that had not yet seen
