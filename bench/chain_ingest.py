@@ -42,7 +42,8 @@ from dn.chain.genesis import default_params
 from dn.chain.types import Tx
 from dn.client.http import NodeClient
 from dn.encoding import pubkey_from_address
-from dn.node.node import Node, NodeHome, init_dev_chain
+from dn.node.node import Node, NodeHome
+from dn.node.setup import init_dev_chain
 from dn.wallet.keys import Keypair
 from dn.wallet.keystore import KDF_FAST, Keystore
 

@@ -31,7 +31,8 @@ from typing import Any
 import httpx
 
 from dn.chain.types import Tx
-from dn.node.node import NodeHome, init_dev_chain
+from dn.node.node import NodeHome
+from dn.node.setup import init_dev_chain
 from dn.wallet.keys import Keypair
 
 TARGET_MS = 100.0

@@ -157,11 +157,11 @@ def _init_dev(
     force: bool,
 ) -> None:
     from dn.config import home
-    from dn.node.node import Node, NodeHome, init_dev_chain
+    from dn.node.node import NodeHome
+    from dn.node.setup import init_dev
 
     node_home = NodeHome.named(name, home(opts(ctx).home))
-    genesis = init_dev_chain(node_home, allocations, network=network, params=params, force=force)
-    Node(node_home, genesis).close()  # creates the store with block 0
+    genesis = init_dev(node_home, allocations, network=network, params=params, force=force)
     data = {
         "chain_id": genesis.chain_id,
         "genesis_hash": genesis.hash,
@@ -190,25 +190,11 @@ def _write_genesis(
     *,
     force: bool,
 ) -> None:
-    import time
+    from dn.node.setup import write_genesis
 
-    from dn.chain.genesis import Genesis
-
-    if out.is_dir():
-        raise InputError(f"--out {out} is a folder: give a file name")
-    if out.exists() and not force:
-        raise InputError(f"{out} exists already; use --force to overwrite it")
-    genesis = Genesis.build(
-        network=network,
-        time_ms=time.time_ns() // 1_000_000,
-        validators=validators,
-        allocations=allocations,
-        params=params,
+    genesis = write_genesis(
+        out, validators, allocations, network=network, params=params, force=force
     )
-    try:
-        genesis.save(out)
-    except OSError as exc:
-        raise InputError(f"cannot write {out}: {exc.strerror or exc}") from None
     data = {
         "chain_id": genesis.chain_id,
         "genesis_hash": genesis.hash,

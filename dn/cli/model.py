@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from dn.cli.output import emit, opts, progress, say, table
+from dn.cli.output import emit, locked_wallet, opts, progress, say, table
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -28,20 +28,25 @@ def _store(ctx: typer.Context) -> ModelStore:
 
 
 def _mib(size: int) -> str:
-    return f"{size / 2**20:,.1f} MiB"
+    from dn.client.models import mib
+
+    return mib(size)
 
 
 @contextmanager
-def _lazy_progress(description: str) -> Iterator[Callable[[int, int], None]]:
+def _lazy_progress(
+    description: str, total: int | None = None
+) -> Iterator[Callable[[int, int], None]]:
     """A progress bar that appears on the first update, so it does not sit at 0% under the
-    output of whatever runs before the work it measures (pip, here)."""
+    output of whatever runs before the work it measures (pip, here). `total` is taken from the
+    updates (the argument is there so it fits where `progress` does)."""
     with ExitStack() as stack:
         bar: list[Callable[[int, int], None]] = []
 
-        def update(done: int, total: int) -> None:
+        def update(done: int, new_total: int) -> None:
             if not bar:
-                bar.append(stack.enter_context(progress(description, total)))
-            bar[0](done, total)
+                bar.append(stack.enter_context(progress(description, new_total)))
+            bar[0](done, new_total)
 
         yield update
 
@@ -72,10 +77,9 @@ def fetch(
 @app.command("catalog")
 def catalog_(ctx: typer.Context) -> None:
     """List the known models that 'dn model fetch' can install."""
-    from dn.runner.catalog import CATALOG
+    from dn.client.models import catalog
 
-    store = _store(ctx)
-    rows = [{**model.to_json(), "installed": store.has(model.sha256)} for model in CATALOG.values()]
+    rows = catalog(_store(ctx))
     emit(
         ctx,
         rows,
@@ -99,29 +103,6 @@ def _yes(flag: bool) -> str:
 # --- the models on chain --------------------------------------------------------------------
 
 
-def _check_register_options(name: str, domain: str, price: str, license_: str) -> int:
-    """The price in units; InputError naming the option for a name, domain or license the chain
-    would refuse (checked before any hashing or password)."""
-    from pydantic import ValidationError
-
-    from dn.chain.types import ModelRegister
-    from dn.encoding import parse_dn
-    from dn.errors import InputError
-
-    units = parse_dn(price, allow_zero=True, what="price")
-    fields = {"model": "0" * 64, "name": name, "domain": domain, "price": units}
-    try:
-        ModelRegister.model_validate({**fields, "license": license_, "size": 1})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        option = f"--{first['loc'][0]}" if first["loc"] else "the payload"
-        hint = " (lowercase letters, digits, _ or -, starting with a letter)"
-        raise InputError(
-            f"{option}: {first['msg']}{hint if option == '--domain' else ''}", reason="bad-payload"
-        ) from None
-    return units
-
-
 @app.command()
 def submit(
     ctx: typer.Context,
@@ -142,39 +123,32 @@ def submit(
     ),
 ) -> None:
     """Check a GGUF file loads in llama.cpp, store it by hash and register it on chain."""
-    from dn.cli.txs import check_wallet, send_tx, unlock
-    from dn.encoding import format_dn
-    from dn.runner.gguf import check_loadable, read_header
+    from dn.client.models import submit_model
+    from dn.encoding import format_dn, parse_dn
 
-    units = _check_register_options(name, domain, price, license_)
-    read_header(file)  # not GGUF, truncated, corrupt: a clear ModelError in milliseconds
-    check_wallet(ctx, wallet)
-    check_loadable(file)
-    keypair = unlock(ctx, wallet, password_file)
-    with _lazy_progress(f"hashing {file.name}") as update:
-        sha = _store(ctx).add_file(file, name=name, source=f"submit:{file.name}", progress=update)
-    size = file.stat().st_size
-    payload = {
-        "model": sha,
-        "name": name,
-        "domain": domain,
-        "price": units,
-        "license": license_,
-        "size": size,
-    }
+    units = parse_dn(price, allow_zero=True, what="price")
     with opts(ctx).client() as client:
-        sent = send_tx(client, keypair, "model.register", payload, fee=fee, wait=wait)
-    data = {**payload, "tx": sent["id"], "status": sent["status"]}
-    if "height" in sent:
-        data["height"] = sent["height"]
+        data = submit_model(
+            client,
+            locked_wallet(ctx, wallet, password_file),
+            _store(ctx),
+            file,
+            name=name,
+            domain=domain,
+            price=units,
+            license_=license_,
+            fee=fee,
+            wait=wait,
+            bar=_lazy_progress,
+        )
 
     def human(out: Console) -> None:
         where = f"in block {data['height']}" if "height" in data else "pending"
         out.print(
-            f"registered [bold]{name}[/] ({_mib(size)}, {format_dn(units)} DN per 1k tokens), "
-            f"{where}: tx {sent['id']}"
+            f"registered [bold]{name}[/] ({_mib(data['size'])}, {format_dn(units)} DN per 1k "
+            f"tokens), {where}: tx {data['tx']}"
         )
-        out.print(sha)
+        out.print(data["model"])
 
     emit(ctx, data, human)
 
@@ -221,12 +195,11 @@ def show(
     ref: str = typer.Argument(..., help="Model name, SHA-256 or hash prefix (8+ digits)."),
 ) -> None:
     """Show one model on chain, its miners, and whether its file is in the local store."""
+    from dn.client.models import with_local_file
     from dn.encoding import format_dn
 
     with opts(ctx).client() as client:
-        model = client.model(ref)
-    info = _store(ctx).info(model["id"])
-    data = {**model, "local": info is not None, "path": info["path"] if info else None}
+        model = with_local_file(client, _store(ctx), ref)
 
     def human(out: Console) -> None:
         fields = [
@@ -241,7 +214,7 @@ def show(
             ("retired", _yes(bool(model.get("retired")))),
             ("tasks", f"{model.get('tasks', 0)} ({model.get('rejected', 0)} rejected)"),
             ("tokens", model.get("tokens", 0)),
-            ("local file", data["path"] or "no (try 'dn model pull')"),
+            ("local file", model["path"] or "no (try 'dn model pull')"),
         ]
         width = max(len(k) for k, _ in fields)
         for key, value in fields:
@@ -267,7 +240,7 @@ def show(
         else:
             out.print("no backers yet (dn stake add MODEL AMOUNT)")
 
-    emit(ctx, data, human)
+    emit(ctx, model, human)
 
 
 @app.command()
@@ -279,39 +252,18 @@ def pull(
     ),
 ) -> None:
     """Download a model's GGUF file from peers by hash: resumable, verified by SHA-256."""
-    from dn.node.p2p.pull import pull_model
+    from dn.client.models import pull as pull_model
 
-    store = _store(ctx)
     with opts(ctx).client() as client:
-        model = client.model(ref)
-        node_url = client.url
-    sha = model["id"]
-    sources = [source, *(m.get("url") for m in model.get("miners") or []), node_url]
-    if store.has(sha):
-        data = pull_model(sha, sources, store)  # a no-op that reports where it is
-    else:
-        try:
-            with progress(f"pulling {model['name']}", model["size"]) as update:
-                data = pull_model(
-                    sha, sources, store, size=model["size"], name=model["name"], progress=update
-                )
-        except KeyboardInterrupt:
-            kept = store.partial_path(sha)
-            if kept.exists():
-                say(
-                    f"interrupted: {_mib(kept.stat().st_size)} kept in {kept}; "
-                    "run 'dn model pull' again to resume"
-                )
-            raise
-    data = {**data, "name": model["name"]}
+        data = pull_model(client, _store(ctx), ref, first=source, bar=progress, notify=say)
 
     def human(out: Console) -> None:
         if not data["pulled"]:
-            out.print(f"already in the store: [bold]{model['name']}[/] at {data['path']}")
+            out.print(f"already in the store: [bold]{data['name']}[/] at {data['path']}")
             return
         resumed = f", resumed at {_mib(data['resumed_from'])}" if data["resumed_from"] else ""
         out.print(
-            f"pulled [bold]{model['name']}[/] ({_mib(data['size'])}{resumed}) from "
+            f"pulled [bold]{data['name']}[/] ({_mib(data['size'])}{resumed}) from "
             f"{data['source']} to {data['path']}"
         )
 

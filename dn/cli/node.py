@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
-from dn.cli.output import emit, opts, read_password, say, table
+from dn.cli.output import emit, opts, say, table, unlock
+from dn.client.nodes import DEFAULT_PEER_EXPIRY_S
 from dn.config import DEFAULT_NODE_NAME, DEFAULT_PORT
-from dn.errors import InputError
+
+if TYPE_CHECKING:
+    from dn.node.node import Node
+    from dn.node.p2p.network import NetOptions
+    from dn.wallet.keys import Keypair
 
 app = typer.Typer(help="Run a node and look at it.", no_args_is_help=True)
 
@@ -57,7 +62,10 @@ def start(
         "(all interfaces when --host is 0.0.0.0).",
     ),
     peer_expiry: float = typer.Option(
-        15.0, "--peer-expiry", min=1.0, help="Seconds of silence before a peer is dropped."
+        DEFAULT_PEER_EXPIRY_S,
+        "--peer-expiry",
+        min=1.0,
+        help="Seconds of silence before a peer is dropped.",
     ),
     gateway_wallet: str | None = typer.Option(
         None,
@@ -89,11 +97,7 @@ def start(
     """Run the node in the foreground until Ctrl-C."""
     from dn.node.service import run_foreground
 
-    wallet = None
-    if gateway_wallet is not None:
-        store = opts(ctx).keystore()
-        store.address(gateway_wallet)  # a missing wallet fails before the prompt
-        wallet = store.load(gateway_wallet, read_password(password_file))
+    wallet = unlock(ctx, gateway_wallet, password_file) if gateway_wallet is not None else None
     node, net = prepare_node(
         ctx,
         name=name,
@@ -108,19 +112,12 @@ def start(
     )
     validator = None
     if validate:
-        if not node.is_validator:
-            node.close()
-            raise InputError(
-                f"--validate is for validators; node {name!r} ({node.key.address}) is not in "
-                f"the validator set of chain {node.genesis.chain_id} (to join it with a "
-                "wallet's bond: dn validate --wallet NAME)"
-            )
         from dn.config import home
-        from dn.node.validator.powr import for_node
+        from dn.node.setup import powr_duty
         from dn.runner.modelstore import ModelStore
 
         models = ModelStore.default(home(opts(ctx).home))
-        validator = for_node(node, models, items_per_model=powr_items)
+        validator = powr_duty(node, name, models, powr_items)
     role = "validator" if node.is_validator else "full node"
     say(
         f"node {node.key.address} ({role}) on {node.genesis.chain_id} at height "
@@ -151,102 +148,28 @@ def prepare_node(
     mdns: bool,
     network_key: str | None = None,
     mdns_interface: list[str] | None = None,
-    peer_expiry: float = 15.0,
-    key: Any = None,
-) -> tuple[Any, Any]:
+    peer_expiry: float = DEFAULT_PEER_EXPIRY_S,
+    key: Keypair | None = None,
+) -> tuple[Node, NetOptions]:
     """The node folder set up (genesis pinned from --genesis or --join) and opened, and its
-    network options: what `dn node start` and `dn mine` share."""
+    network options (`open_node`): what `dn node start`, `dn mine` and `dn validate` share."""
+    from dn.client.nodes import open_node
     from dn.config import home
-    from dn.errors import StoreError
-    from dn.node.node import Node, NodeHome
-    from dn.node.p2p.network import NetOptions, normalise_peer
 
-    node_home = NodeHome.named(name, home(opts(ctx).home))
-    peers = [normalise_peer(p) for p in peer]
-    if genesis is not None and join is not None:
-        raise InputError("give --genesis or --join, not both")
-    if join is not None:
-        url = normalise_peer(join)
-        _pin_genesis(node_home, _fetch_genesis(url), source=url)
-        peers.append(url)
-    elif genesis is not None:
-        from dn.chain.genesis import Genesis
-
-        _pin_genesis(node_home, Genesis.load(genesis), source=str(genesis))
-    if not node_home.genesis_file.exists():
-        raise StoreError(
-            f"node {name!r} has no chain yet: run 'dn chain init --dev', or start it with "
-            "--genesis FILE or --join URL"
-        )
-    net = NetOptions(
-        peers=peers,
-        network_key=_network_key(network_key),
-        mdns_interfaces=_mdns_interfaces(mdns, mdns_interface or [], host),
-        expire_s=peer_expiry,
+    return open_node(
+        home(opts(ctx).home),
+        name=name,
+        host=host,
+        genesis=genesis,
+        join=join,
+        peers=peer,
+        mdns=mdns,
+        network_key=network_key,
+        mdns_interfaces=mdns_interface,
+        peer_expiry=peer_expiry,
+        key=key,
+        notify=say,
     )
-    return Node(node_home, key=key), net
-
-
-def _fetch_genesis(url: str) -> Any:
-    from dn.chain.genesis import Genesis
-    from dn.client.http import NodeClient
-
-    with NodeClient(url, timeout=10.0) as client:
-        return Genesis.from_json(client.genesis())
-
-
-def _pin_genesis(node_home: Any, genesis: Any, *, source: str) -> None:
-    """Keep the node on the first genesis it was given; a different one later is an error."""
-    from dn.chain.genesis import Genesis
-    from dn.errors import GenesisError
-
-    if node_home.genesis_file.exists():
-        pinned = Genesis.load(node_home.genesis_file)
-        if pinned.hash != genesis.hash:
-            raise GenesisError(
-                f"node folder {node_home.path} is on chain {pinned.chain_id}, but {source} "
-                f"is chain {genesis.chain_id}; use another --name for another network"
-            )
-        return
-    node_home.key()  # makes the folder (0700) and the node key on first use
-    genesis.save(node_home.genesis_file)
-    say(f"pinned genesis {genesis.chain_id} from {source}")
-
-
-def _network_key(text: str | None) -> bytes | None:
-    if text is None:
-        return None
-    from dn.node.p2p.handshake import network_key_from_text
-
-    return network_key_from_text(text)
-
-
-def _mdns_interfaces(enabled: bool, chosen: list[str], host: str) -> list[str] | None:
-    import ipaddress
-
-    if not enabled:
-        return None
-    for value in chosen:
-        try:
-            ipaddress.IPv4Address(value)
-        except ValueError:
-            raise InputError(f"--mdns-interface wants an IPv4 address, got {value!r}") from None
-    if chosen:
-        return chosen
-    if host in ("0.0.0.0", ""):
-        import ifaddr
-
-        return [
-            str(ip.ip)
-            for adapter in ifaddr.get_adapters()
-            for ip in adapter.ips
-            if isinstance(ip.ip, str) and not ip.ip.startswith("127.")
-        ] or None
-    try:
-        ipaddress.IPv4Address(host)
-    except ValueError:
-        return None  # a hostname: say where with --mdns-interface
-    return [host]
 
 
 @app.command()

@@ -1,4 +1,5 @@
-"""What every command shares: global options, JSON or Rich output, passwords, progress.
+"""What every command shares: global options, JSON or Rich output, passwords and wallets,
+progress.
 
 Data goes to stdout (JSON with --json, otherwise Rich tables); progress and messages to stderr.
 Rich and the node client are imported when first used, so `dn --help` stays fast.
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
     from rich.console import Console
 
     from dn.client.http import NodeClient
-    from dn.wallet.keystore import Keystore
+    from dn.wallet.keys import Keypair
+    from dn.wallet.keystore import Keystore, LockedWallet
 
 
 @dataclass
@@ -99,6 +101,20 @@ def read_password(password_file: Path | None, *, confirm: bool = False) -> str:
     if not password:
         raise InputError("the password is empty")
     return password
+
+
+def locked_wallet(ctx: typer.Context, name: str, password_file: Path | None) -> LockedWallet:
+    """Wallet `name`, to be opened with the password from --password-file, $DN_PASSWORD or a
+    prompt, asked only when it is opened (`LockedWallet.unlock`, `Keystore.unlock`)."""
+    from dn.wallet.keystore import LockedWallet
+
+    return LockedWallet(opts(ctx).keystore(), name, lambda: read_password(password_file))
+
+
+def unlock(ctx: typer.Context, name: str, password_file: Path | None) -> Keypair:
+    """Open wallet `name` now (checked before the prompt). Every command that signs with a
+    wallet opens it through `locked_wallet`, here or inside the library flow it calls."""
+    return locked_wallet(ctx, name, password_file).unlock()
 
 
 @contextmanager

@@ -4,109 +4,22 @@ benchmark suite on a local model and grades it, as a validator does every epoch;
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
 
 from dn.cli.output import emit, opts, progress, say, table
-from dn.errors import InputError, ModelError
+from dn.client.powr import DEFAULT_SEED
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from dn.powr.evaluate import ItemResult
-    from dn.powr.suites import Item, Suite
-    from dn.runner.modelstore import ModelStore
 
 app = typer.Typer(
     help="Proof-of-Work-Relevance: benchmark suites and model quality.", no_args_is_help=True
 )
-
-DEFAULT_SEED = "powr"
-FALLBACK_DOMAIN = "general"
-
-
-@dataclass(frozen=True)
-class LocalModel:
-    """A model file on this machine, and what is known about it without asking a node."""
-
-    path: Path
-    name: str
-    sha256: str | None
-    domain: str | None  # None: not a catalog model, so its domain is not known here
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "path": str(self.path),
-            "sha256": self.sha256,
-            "domain": self.domain,
-        }
-
-
-def find_local_model(ref: str, store: ModelStore) -> LocalModel:
-    """The model `ref` names, among what is already on this machine; nothing is downloaded.
-
-    In order: a known model's name (see `dn model catalog`), which must be installed in `store`;
-    a path to a GGUF file; a model in `store` by name, SHA-256 or hash prefix. A known model that
-    is not installed, or a name nothing matches, is a ModelError that says what to run.
-    """
-    from dn.runner.catalog import CATALOG
-    from dn.runner.modelstore import SHA_RE
-
-    by_sha = {model.sha256: model for model in CATALOG.values()}
-    known = CATALOG.get(ref)
-    if known is not None:
-        if not store.has(known.sha256):
-            raise ModelError(
-                f"model {ref} is not installed in {store.root}: run 'dn model fetch {ref}' first",
-                reason="not-installed",
-            )
-        return LocalModel(store.path(known.sha256), ref, known.sha256, known.domain)
-    candidate = Path(ref).expanduser()
-    if ref.endswith(".gguf") or os.sep in ref or candidate.is_file():
-        if not candidate.is_file():
-            raise ModelError(f"no model file at {candidate}", reason="missing")
-        # A file in some model store is named by its hash: a catalog model is then known.
-        found = by_sha.get(candidate.stem) if SHA_RE.fullmatch(candidate.stem) else None
-        if found is not None:
-            return LocalModel(candidate, found.name, found.sha256, found.domain)
-        return LocalModel(candidate, candidate.name, None, None)
-    sha = store.find(ref)
-    if sha is None:
-        raise ModelError(
-            f"no model {ref!r}: not a known model ({', '.join(sorted(CATALOG))}), a .gguf file, "
-            f"or a model in {store.root} by name, SHA-256 or hash prefix. Known models are "
-            "installed with 'dn model fetch NAME', models on chain with 'dn model pull'",
-            reason="unknown-model",
-        )
-    info = store.info(sha) or {}
-    known = by_sha.get(sha)
-    return LocalModel(
-        store.path(sha), str(info.get("name") or sha[:12]), sha, known.domain if known else None
-    )
-
-
-def choose_suite(suite_file: Path | None, domain: str | None, model: LocalModel) -> Suite:
-    """--suite FILE, else the built-in suite of --domain, else of the model's domain when one is
-    shipped, else `general`."""
-    from dn.powr.suites import builtin_domains, builtin_suite, load_suite
-
-    if suite_file is not None and domain is not None:
-        raise InputError("give --suite or --domain, not both", reason="bad-option")
-    if suite_file is not None:
-        return load_suite(suite_file)
-    if domain is not None:
-        return builtin_suite(domain)
-    if model.domain in builtin_domains():
-        assert model.domain is not None
-        return builtin_suite(model.domain)
-    if model.domain is not None:
-        say(f"no built-in suite for domain {model.domain!r}; using {FALLBACK_DOMAIN!r}")
-    return builtin_suite(FALLBACK_DOMAIN)
 
 
 def _snippet(text: str, width: int = 48) -> str:
@@ -157,45 +70,26 @@ def eval_(
 
     Exact, contains and numeric items are graded on greedy answers to the model's chat prompt,
     choice items by the log-probability of each choice, as a validator does every epoch."""
+    from dn.client.powr import evaluate_local
     from dn.config import home
-    from dn.powr.evaluate import evaluate
-    from dn.powr.suites import sample_items
-    from dn.runner.gguf import read_header
-    from dn.runner.llama import LoadedModel, default_threads
     from dn.runner.modelstore import ModelStore
 
     if json_out:
         opts(ctx).json = True
-    if seed is not None and items is None:
-        raise InputError("--seed picks which --items to run; give --items too", reason="bad-option")
-    model = find_local_model(model_ref, ModelStore.default(home(opts(ctx).home)))
-    suite = choose_suite(suite_file, domain, model)
-    chosen: list[Item] = list(suite.items)
-    if items is not None:
-        seed = DEFAULT_SEED if seed is None else seed
-        chosen = sample_items(suite, items, seed.encode("utf-8"))
-    read_header(model.path)  # not GGUF, truncated: a clear error before llama.cpp sees it
-    n_threads = threads or default_threads()
-    loaded = LoadedModel(model.path, n_threads=n_threads)
-    try:
-        with progress(f"{model.name} on {suite.name}", len(chosen)) as update:
-            evaluation = evaluate(loaded, chosen, max_tokens=max_tokens, progress=update)
-    finally:
-        loaded.llm.close()
-
-    data = {
-        "model": model.to_json(),
-        "suite": {
-            "name": suite.name,
-            "sha256": suite.sha256,
-            "size": len(suite),
-            "file": str(suite_file) if suite_file is not None else None,
-        },
-        "sample": {"items": items, "seed": seed},
-        "max_tokens": max_tokens,
-        "threads": n_threads,
-        **evaluation.to_json(),
-    }
+    run = evaluate_local(
+        ModelStore.default(home(opts(ctx).home)),
+        model_ref,
+        suite_file=suite_file,
+        domain=domain,
+        items=items,
+        seed=seed,
+        max_tokens=max_tokens,
+        threads=threads,
+        bar=progress,
+        notify=say,
+    )
+    data = run.to_json()
+    evaluation, chosen, n_threads = run.evaluation, run.items, run.threads
     expected = {item.id: item.answer for item in chosen}
 
     def human(out: Console) -> None:
@@ -209,7 +103,7 @@ def eval_(
         )
         out.print(
             f"quality [bold]{evaluation.quality:.3f}[/] ({data['right']}/{len(chosen)} right: "
-            f"{kinds}) for {model.name} on suite {suite.name}"
+            f"{kinds}) for {run.model.name} on suite {run.suite.name}"
         )
         out.print(
             f"{len(chosen)} items in {evaluation.seconds:.1f} s ({evaluation.items_per_s:.2f} "

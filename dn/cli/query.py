@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
 
 import typer
 
-from dn.cli.output import emit, opts, read_password, say
+from dn.cli.output import emit, opts, say, unlock
 
 
 def query(
@@ -36,62 +35,41 @@ def query(
 ) -> None:
     """Run a paid query on two miners: one generates, one checks. Tokens stream as they come;
     the last line says confirmed or rejected, what was paid and the task id."""
-    from dn.client.query import make_ticket, settle_tx, stream_query
+    from dn.client.query import chat_input, run_query
     from dn.encoding import format_dn, parse_dn
 
     text = sys.stdin.read() if prompt == "-" else prompt
-    task_input: dict[str, Any] = (
-        {"prompt": text} if raw else {"messages": [{"role": "user", "content": text}]}
-    )
-    store = opts(ctx).keystore()
-    store.address(wallet)
-    keypair = store.load(wallet, read_password(password_file))
+    task_input = chat_input(text, raw=raw)
+    keypair = unlock(ctx, wallet, password_file)
     limit = parse_dn(max_price, allow_zero=True, what="max price") if max_price else None
     json_out = opts(ctx).json
-    pieces: list[str] = []
     with opts(ctx).client() as client:
-        ticket, info = make_ticket(
-            client, keypair, model, task_input, max_tokens=max_tokens, max_price=limit
+        result = run_query(
+            client,
+            keypair,
+            model,
+            task_input,
+            max_tokens=max_tokens,
+            max_price=limit,
+            wait=wait,
+            on_token=None if json_out else _write,
+            on_answered=None if json_out else lambda _: _write("\n"),
         )
-        done: dict[str, Any] = {}
-        for event in stream_query(client, ticket, task_input):
-            if event["event"] == "token":
-                pieces.append(event["text"])
-                if not json_out:
-                    sys.stdout.write(event["text"])
-                    sys.stdout.flush()
-            elif event["event"] == "done":
-                done = event
-        if not json_out:
-            sys.stdout.write("\n")
-        tx = settle_tx(client, keypair, done)
-        client.submit(tx.to_json())
-        settled: dict[str, Any] = {"status": "pending"}
-        if wait:
-            found = client.wait_for_tx(tx.id)
-            settled = {"status": found["status"], "height": found["height"]}
-    result = {
-        "task": done["task"],
-        "model": info["id"],
-        "model_name": info["name"],
-        "status": done["status"],
-        "text": "".join(pieces),
-        "tokens": done["tokens"],
-        "price_units": done["price_units"],
-        "max_price_units": ticket["max_price"],
-        "verdict": done["verdict"],
-        "settle_tx": tx.id,
-        "settlement": settled,
-    }
     if json_out:
         emit(ctx, result)
         return
+    settled = result["settlement"]
     where = f"in block {settled['height']}" if "height" in settled else "pending"
-    if done["status"] == "confirmed":
+    if result["status"] == "confirmed":
         say(
-            f"confirmed: {done['tokens']} tokens, paid {format_dn(done['price_units'])} DN "
-            f"(settlement {where}); task {done['task']}"
+            f"confirmed: {result['tokens']} tokens, paid {format_dn(result['price_units'])} DN "
+            f"(settlement {where}); task {result['task']}"
         )
     else:
-        reason = (done.get("verdict") or {}).get("message", "")
-        say(f"rejected by the checker ({reason}); not charged; task {done['task']}")
+        reason = (result.get("verdict") or {}).get("message", "")
+        say(f"rejected by the checker ({reason}); not charged; task {result['task']}")
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()

@@ -11,12 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from dn.cli.output import emit, opts, table
+from dn.cli.output import emit, locked_wallet, opts, table
 
 if TYPE_CHECKING:
     from rich.console import Console
-
-    from dn.client.http import NodeClient
 
 app = typer.Typer(
     help="Staking: back a model (a share of its query fees) or delegate to a validator.",
@@ -35,62 +33,9 @@ PasswordFile = typer.Option(
 )
 
 
-def _looks_like_address(text: str) -> bool:
-    return text.lower().startswith("dn1")
-
-
-def resolve_target(client: NodeClient, ref: str) -> dict[str, Any]:
-    """`{"target", "kind": "model" | "validator", "name"}` for a model ref or an address; a
-    mistyped address is an InputError, an unknown model NotFound (both before any signing)."""
-    from dn.encoding import pubkey_from_address
-
-    ref = ref.strip()
-    if _looks_like_address(ref):
-        pubkey_from_address(ref)
-        return {"target": ref, "kind": "validator", "name": None}
-    model = client.model(ref)
-    return {"target": model["id"], "kind": "model", "name": model["name"]}
-
-
 def _label(target: dict[str, Any]) -> str:
+    """`target` is a resolved target, or a result that names one."""
     return f"model {target['name']}" if target["name"] else f"validator {target['target']}"
-
-
-def _send(
-    ctx: typer.Context,
-    client: NodeClient,
-    kind: str,
-    target_ref: str,
-    units: int,
-    wallet: str,
-    fee: str | None,
-    wait: bool,
-    password_file: Path | None,
-) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Resolve the target, unlock the wallet and send a `stake` or `unstake`; the result as
-    the commands print it, and the resolved target."""
-    from dn.cli.txs import send_tx, unlock
-
-    target = resolve_target(client, target_ref)
-    keypair = unlock(ctx, wallet, password_file)
-    payload = {"target": target["target"], "amount": units}
-    sent = send_tx(client, keypair, kind, payload, fee=fee, wait=wait)
-    data: dict[str, Any] = {
-        "target": target["target"],
-        "kind": target["kind"],
-        "name": target["name"],
-        "backer": keypair.address,
-        "amount": units,
-        "tx": sent["id"],
-        "status": sent["status"],
-        "fee": sent["fee"],
-        "nonce": sent["nonce"],
-    }
-    if "height" in sent:
-        data["height"] = sent["height"]
-        found = client.stakes(target=target["target"], backer=keypair.address)["stakes"]
-        data["staked"] = sum(s["amount"] for s in found)  # the sender's stake there now
-    return data, target
 
 
 @app.command()
@@ -107,19 +52,18 @@ def add(
 
     A model's backers share its query fees and PoWR rewards; a stake on a validator adds to its
     weight in the PoWR epoch close, and you share its reward pro rata to stake."""
-    from dn.cli.txs import check_wallet
+    from dn.client.stakes import stake
     from dn.encoding import format_dn, parse_dn
 
     units = parse_dn(amount)
-    check_wallet(ctx, wallet)
     with opts(ctx).client() as client:
-        data, resolved = _send(
-            ctx, client, "stake", target, units, wallet, fee, wait, password_file
+        data = stake(
+            client, locked_wallet(ctx, wallet, password_file), target, units, fee=fee, wait=wait
         )
 
     def human(out: Console) -> None:
         where = f"in block {data['height']}" if "height" in data else "pending"
-        out.print(f"staked {format_dn(units)} DN on {_label(resolved)}, {where}: tx {data['tx']}")
+        out.print(f"staked {format_dn(units)} DN on {_label(data)}, {where}: tx {data['tx']}")
         if "staked" in data:
             out.print(f"your stake there is now {format_dn(data['staked'])} DN")
 
@@ -139,21 +83,18 @@ def remove(
     """Unstake DN from a model or a validator. The funds come back to the wallet only after the
     chain's unbonding period: the command prints the block at which they unlock. What stays
     staked must be 0 or at least stake_min."""
-    from dn.cli.txs import check_wallet
+    from dn.client.stakes import unstake
     from dn.encoding import format_dn, parse_dn
 
     units = parse_dn(amount)
-    check_wallet(ctx, wallet)
     with opts(ctx).client() as client:
-        data, resolved = _send(
-            ctx, client, "unstake", target, units, wallet, fee, wait, password_file
+        data = unstake(
+            client, locked_wallet(ctx, wallet, password_file), target, units, fee=fee, wait=wait
         )
-        unbonding = int(client.genesis()["params"].get("unbonding_blocks", 100))
-    data["unbonding_blocks"] = unbonding
-    data["unlock_height"] = data["height"] + unbonding if "height" in data else None
+    unbonding = data["unbonding_blocks"]
 
     def human(out: Console) -> None:
-        what = f"{format_dn(units)} DN from {_label(resolved)}"
+        what = f"{format_dn(units)} DN from {_label(data)}"
         if data["unlock_height"] is None:
             out.print(f"unstaking {what}, pending: tx {data['tx']}")
             out.print(f"the funds unlock {unbonding} blocks after the block that includes it")
@@ -179,6 +120,7 @@ def list_(
 ) -> None:
     """List stakes: every stake on chain, or only a wallet's, or only those on one target."""
     from dn.cli.wallet import resolve_address
+    from dn.client.stakes import resolve_target
     from dn.encoding import format_dn
 
     backer = resolve_address(ctx, wallet) if wallet is not None else None

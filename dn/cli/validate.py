@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from dn.cli.node import GENESIS, HOST, JOIN, MDNS, NAME, PASSWORD_FILE, PEER, PORT
-from dn.cli.output import opts, read_password, say
+from dn.cli.output import opts, say, unlock
 
 
 def validate(
@@ -42,9 +42,7 @@ def validate(
     from dn.node.validator.powr import for_node
     from dn.runner.modelstore import ModelStore
 
-    store = opts(ctx).keystore()
-    store.address(wallet)  # a missing wallet fails before the prompt
-    keypair = store.load(wallet, read_password(password_file))
+    keypair = unlock(ctx, wallet, password_file)  # a missing wallet fails before the prompt
     node, net = prepare_node(
         ctx, name=name, host=host, genesis=genesis, join=join, peer=peer, mdns=mdns, key=keypair
     )
@@ -118,19 +116,17 @@ def unbond(
     """Take DN out of a validator's bond (`validator.unbond`). Unbonding all of it leaves the set
     at the next epoch boundary; the DN come back after the chain's unbonding period."""
     from dn.cli.output import emit
-    from dn.cli.txs import send_tx, unlock
+    from dn.client.stakes import unbond as send_unbond
     from dn.encoding import format_dn, parse_dn
 
     units = parse_dn(amount, what="amount")
     keypair = unlock(ctx, wallet, password_file)
     with opts(ctx).client() as client:
-        sent = send_tx(client, keypair, "validator.unbond", {"amount": units})
-        unbonding = int(client.genesis()["params"].get("unbonding_blocks", 100))
-    data = {**sent, "amount": units, "unlock_height": sent.get("height", 0) + unbonding}
+        data = send_unbond(client, keypair, units)
 
     def human(out: object) -> None:
         out.print(  # type: ignore[attr-defined]
-            f"unbonded {format_dn(units)} DN in block {sent.get('height')}: tx {sent['id']}; "
+            f"unbonded {format_dn(units)} DN in block {data.get('height')}: tx {data['id']}; "
             f"it comes back at block {data['unlock_height']}"
         )
 

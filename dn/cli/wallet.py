@@ -8,7 +8,7 @@ from typing import Any
 
 import typer
 
-from dn.cli.output import emit, opts, read_password, table
+from dn.cli.output import emit, opts, read_password, table, unlock
 from dn.errors import InputError, KeystoreCorrupt
 
 app = typer.Typer(
@@ -24,12 +24,7 @@ PasswordFile = typer.Option(
 
 def resolve_address(ctx: typer.Context, name_or_address: str) -> str:
     """A wallet name or a `dn1…` address; a mistyped address is an error, never a guess."""
-    from dn.encoding import pubkey_from_address
-
-    if name_or_address.lower().startswith("dn1"):
-        pubkey_from_address(name_or_address)
-        return name_or_address
-    return opts(ctx).keystore().address(name_or_address)
+    return opts(ctx).keystore().resolve(name_or_address)
 
 
 @app.command()
@@ -66,23 +61,10 @@ def list_(
     balances: bool = typer.Option(False, "--balances", help="Also ask the node for balances."),
 ) -> None:
     """List wallets and their addresses (no password needed)."""
+    from dn.client.wallets import list_wallets
     from dn.encoding import format_dn
 
-    store = opts(ctx).keystore()
-    rows: list[dict[str, Any]] = []
-    for name in store.names():
-        try:
-            rows.append({"name": name, "address": store.address(name)})
-        except InputError:
-            continue  # a file that is not a wallet name
-        except KeystoreCorrupt as exc:
-            rows.append({"name": name, "address": None, "error": exc.message})
-    if balances and rows:
-        with opts(ctx).client() as client:
-            for row in rows:
-                if row["address"]:
-                    acct = client.account(row["address"])
-                    row.update(balance=acct["balance"], nonce=acct["nonce"])
+    rows = list_wallets(opts(ctx).keystore(), opts(ctx).client if balances else None)
     columns = ["name", "address"] + (["balance (DN)", "nonce"] if balances else [])
 
     def cells(row: dict[str, Any]) -> list[Any]:
@@ -141,31 +123,21 @@ def send(
     password_file: Path | None = PasswordFile,
 ) -> None:
     """Send DN from a wallet to an address."""
-    from dn.cli.txs import send_tx, unlock
+    from dn.client.txs import transfer
     from dn.encoding import format_dn, parse_dn
 
     units = parse_dn(amount)
     recipient = resolve_address(ctx, to)
     keypair = unlock(ctx, name, password_file)  # a missing wallet fails before the prompt
     with opts(ctx).client() as client:
-        sent = send_tx(
-            client, keypair, "transfer", {"to": recipient, "amount": units}, fee=fee, wait=wait
-        )
-    result: dict[str, Any] = {k: v for k, v in sent.items() if k in ("id", "status", "height")}
-    result.update(
-        {
-            "from": keypair.address,
-            "to": recipient,
-            "amount": units,
-            "fee": sent["fee"],
-            "nonce": sent["nonce"],
-        }
-    )
+        result = transfer(client, keypair, recipient, units, fee=fee, wait=wait)
     where = f" in block {result['height']}" if "height" in result else " (pending)"
     emit(
         ctx,
         result,
-        lambda out: out.print(f"sent {format_dn(units)} DN to {recipient}{where}: tx {sent['id']}"),
+        lambda out: out.print(
+            f"sent {format_dn(units)} DN to {recipient}{where}: tx {result['id']}"
+        ),
     )
 
 
@@ -189,7 +161,7 @@ def export(
         "This prints your secret key: anyone who sees it can spend your funds. Continue?"
     ):
         raise typer.Exit(1)
-    keypair = store.load(name, read_password(password_file))
+    keypair = unlock(ctx, name, password_file)
     data = {"name": name, "address": keypair.address, "secret": keypair.seed().hex()}
     emit(ctx, data, lambda out: out.print(data["secret"]))
 

@@ -84,6 +84,13 @@ class NodeClient:
     def genesis(self) -> dict[str, Any]:
         return dict(self._request("GET", "/genesis"))
 
+    def param(self, name: str) -> int:
+        """A genesis parameter of the node's chain: the genesis file's value, or its default
+        where the file leaves it out (`Genesis.param`, never a default restated here)."""
+        from dn.chain.genesis import Genesis
+
+        return Genesis.from_json(self.genesis()).param(name)
+
     def peers(self) -> dict[str, Any]:
         return dict(self._request("GET", "/peers"))
 

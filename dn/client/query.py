@@ -1,6 +1,10 @@
 """A consumer's side of one paid query, as a library (the CLI's `dn query` is a thin shell on it).
 
-    ticket = make_ticket(client, keypair, "smollm2", {"messages": [...]}, max_tokens=128)
+    result = run_query(client, keypair, "smollm2", chat_input("Hello"), max_tokens=128)
+
+or step by step:
+
+    ticket, model = make_ticket(client, keypair, "smollm2", {"messages": [...]}, max_tokens=128)
     for event in stream_query(client, ticket, task_input): ...      # start, token…, done
     tx = settle_tx(client, keypair, done_event)                      # task.settle, signed
     client.submit(tx.to_json())
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -22,6 +26,7 @@ import httpx
 from dn.chain import tasks
 from dn.chain.types import Tx
 from dn.client.http import NodeClient, _error_from
+from dn.client.txs import sign_next, submit
 from dn.errors import NodeError, TaskError
 from dn.node.taskio import input_hash, normalize_input
 from dn.wallet.keys import Keypair
@@ -43,7 +48,7 @@ def make_ticket(
     `max_tokens` can cost at the model's price. Returns (ticket, model)."""
     model = client.model(model_ref)
     status = client.status()
-    window = client.genesis()["params"].get("ticket_window_blocks", 100)
+    window = client.param("ticket_window_blocks")
     height = status["height"]
     price = tasks.price_of(model["price"], max_tokens) if max_price is None else max_price
     ticket = tasks.sign_ticket(
@@ -90,16 +95,62 @@ def stream_query(
 
 def settle_tx(client: NodeClient, keypair: Keypair, done: dict[str, Any]) -> Tx:
     """The `task.settle` transaction for a finished query, signed by `keypair`."""
-    status = client.status()
-    return Tx.create(
-        keypair,
-        chain_id=status["chain_id"],
-        kind="task.settle",
-        nonce=client.account(keypair.address)["next_nonce"],
-        fee=client.genesis()["params"]["min_fee"],
-        payload={
-            "ticket": done["ticket"],
-            "generator": done["generator"],
-            "checker": done["checker"],
-        },
+    payload = {"ticket": done["ticket"], "generator": done["generator"], "checker": done["checker"]}
+    return sign_next(client, keypair, "task.settle", payload)
+
+
+def chat_input(text: str, *, raw: bool = False) -> dict[str, Any]:
+    """What a prompt is sent as: one user message, rendered with the model's chat template, or
+    with `raw` the text as it is."""
+    return {"prompt": text} if raw else {"messages": [{"role": "user", "content": text}]}
+
+
+def run_query(
+    client: NodeClient,
+    keypair: Keypair,
+    model_ref: str,
+    task_input: dict[str, Any],
+    *,
+    max_tokens: int,
+    max_price: int | None = None,
+    wait: bool = True,
+    on_token: Callable[[str], None] | None = None,
+    on_answered: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """One paid query from start to settlement: sign the ticket, stream the answer (each
+    token's text to `on_token`; the gateway's `done` event to `on_answered` before settling),
+    then sign and submit `task.settle` and, with `wait`, wait until it is in a block.
+
+    Returns `{"task", "model", "model_name", "status", "text", "tokens", "price_units",
+    "max_price_units", "verdict", "settle_tx", "settlement"}`; `settlement` is `{"status"}`
+    plus `"height"` once included."""
+    ticket, model = make_ticket(
+        client, keypair, model_ref, task_input, max_tokens=max_tokens, max_price=max_price
     )
+    pieces: list[str] = []
+    done: dict[str, Any] = {}
+    for event in stream_query(client, ticket, task_input):
+        if event["event"] == "token":
+            pieces.append(event["text"])
+            if on_token is not None:
+                on_token(event["text"])
+        elif event["event"] == "done":
+            done = event
+    if on_answered is not None:
+        on_answered(done)
+    tx = settle_tx(client, keypair, done)
+    settled = submit(client, tx, wait=wait)
+    del settled["id"]
+    return {
+        "task": done["task"],
+        "model": model["id"],
+        "model_name": model["name"],
+        "status": done["status"],
+        "text": "".join(pieces),
+        "tokens": done["tokens"],
+        "price_units": done["price_units"],
+        "max_price_units": ticket["max_price"],
+        "verdict": done["verdict"],
+        "settle_tx": tx.id,
+        "settlement": settled,
+    }

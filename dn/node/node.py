@@ -26,7 +26,7 @@ from dn.chain import consensus, validators
 from dn.chain.genesis import Genesis
 from dn.chain.ledger import ACCT, DictState, Overlay, account
 from dn.chain.mempool import Mempool
-from dn.chain.state import SIGNERS, SupplyTally, apply_block, build_block, genesis_state
+from dn.chain.state import SIGNERS, SupplyTally, apply_block, build_block
 from dn.chain.store import Store
 from dn.chain.types import Block, Tx
 from dn.config import DEFAULT_NODE_NAME, node_dir, private_dir
@@ -468,35 +468,3 @@ class Node:
 
     def accounts_count(self) -> int:
         return sum(1 for key, _ in self.state.items() if key.startswith(ACCT))
-
-
-def init_dev_chain(
-    home: NodeHome,
-    allocations: dict[str, int],
-    *,
-    network: str = "devnet",
-    params: dict[str, int] | None = None,
-    force: bool = False,
-) -> Genesis:
-    """Write a dev genesis whose one validator is this node's own key."""
-    if home.store_file.exists() and not force:
-        raise StoreError(
-            f"{home.path} already holds a chain; use another --name, or --force to start over"
-        )
-    key = home.key()
-    genesis = Genesis.build(
-        network=network,
-        time_ms=now_ms(),
-        validators=[key.address],
-        allocations=allocations,
-        params=params,
-    )
-    if force:
-        for suffix in ("", "-wal", "-shm"):
-            Path(str(home.store_file) + suffix).unlink(missing_ok=True)
-    genesis.save(home.genesis_file)
-    return genesis
-
-
-def initial_state(genesis: Genesis) -> DictState:
-    return DictState(genesis_state(genesis))

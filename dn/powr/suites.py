@@ -274,6 +274,34 @@ def builtin_suite(domain: str) -> Suite:
     return parse_suite(entry.read_bytes(), name=domain, source=f"dn/powr/suites/{domain}.jsonl")
 
 
+# --- which suite ----------------------------------------------------------------------------
+
+FALLBACK_DOMAIN = "general"
+
+
+def suite_domain(domain: str | None) -> str:
+    """The built-in suite a model of `domain` is evaluated on: its own where one ships, else
+    `general` (also for a model whose domain is not known)."""
+    return domain if domain is not None and domain in builtin_domains() else FALLBACK_DOMAIN
+
+
+def choose_suite(
+    suite_file: str | os.PathLike[str] | None = None,
+    domain: str | None = None,
+    model_domain: str | None = None,
+) -> Suite:
+    """The suite file `suite_file`, else the built-in suite of `domain` (InputError if none
+    ships), else the one a model of `model_domain` is evaluated on (`suite_domain`). A file and
+    a domain together are an InputError."""
+    if suite_file is not None and domain is not None:
+        raise InputError("give --suite or --domain, not both", reason="bad-option")
+    if suite_file is not None:
+        return load_suite(suite_file)
+    if domain is not None:
+        return builtin_suite(domain)
+    return builtin_suite(suite_domain(model_domain))
+
+
 # --- sampling -------------------------------------------------------------------------------
 
 

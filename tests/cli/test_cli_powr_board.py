@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from dn.chain.powr_rules import powr_commitment
-from dn.cli.txs import send_tx
 from dn.client.http import NodeClient
+from dn.client.txs import send
 from dn.node.node import NodeHome
 from dn.wallet.keystore import Keystore
 from tests.cli.conftest import PASSWORD
@@ -32,7 +32,7 @@ SALT = "5a" * 16
 def _register(client: NodeClient, keypair: Any, sha: str, name: str) -> None:
     payload = {"model": sha, "name": name, "domain": "general", "price": 1000, "license": "",
                "size": 1234}  # fmt: skip
-    send_tx(client, keypair, "model.register", payload)
+    send(client, keypair, "model.register", payload)
 
 
 def _wait_phase(client: NodeClient, phase: str) -> dict[str, Any]:
@@ -67,17 +67,17 @@ def board(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Devnet, in
         with node.client() as client:
             _register(client, keypair, GOOD, "good")
             _register(client, keypair, POOR, "poor")
-            send_tx(client, keypair, "transfer", {"to": validator.address, "amount": DN})
+            send(client, keypair, "transfer", {"to": validator.address, "amount": DN})
             status = _wait_phase(client, "commit")
             epoch = status["epoch"]
             commitment = powr_commitment(epoch, validator.address, SCORES, SALT)
-            sent = send_tx(
+            sent = send(
                 client, validator, "powr.commit", {"epoch": epoch, "commitment": commitment}
             )
             assert sent["status"] == "included"
             _wait_phase(client, "reveal")
             payload = {"epoch": epoch, "scores": SCORES, "salt": SALT}
-            assert send_tx(client, validator, "powr.reveal", payload)["status"] == "included"
+            assert send(client, validator, "powr.reveal", payload)["status"] == "included"
             wait_until(
                 lambda: (client.powr_status()["last_closed"] or -1) >= epoch, 40, what="the close"
             )

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from dn.cli.txs import send_tx
+from dn.client.txs import send
 from dn.errors import InvalidAddress
 from dn.wallet.keystore import Keystore
 from tests.cli.conftest import PASSWORD
@@ -51,7 +51,7 @@ def _start(home: Path, password_file: Path) -> tuple[Devnet, NodeProcess]:
     }
     keypair = Keystore(home / "wallets").load("alice", PASSWORD)
     with node.client() as client:
-        send_tx(client, keypair, "model.register", payload)
+        send(client, keypair, "model.register", payload)
     return devnet, node
 
 

@@ -21,7 +21,8 @@ from typing import Any, TypeVar
 from dn.chain.genesis import Genesis
 from dn.chain.types import Tx
 from dn.client.http import NodeClient
-from dn.node.node import Node, NodeHome, init_dev_chain
+from dn.node.node import Node, NodeHome
+from dn.node.setup import init_dev_chain
 from dn.wallet.keys import Keypair
 from tests.functional import hooks
 

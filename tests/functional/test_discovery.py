@@ -8,10 +8,7 @@ multicasts on a real interface: every socket is bound to 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import secrets
-import socket
-import struct
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -30,56 +27,17 @@ from dn.node.p2p.discovery import (
     txt_record,
 )
 from dn.wallet.keys import Keypair
+from tests.functional.multicast import skip_without_loopback_multicast
 
 LOOPBACK = ["127.0.0.1"]
 WAIT_S = 10.0
-MDNS_GROUP = "224.0.0.251"
 
 pytestmark = pytest.mark.timeout(120)
 
 
-# --- can this host do multicast on loopback at all? -------------------------------------------
-
-
-def _loopback_multicast_problem() -> str | None:
-    """Why mDNS on 127.0.0.1 cannot work here, or None. Sends one datagram to the mDNS group on
-    a private port over `lo` (not 5353, so no running responder sees it), and checks that port
-    5353 can be shared."""
-    try:
-        with contextlib.ExitStack() as stack:
-            rx = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-            rx.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            rx.bind(("", 0))
-            port = rx.getsockname()[1]
-            group = socket.inet_aton(MDNS_GROUP) + socket.inet_aton("127.0.0.1")
-            rx.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group)
-            rx.settimeout(2.0)
-            tx = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton("127.0.0.1"))
-            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_LOOP, 1)
-            tx.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, struct.pack("b", 1))
-            tx.sendto(b"dn-probe", (MDNS_GROUP, port))
-            if rx.recv(64) != b"dn-probe":
-                return "a multicast datagram on 127.0.0.1 came back altered"
-    except TimeoutError:
-        return "multicast on 127.0.0.1 is not looped back to local sockets on this host"
-    except OSError as exc:
-        return f"multicast on 127.0.0.1 is refused on this host: {exc}"
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            s.bind(("127.0.0.1", 5353))
-    except OSError as exc:
-        return f"UDP port 5353 is held by another mDNS stack that does not share it: {exc}"
-    return None
-
-
 @pytest.fixture(scope="module", autouse=True)
 def loopback_mdns() -> None:
-    problem = _loopback_multicast_problem()
-    if problem is not None:
-        pytest.skip(f"mDNS on loopback cannot work here: {problem}")
+    skip_without_loopback_multicast()
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -227,10 +185,8 @@ def test_three_nodes_find_each_other_and_see_one_leave() -> None:
             await asyncio.gather(*(n.discovery.start() for n in nodes))
             for node in nodes:
                 await wait_until(sees(node, names(nodes, but=node)), "all peers found")
-            await asyncio.sleep(1.0)  # let re-announcements arrive: still exactly two each
             for node in nodes:
                 assert set(node.found) == names(nodes, but=node)
-                assert node.reported() == names(nodes, but=node)
                 for other in nodes:
                     if other is node:
                         continue
@@ -260,6 +216,12 @@ def test_three_nodes_find_each_other_and_see_one_leave() -> None:
             for node in staying:
                 await wait_until(sees(node, {newcomer.name}), "the newcomer")
             await wait_until(sees(newcomer, names(staying)), "the newcomer sees both")
+            # The newcomer is the checkpoint: the first three had sent all their announcements
+            # (each sends several) before it sent its first, and everyone has heard it now. Yet
+            # each node was reported once, and never to itself.
+            for node in staying:
+                assert sorted(f.name for f in node.found_calls) == sorted(names(nodes, but=node))
+            assert sorted(f.name for f in newcomer.found_calls) == sorted(names(staying))
             assert set(newcomer.found) == names(staying)
         finally:
             await close_all(nodes)
@@ -269,20 +231,31 @@ def test_three_nodes_find_each_other_and_see_one_leave() -> None:
 
 def test_other_genesis_is_never_reported() -> None:
     async def main() -> None:
-        genesis = new_genesis()
-        ports = free_ports(3)
+        genesis, elsewhere = new_genesis(), new_genesis()
+        ports = free_ports(5)
         ours = [Node(genesis, ports[0]), Node(genesis, ports[1])]
-        stranger = Node(new_genesis(), ports[2])
+        stranger = Node(elsewhere, ports[2])
         everyone = [*ours, stranger]
         try:
             await asyncio.gather(*(n.discovery.start() for n in everyone))
             await wait_until(lambda: all(len(n.found) == 1 for n in ours), "same-genesis pair")
-            await asyncio.sleep(1.5)
-            assert all(n.reported() == names(ours, but=n) for n in ours)
-            assert stranger.found_calls == []
+            # The checkpoint: a newcomer on each genesis, announced after all of the above. Once
+            # ours have heard theirs and the stranger its own, each has heard the others' too.
+            late, their_late = Node(genesis, ports[3]), Node(elsewhere, ports[4])
+            everyone += [late, their_late]
+            await late.discovery.start()
+            await their_late.discovery.start()
+            for node in ours:
+                await wait_until(sees(node, {late.name}), "our newcomer")
+            await wait_until(sees(stranger, {their_late.name}), "the stranger's newcomer")
+            assert all(n.reported() == names([*ours, late], but=n) for n in ours)
+            assert stranger.reported() == {their_late.name}
+            # A stranger's goodbye is not our news. The checkpoint: our newcomer's, sent after.
             await stranger.discovery.close()
-            await asyncio.sleep(1.0)
-            assert all(n.lost == [] for n in ours)  # a stranger's goodbye is not our news
+            await late.discovery.close()
+            for node in ours:
+                await wait_until(heard_lost(node, late.name), "our newcomer's goodbye")
+            assert all(n.lost == [late.name] for n in ours)
         finally:
             await close_all(everyone)
 
@@ -324,10 +297,12 @@ def test_garbage_txt_and_own_address_are_ignored() -> None:
         aiozc = AsyncZeroconf(interfaces=LOOPBACK, ip_version=IPVersion.V4Only)
         try:
             await node.discovery.start()
-            await asyncio.gather(*(aiozc.async_register_service(info) for info in bad))
+            announcing = await asyncio.gather(*(aiozc.async_register_service(i) for i in bad))
+            await asyncio.gather(*announcing)  # every announcement of the bad ones has gone out
+            # The checkpoint: the control, announced after them. Once it is found, they were
+            # heard before it, and dropped.
             await aiozc.async_register_service(control)
             await wait_until(lambda: control.name in node.found, "the control service")
-            await asyncio.sleep(1.5)
             assert set(node.found) == {control.name}
             assert node.reported() == {control.name}
             assert node.found[control.name].address == good.address

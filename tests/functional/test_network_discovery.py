@@ -2,7 +2,8 @@
 
 Each node starts with its default: mDNS on the interface of `--host`, which is 127.0.0.1 here, so
 nothing multicasts on a real interface. Other tests may announce on loopback at the same time;
-they are on other genesis files and are filtered out like any stranger.
+they are on other genesis files and are filtered out like any stranger. Skipped, with the reason,
+where mDNS on loopback cannot work (tests/functional/multicast.py).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,8 +19,14 @@ import pytest
 
 from dn.wallet.keys import Keypair
 from tests.functional.harness import NodeProcess, make_keys, wait_until, write_genesis
+from tests.functional.multicast import skip_without_loopback_multicast
 
 pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def loopback_mdns() -> None:
+    skip_without_loopback_multicast()
 
 
 def _peers(node: NodeProcess) -> set[str]:
@@ -43,26 +49,40 @@ def _dn(dn_home: Path, *args: str) -> str:
 def test_nodes_find_each_other_and_ignore_strangers(
     dn_home: Path, node_factory: Callable[..., NodeProcess]
 ) -> None:
-    names = ["a", "b", "c", "keyed", "other"]
+    names = ["keyed", "other", "a", "b", "c", "keyed2", "other2"]
     keys = make_keys(dn_home, names)
     funded = {Keypair.generate().address: 10**12}
-    write_genesis(dn_home, [keys["a"].address], funded, ["a", "b", "c", "keyed"])
-    write_genesis(dn_home, [keys["other"].address], funded, ["other"])  # another chain
+    ours = ["a", "b", "c", "keyed", "keyed2"]
+    write_genesis(dn_home, [keys["a"].address], funded, ours)
+    write_genesis(dn_home, [keys["other"].address], funded, ["other", "other2"])  # another chain
     fast = ["--peer-expiry", "3"]
-    trio = [node_factory(n, None, fast).start() for n in ("a", "b", "c")]
-    keyed = node_factory("keyed", None, [*fast, "--network-key", "not the same"]).start()
+    keyed_args = [*fast, "--network-key", "not the same"]
+    # The strangers first: one on another genesis, one on ours with another network key. Every
+    # node started after them meets them at once, so each check below waits on a checkpoint
+    # reached after that meeting, not on a guess at how long it takes.
+    keyed = node_factory("keyed", None, keyed_args).start()
     other = node_factory("other", None, fast).start()
+    trio = [node_factory(n, None, fast).start() for n in ("a", "b", "c")]
 
+    def address(*nodes: NodeProcess) -> set[str]:
+        return {keys[n.name].address for n in nodes}
+
+    # Checkpoint for the trio: each finds the other two, which started after the strangers.
     for node in trio:
-        expected = {keys[n.name].address for n in trio if n is not node}
+        expected = address(*(n for n in trio if n is not node))
         wait_until(lambda nd=node, e=expected: _peers(nd) == e, 30, what=f"{node.name} peers")  # type: ignore[misc]
-    # Several more heartbeats: the stranger on another genesis and the node with another
-    # network key are still not peers, either way round.
-    time.sleep(3)
+    # Checkpoint for the strangers: a twin of each, started after the trio, becomes its peer (the
+    # same network key; the same other genesis), so each stranger had met the trio by then.
+    keyed2 = node_factory("keyed2", None, keyed_args).start()
+    other2 = node_factory("other2", None, fast).start()
+    for one, two in ((keyed, keyed2), (other, other2)):
+        for node, twin in ((one, two), (two, one)):
+            expected = address(twin)
+            wait_until(lambda nd=node, e=expected: _peers(nd) == e, 30, what=f"{node.name} twin")  # type: ignore[misc]
+    # The trio never peered with a stranger, nor a stranger with the trio.
     for node in trio:
-        assert _peers(node) == {keys[n.name].address for n in trio if n is not node}
-    assert _peers(keyed) == set()
-    assert _peers(other) == set()
+        assert _peers(node) == address(*(n for n in trio if n is not node))
+    assert _peers(keyed) == address(keyed2) and _peers(other) == address(other2)
 
     # `dn node peers` shows them, with height, roles and when last heard from.
     shown = json.loads(_dn(dn_home, "--json", "--node", trio[0].url, "node", "peers"))
@@ -81,5 +101,5 @@ def test_nodes_find_each_other_and_ignore_strangers(
     # And a node killed without a goodbye expires by silence.
     trio[1].kill()
     wait_until(lambda: _peers(trio[0]) == set(), 20, what="killed node expires")
-    keyed.stop()
-    other.stop()
+    for node in (keyed, keyed2, other, other2):
+        node.stop()

@@ -1,8 +1,10 @@
 """The node's HTTP API against one real node process, through raw HTTP (httpx and sockets).
 
 Every invalid request must get a 4xx with a JSON body `{"error", "reason", "message"}` naming the
-exact rule it broke, and must change nothing: the tip, the state root and the sender's balance and
-nonce are the same after a wait longer than the block time, and no block holds the transaction.
+exact rule it broke, and must change nothing. That is checked at a checkpoint rather than after a
+wait: a valid transfer sent after the refused request is included, and then the chain holds that
+transfer and nothing else (one new block, holding it alone; the sender's nonce and balance moved
+by it alone; the refused transaction unknown to the node).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ import contextlib
 import json
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,6 @@ from dn.wallet.keys import Keypair
 from tests.functional.harness import NodeProcess, init_chain, wait_until
 
 BLOCK_TIME_MS = 100
-SETTLE_S = 0.5  # five block times: long enough for a block holding the tx to have appeared
 FEE = 1_000  # the default min_fee
 FUNDS = 10**15
 ERROR_KEYS = {"error", "reason", "message"}
@@ -137,21 +137,37 @@ def assert_error(response: httpx.Response, status: int, reason: str) -> dict[str
     return dict(body)
 
 
-def assert_unchanged(api: Api, before: dict[str, Any], tx_id: str | None = None) -> None:
-    time.sleep(SETTLE_S)
-    assert api.snapshot() == before
-    if tx_id is not None:
-        assert api.http.get(f"/dn/v1/txs/{tx_id}").status_code == 404
-
-
-def assert_healthy(api: Api) -> None:
-    """The node still answers and still takes a valid transaction into a block."""
-    assert api.status()["height"] >= 0
-    tx = api.transfer()
+def checkpoint(api: Api) -> Tx:
+    """Send a valid transfer of 1 unit from alice and wait until a block holds it: whatever the
+    node did with a request sent before it, it has done by then (the chain is idle otherwise)."""
+    tx = api.transfer(amount=1)
     response = api.http.post("/dn/v1/txs", json=tx.to_json())
     assert response.status_code == 200, response.text
     assert response.json() == {"accepted": True, "id": tx.id}
     api.wait_included(tx.id)
+    return tx
+
+
+def assert_unchanged(
+    api: Api, before: dict[str, Any], tx_id: str | None = None
+) -> dict[str, Any]:
+    """The request made after `before` changed nothing: not at once (the same tip, state root,
+    balance and nonce, nothing pending) and not later: past a checkpoint, the chain holds one
+    new block with the checkpoint's transfer alone, alice's nonce and balance moved by that
+    transfer alone, nothing is pending, and `tx_id` (the refused transaction) is unknown. Returns
+    the snapshot after the checkpoint, the `before` of a next request."""
+    assert api.snapshot() == before
+    tx = checkpoint(api)
+    after = api.snapshot()
+    assert after["height"] == before["height"] + 1
+    block = api.http.get(f"/dn/v1/blocks/{after['height']}").json()
+    assert block["tx_ids"] == [tx.id]
+    assert after["nonce"] == before["nonce"] + 1 == tx.nonce + 1
+    assert after["balance"] == before["balance"] - 1 - FEE
+    assert after["mempool"] == 0
+    if tx_id is not None:
+        assert api.http.get(f"/dn/v1/txs/{tx_id}").status_code == 404
+    return after
 
 
 def tx_id_of(raw: Any) -> str | None:
@@ -295,7 +311,7 @@ def test_replayed_transaction_is_refused_after_inclusion(api: Api) -> None:
     assert before["nonce"] == tx.nonce + 1
 
     assert_error(api.http.post("/dn/v1/txs", json=tx.to_json()), 422, "duplicate")
-    assert_unchanged(api, before)
+    before = assert_unchanged(api, before)
 
     replay = api.transfer(to=bob.address, amount=8_000, nonce=tx.nonce)
     assert_error(api.http.post("/dn/v1/txs", json=replay.to_json()), 422, "nonce-too-low")
@@ -356,15 +372,15 @@ def test_batch_includes_only_the_valid_transactions(api: Api, quiet: dict[str, A
 
     for tx in (ok0, ok1, ok2):
         api.wait_included(tx.id)
-    time.sleep(SETTLE_S)
+    checkpoint(api)  # past it, the refused ones would have reached a block if they could
     for rejected in (bad_sig, gap.to_json(), cheap.to_json()):
         rejected_id = tx_id_of(rejected)
         assert rejected_id is not None
         assert api.http.get(f"/dn/v1/txs/{rejected_id}").status_code == 404
     assert api.account(bob.address)["balance"] == 600
     after = api.account(api.alice.address)
-    assert after["nonce"] == n + 3
-    assert after["balance"] == quiet["balance"] - 600 - 3 * FEE
+    assert after["nonce"] == n + 4  # the three and the checkpoint
+    assert after["balance"] == quiet["balance"] - 600 - 3 * FEE - (1 + FEE)
     assert api.status()["mempool"] == 0
 
 
@@ -420,8 +436,7 @@ def test_declared_oversize_body_gets_413_before_it_is_sent(api: Api, quiet: dict
         except TimeoutError:
             pytest.fail("no 413 within 5 s: the server waited for the declared body")
     _assert_too_large(status, headers, body)
-    assert_unchanged(api, quiet)
-    assert_healthy(api)
+    assert_unchanged(api, quiet)  # and its checkpoint shows the node still takes a valid tx
 
 
 def test_chunked_oversize_body_gets_413_while_streaming(api: Api, quiet: dict[str, Any]) -> None:
@@ -464,8 +479,7 @@ def test_chunked_oversize_body_gets_413_while_streaming(api: Api, quiet: dict[st
     _assert_too_large(status, headers, body)
     assert not sent["ended"], "the server answered only after the whole body had been sent"
     assert sent["bytes"] >= MAX_BODY - 2 * len(piece)  # it did not refuse a body under the limit
-    assert_unchanged(api, quiet)
-    assert_healthy(api)
+    assert_unchanged(api, quiet)  # and its checkpoint shows the node still takes a valid tx
 
 
 def test_body_just_under_the_limit_is_read(api: Api, quiet: dict[str, Any]) -> None:

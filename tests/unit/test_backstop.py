@@ -1,101 +1,199 @@
-"""The checker's backstop for payment (dn/node/market/backstop.py): held settlements survive a
-restart, are sent once when due, and are forgotten once settled or past saving.
+"""The checker's backstop for payment (dn/node/market/backstop.py) on real nodes over real SQLite
+stores: held settlements survive a restart, are sent once when due, are forgotten once settled or
+past saving, and every one it sends is checked by the node like any other transaction (one the
+chain would refuse is dropped, not retried).
 
-The node here is a stand-in that records what is submitted; tests/functional/test_queries.py
-runs the same code in real miners, with a consumer who never settles.
+Two `Node`s share one genesis, as on a LAN: the validator's, which makes every block, and the
+checker's own (a miner's node, not a validator), which takes each block as gossip would bring it.
+The backstop submits to the checker's node; `Lan.block` relays what is pending there to the
+validator, as gossip would. tests/functional/test_queries.py runs the same code in real miners,
+with a consumer who never settles.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dn.chain import mempool as mempool_module
 from dn.chain import tasks
+from dn.chain.genesis import Genesis
 from dn.chain.ledger import TASK
 from dn.chain.types import Tx
 from dn.node.market.backstop import SETTLE_TRIES, Backstop, last_valid_height, settle_height
 from dn.node.market.records import TaskRecords
-from dn.node.node import Node
+from dn.node.node import Node, NodeHome
 from dn.wallet.keys import Keypair
-
-CHAIN = "devnet-test"
-TICKET = tasks.sign_ticket(
-    CHAIN,
-    Keypair.generate(),
-    model="ab" * 32,
-    prompt_hash=tasks.prompt_hash("hello"),
-    max_tokens=8,
-    seed=1,
-    max_price=10_000,
-    ref_height=10,
-    nonce=1,
-    expiry=60,
+from tests.unit.test_chain_models import (
+    BOND,
+    CONSUMER,
+    CREATOR,
+    DN,
+    GATEWAY,
+    M1,
+    M2,
+    OTHER,
+    SMOL,
+    make_genesis,
 )
-TASK_ID = tasks.task_id(CHAIN, TICKET)
-GEN, CHK = Keypair.generate(), Keypair.generate()
-ATTEST = {"task": TASK_ID, "output_hash": tasks.output_hash([1, 2]), "tokens": 2}
-GENERATOR = tasks.sign_attestation(
-    CHAIN, GEN, role="generator", verdict="generated", commitment="", **ATTEST
-)
-CHECKER = tasks.sign_attestation(
-    CHAIN, CHK, role="checker", verdict="confirmed", commitment="cd" * 32, **ATTEST
-)
+from tests.unit.test_chain_state import V
+
+WINDOW = 20  # ticket_window_blocks
+LIFE = 10  # a ticket expires this many blocks after its reference height
+PRICE = 123_457  # units per 1,000 tokens
+TOKENS = 77  # so a confirmed answer costs 123_457 * 77 // 1000 = 9_506 units
+FEE = 1_000  # the default min_fee
+MINERS = {kp.address: kp for kp in (M1, M2)}
+REGISTERED = 1  # a miner's nonce after its miner.register in block 1
+
+
+def _node(path: Path, genesis: Genesis, key: Keypair) -> Node:
+    path.mkdir(parents=True, exist_ok=True)
+    return Node(NodeHome(path), genesis, key=key)
+
+
+class Lan:
+    """The validator's node and the checker's node on one genesis, the model registered and
+    two miners serving it (in block 1)."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.genesis = make_genesis(ticket_window_blocks=WINDOW)
+        self.validator = _node(tmp_path / "validator", self.genesis, V)
+        self.miner_key = Keypair.generate()
+        self.miner = _node(tmp_path / "miner", self.genesis, self.miner_key)
+        self.time_ms = self.genesis.time
+        model = {
+            "model": SMOL,
+            "name": "smollm2",
+            "domain": "general",
+            "price": PRICE,
+            "license": "apache-2.0",
+            "size": 98_362_432,
+        }
+        serve = {"bond": BOND, "models": [SMOL]}
+        self.block(
+            self.tx(CREATOR, "model.register", model),
+            self.tx(M1, "miner.register", {**serve, "url": "http://127.0.0.1:8001"}),
+            self.tx(M2, "miner.register", {**serve, "url": "http://127.0.0.1:8002"}),
+        )
+
+    def tx(self, kp: Keypair, kind: str, payload: dict[str, Any]) -> Tx:
+        """A transaction from `kp` with its next nonce as the validator's node sees it."""
+        return self.validator.own_tx(kp, kind, payload)
+
+    def block(self, *txs: Tx, relay: bool = True) -> None:
+        """The validator takes `txs`, then (unless `relay` is off) whatever is pending on the
+        checker's node, makes the next block, and the checker's node adopts it."""
+        results = self.validator.submit([tx.to_json() for tx in txs])
+        assert all(r["accepted"] for r in results), results
+        if relay:  # as gossip would; what the validator refuses stays out
+            self.validator.submit([tx.to_json() for tx in self.miner.mempool.pending()])
+        self.time_ms += 1_000
+        made = self.validator.produce(self.time_ms)
+        assert self.miner.receive_block(made) == "extended"
+
+    def advance_to(self, height: int) -> None:
+        """Blocks up to `height`, relaying nothing: what waits on the checker's node waits."""
+        while self.miner.tip.height < height:
+            self.block(relay=False)
+
+    def balance(self, kp: Keypair) -> int:
+        return int(self.miner.account(kp.address)["balance"])
+
+    def nonce(self, kp: Keypair) -> int:
+        return int(self.miner.account(kp.address)["nonce"])
+
+    def reopen_miner(self) -> None:
+        """The checker's node restarts on its store."""
+        self.miner.close()
+        self.miner = Node(NodeHome(self.tmp_path / "miner"), self.genesis, key=self.miner_key)
+
+    def close(self) -> None:
+        self.validator.close()
+        self.miner.close()
 
 
 @dataclass
-class Tip:
-    height: int
+class Held:
+    """A confirmed task the chain would settle, as the checker holds it."""
+
+    task: str
+    payload: dict[str, Any]
+    checker: Keypair
 
 
-@dataclass
-class Genesis:
-    chain_id: str = CHAIN
+def held_task(lan: Lan, *, life: int = LIFE, swap_miners: bool = False) -> Held:
+    """A consumer's ticket made at the checker's tip, and both miners' attestations of a
+    confirmed answer of TOKENS tokens, by the two miners the chain selects for it (in each
+    other's roles with `swap_miners`, which the chain refuses)."""
+    chain_id, ref = lan.genesis.chain_id, lan.miner.tip.height
+    ticket = tasks.sign_ticket(
+        chain_id,
+        CONSUMER,
+        model=SMOL,
+        prompt_hash=tasks.prompt_hash("Why is the sky blue?"),
+        max_tokens=128,
+        seed=7,
+        max_price=DN,
+        ref_height=ref,
+        nonce=0,
+        expiry=ref + life,
+    )
+    task = tasks.task_id(chain_id, ticket)
+    generator, checker = tasks.select_miners(
+        tasks.eligible_miners(lan.miner.state, SMOL, ref), task
+    )
+    if swap_miners:
+        generator, checker = checker, generator
+    common = {"task": task, "output_hash": tasks.output_hash(list(range(TOKENS))), "tokens": TOKENS}
+    gen = tasks.sign_attestation(
+        chain_id, MINERS[generator], role="generator", verdict="generated", commitment="", **common
+    )
+    chk = tasks.sign_attestation(
+        chain_id,
+        MINERS[checker],
+        role="checker",
+        verdict="confirmed",
+        commitment="cd" * 32,
+        **common,
+    )
+    payload = {"ticket": ticket, "generator": gen, "checker": chk}
+    return Held(task, payload, MINERS[checker])
 
-    def param(self, name: str) -> int:
-        return {"ticket_window_blocks": 100, "min_fee": 1_000}[name]
+
+@pytest.fixture
+def lan(tmp_path: Path) -> Iterator[Lan]:
+    made = Lan(tmp_path)
+    yield made
+    made.close()
 
 
-@dataclass
-class Mempool:
-    txs: dict[str, Tx] = field(default_factory=dict)
-
-    def get(self, tx_id: str) -> Tx | None:
-        return self.txs.get(tx_id)
-
-    def pending_nonce(self, address: str) -> int:
-        return len(self.txs)
+def backstop_for(lan: Lan, held: Held) -> tuple[Backstop, TaskRecords]:
+    """The checker's backstop on its node, holding `held` at the node's tip."""
+    records = TaskRecords(lan.tmp_path / "miner_tasks.db")
+    backstop = Backstop(lan.miner, held.checker, records)
+    p = held.payload
+    backstop.hold(held.task, p["ticket"], p["generator"], p["checker"])
+    return backstop, records
 
 
-@dataclass
-class FakeNode:
-    tip: Tip = field(default_factory=lambda: Tip(20))
-    genesis: Genesis = field(default_factory=Genesis)
-    mempool: Mempool = field(default_factory=Mempool)
-    state: dict[str, Any] = field(default_factory=dict)
-    refuse: dict[str, str] | None = None  # the error the next submit answers with
-    submitted: list[Tx] = field(default_factory=list)
-
-    own_tx = Node.own_tx  # the real one: it reads only genesis and mempool
-
-    def submit(self, raws: list[Any]) -> list[dict[str, Any]]:
-        tx = Tx.from_json(raws[0])
-        if self.refuse is not None:
-            return [{"accepted": False, **self.refuse}]
-        self.submitted.append(tx)
-        self.mempool.txs[tx.id] = tx
-        return [{"accepted": True, "id": tx.id}]
+def refusal(lan: Lan, held: Held) -> str:
+    """The reason the checker's node gives for this settlement from the checker now (the
+    backstop's own transaction would be this one)."""
+    tx = lan.miner.own_tx(held.checker, "task.settle", held.payload)
+    (result,) = lan.miner.submit([tx.to_json()])
+    assert not result["accepted"], "the node took it: the case would prove nothing"
+    return str(result["reason"])
 
 
-def make(tmp_path: Path) -> tuple[FakeNode, Backstop, TaskRecords]:
-    node = FakeNode()
-    records = TaskRecords(tmp_path / "miner_tasks.db")
-    backstop = Backstop(node, Keypair.generate(), records)  # type: ignore[arg-type]
-    backstop.hold(TASK_ID, TICKET, GENERATOR, CHECKER)
-    return node, backstop, records
+# --- the pure rules ---------------------------------------------------------------------------
 
 
 @given(st.integers(0, 10**6), st.integers(1, 10**6))
@@ -110,62 +208,163 @@ def test_last_valid_height_is_the_chains_rule() -> None:
     assert last_valid_height({"expiry": 200, "ref_height": 10}, 100) == 110
 
 
-def test_held_settlements_survive_a_restart(tmp_path: Path) -> None:
-    _, _, records = make(tmp_path)
-    records.close()
-    again = TaskRecords(tmp_path / "miner_tasks.db")
-    (row,) = again.held()
-    assert row["task"] == TASK_ID
-    assert row["payload"] == {"ticket": TICKET, "generator": GENERATOR, "checker": CHECKER}
-    assert (row["settle_at"], row["last_valid"], row["tries"]) == (40, 60, 0)
-    again.release(TASK_ID)
-    assert again.held() == []
+# --- on the nodes -----------------------------------------------------------------------------
 
 
-def test_it_sends_once_when_due_and_forgets_once_settled(tmp_path: Path) -> None:
-    node, backstop, records = make(tmp_path)
-    node.tip.height = 39
+def test_it_sends_once_when_due_and_forgets_once_settled(lan: Lan) -> None:
+    held = held_task(lan)  # at height 1: the ticket's last block is 11, the checker's turn 6
+    backstop, records = backstop_for(lan, held)
+    (row,) = records.held()
+    assert (row["settle_at"], row["last_valid"], row["tries"]) == (6, 11, 0)
+    consumer, checker = lan.balance(CONSUMER), lan.balance(held.checker)
+    lan.advance_to(5)
     assert backstop.step() == []  # the gateway's turn
-    node.tip.height = 40
+    assert lan.miner.mempool.pending() == []
+    lan.advance_to(6)
     (sent,) = backstop.step()
-    tx = node.submitted[0]
-    assert (tx.id, tx.kind, tx.sender) == (sent, "task.settle", backstop.wallet.address)
-    assert tx.payload["ticket"] == TICKET and tx.fee == 1_000
-    node.tip.height = 41
+    tx = lan.miner.mempool.get(sent)  # taken by the node's own checks
+    assert tx is not None
+    assert (tx.kind, tx.sender, tx.fee, tx.payload) == (
+        "task.settle",
+        held.checker.address,
+        FEE,
+        held.payload,
+    )
     assert backstop.step() == []  # ours is pending: not sent again
     assert backstop.pending() == 1
-    node.mempool.txs.clear()
-    node.state[TASK + TASK_ID] = {"status": "confirmed"}  # included
+    lan.block()
+    record = lan.miner.state.get(TASK + held.task)
+    assert record is not None and (record["status"], record["paid"]) == ("confirmed", 9_506)
+    assert lan.miner.tx_status(sent)["status"] == "included"
     assert backstop.step() == []
-    assert records.held() == [] and len(node.submitted) == 1
+    assert records.held() == [] and backstop.pending() == 0
+    # The consumer paid the price; the checker its fee, and it got its 15% share (1,500 bps).
+    assert consumer - lan.balance(CONSUMER) == 9_506
+    assert lan.balance(held.checker) - checker == 1_425 - FEE
+    assert lan.nonce(held.checker) == REGISTERED + 1  # one settlement, ever
 
 
-def test_a_settlement_seen_before_it_is_due_is_forgotten(tmp_path: Path) -> None:
-    node, backstop, records = make(tmp_path)
-    node.state[TASK + TASK_ID] = {"status": "confirmed"}  # the gateway settled it
+def test_held_settlements_survive_a_restart(lan: Lan) -> None:
+    held = held_task(lan)
+    _, records = backstop_for(lan, held)
+    records.close()
+    lan.reopen_miner()
+    again = TaskRecords(lan.tmp_path / "miner_tasks.db")
+    (row,) = again.held()
+    assert row["task"] == held.task and row["payload"] == held.payload
+    assert (row["settle_at"], row["last_valid"], row["tries"]) == (6, 11, 0)
+    backstop = Backstop(lan.miner, held.checker, again)
+    lan.advance_to(6)
+    (sent,) = backstop.step()
+    lan.block()
+    assert lan.miner.tx_status(sent)["status"] == "included"
+    assert backstop.step() == [] and again.held() == []
+
+
+def test_a_settlement_seen_before_it_is_due_is_forgotten(lan: Lan) -> None:
+    held = held_task(lan)
+    backstop, records = backstop_for(lan, held)
+    lan.block(lan.tx(GATEWAY, "task.settle", held.payload))  # the gateway settled it
     assert backstop.step() == []
-    assert records.held() == [] and node.submitted == []
-
-
-def test_a_refused_settlement_is_dropped_unless_it_may_pass_later(tmp_path: Path) -> None:
-    node, backstop, records = make(tmp_path)
-    node.tip.height = 45
-    node.refuse = {"reason": "mempool-full", "message": "the mempool is full"}
-    assert backstop.step() == [] and backstop.pending() == 1  # kept for the next step
-    node.refuse = {"reason": "task-settled", "message": "task is settled already"}
-    assert backstop.step() == [] and records.held() == []
-
-
-def test_it_gives_up_when_no_block_can_take_it_or_after_lost_tries(tmp_path: Path) -> None:
-    node, backstop, records = make(tmp_path)
-    node.tip.height = 60  # the next block would be past the ticket's last height
-    assert backstop.step() == [] and records.held() == [] and node.submitted == []
-
-    (tmp_path / "again").mkdir()
-    node, backstop, records = make(tmp_path / "again")
-    node.tip.height = 45
-    for _ in range(SETTLE_TRIES):
-        assert len(backstop.step()) == 1
-        node.mempool.txs.clear()  # dropped by a reorg, never included
+    assert records.held() == []
+    lan.advance_to(6)
     assert backstop.step() == []
-    assert records.held() == [] and len(node.submitted) == SETTLE_TRIES
+    assert lan.miner.mempool.pending() == [] and lan.nonce(held.checker) == REGISTERED
+
+
+def test_a_settlement_pending_elsewhere_is_refused_and_dropped(lan: Lan) -> None:
+    """The gateway's settlement reached the checker's node but no block yet when the checker's
+    turn comes: the node refuses the second one, and the backstop lets the task go."""
+    held = held_task(lan)
+    backstop, records = backstop_for(lan, held)
+    lan.advance_to(6)
+    gateway = lan.miner.own_tx(GATEWAY, "task.settle", held.payload)
+    assert lan.miner.submit([gateway.to_json()])[0]["accepted"]
+    assert refusal(lan, held) == "task-settled"
+    assert backstop.step() == []
+    assert records.held() == []
+    lan.block()
+    assert lan.miner.tx_status(gateway.id)["status"] == "included"
+    assert lan.nonce(held.checker) == REGISTERED  # the checker paid no fee
+
+
+def test_a_settlement_the_chain_refuses_is_dropped_not_retried(lan: Lan) -> None:
+    held = held_task(lan, swap_miners=True)
+    backstop, records = backstop_for(lan, held)
+    lan.advance_to(6)
+    assert refusal(lan, held) == "wrong-miners"
+    assert backstop.step() == []
+    assert records.held() == [] and lan.miner.mempool.pending() == []
+    lan.block()
+    assert lan.miner.state.get(TASK + held.task) is None
+    assert lan.nonce(held.checker) == REGISTERED
+
+
+def test_a_full_mempool_is_tried_again_at_the_next_step(
+    lan: Lan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = held_task(lan)
+    backstop, records = backstop_for(lan, held)
+    lan.advance_to(6)
+    monkeypatch.setattr(mempool_module, "MAX_PENDING", 1)
+    other = lan.miner.own_tx(OTHER, "transfer", {"to": CREATOR.address, "amount": 1})
+    assert lan.miner.submit([other.to_json()])[0]["accepted"]
+    assert refusal(lan, held) == "mempool-full"
+    assert backstop.step() == []
+    assert backstop.pending() == 1 and records.held()[0]["tries"] == 0  # kept for the next step
+    lan.block()  # the transfer leaves the mempool for a block
+    (sent,) = backstop.step()
+    lan.block()
+    assert lan.miner.tx_status(sent)["status"] == "included"
+
+
+@pytest.mark.parametrize(
+    ("life", "last", "reason"),
+    [(LIFE, 11, "expired-ticket"), (WINDOW + 10, 1 + WINDOW, "stale-ticket")],
+    ids=["expiry", "ticket-window"],
+)
+def test_it_gives_up_where_no_block_can_take_it(
+    lan: Lan, life: int, last: int, reason: str
+) -> None:
+    """The last height the backstop tries is the last one the chain takes: with the tip one
+    below it the node accepts the settlement; at it, the node refuses it and the backstop
+    sends nothing."""
+    held = held_task(lan, life=life)
+    backstop, records = backstop_for(lan, held)
+    assert records.held()[0]["last_valid"] == last
+    lan.advance_to(last - 1)
+    in_time = lan.miner.own_tx(GATEWAY, "task.settle", held.payload)
+    assert lan.miner.submit([in_time.to_json()])[0]["accepted"]  # block `last` may take it
+    lan.advance_to(last)  # it does not: the node drops it as too late for any later block
+    assert lan.miner.mempool.get(in_time.id) is None
+    assert refusal(lan, held) == reason
+    assert backstop.step() == []
+    assert records.held() == [] and lan.miner.mempool.pending() == []
+    assert lan.nonce(held.checker) == REGISTERED
+
+
+def test_it_gives_up_after_its_settlement_is_lost_again_and_again(lan: Lan) -> None:
+    """Each time, another transaction of the checker's wallet takes the nonce of the backstop's
+    settlement in the block the validator makes, so the checker's node drops the settlement as
+    spent: it is sent again with the next nonce, SETTLE_TRIES times in all."""
+    held = held_task(lan)
+    backstop, records = backstop_for(lan, held)
+    lan.advance_to(6)
+    for tries in range(1, SETTLE_TRIES + 1):
+        (sent,) = backstop.step()
+        tx = lan.miner.mempool.get(sent)
+        assert tx is not None and tx.nonce == REGISTERED + tries - 1
+        rival = Tx.create(
+            held.checker,
+            chain_id=lan.genesis.chain_id,
+            kind="transfer",
+            nonce=tx.nonce,
+            fee=FEE,
+            payload={"to": OTHER.address, "amount": 1},
+        )
+        lan.block(rival)  # taken before the relayed settlement, which is then refused
+        assert lan.miner.mempool.get(sent) is None and records.held()[0]["tries"] == tries
+        assert lan.miner.state.get(TASK + held.task) is None
+    assert backstop.step() == []
+    assert records.held() == [] and lan.miner.mempool.pending() == []
+    assert lan.nonce(held.checker) == REGISTERED + SETTLE_TRIES  # the rivals only

@@ -22,10 +22,12 @@ from dn.powr.suites import (
     Suite,
     builtin_domains,
     builtin_suite,
+    choose_suite,
     load_suite,
     parse_suite,
     sample_items,
     sample_seed,
+    suite_domain,
 )
 
 GOOD = {"id": "ok-1", "prompt": "What is 2 + 2?", "answer": 4, "kind": "numeric"}
@@ -98,6 +100,41 @@ def test_unknown_builtin_domain_names_the_ones_there_are() -> None:
     for bad in ("poetry", "../general", "General"):
         with pytest.raises(InputError, match="built-in: code, finance, general, health"):
             builtin_suite(bad)
+
+
+# --- which suite a model is evaluated on ----------------------------------------------------
+
+
+def test_a_model_is_evaluated_on_its_own_domain_else_general() -> None:
+    # The validator duty (dn/node/validator/powr.py): the built-in suite of the model's domain,
+    # `general` where none ships.
+    assert [suite_domain(d) for d in ("code", "finance", "health", "general")] == [
+        "code",
+        "finance",
+        "health",
+        "general",
+    ]
+    assert suite_domain("law") == "general"
+    assert suite_domain(None) == "general"
+    assert choose_suite(model_domain="health").name == "health"
+    assert choose_suite(model_domain="law").name == "general"
+    assert choose_suite().name == "general"
+
+
+def test_a_chosen_suite_file_or_domain_wins_over_the_model_domain(tmp_path: Path) -> None:
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps(GOOD) + "\n")
+    assert choose_suite(path, None, "code").name == "mine"
+    assert choose_suite(None, "finance", "code").name == "finance"
+    with pytest.raises(InputError) as both:
+        choose_suite(path, "finance")
+    assert (both.value.message, both.value.reason) == (
+        "give --suite or --domain, not both",
+        "bad-option",
+    )
+    with pytest.raises(InputError) as unknown:  # a domain asked for by name must ship
+        choose_suite(None, "law")
+    assert unknown.value.reason == "bad-suite"
 
 
 # --- validation on load ---------------------------------------------------------------------

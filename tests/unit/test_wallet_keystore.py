@@ -26,6 +26,7 @@ from dn.wallet.keystore import (
     MAX_MEMLIMIT,
     MAX_OPSLIMIT,
     Keystore,
+    LockedWallet,
     check_name,
 )
 
@@ -406,3 +407,59 @@ def test_a_wallet_folder_open_to_others_is_refused(ks: Keystore) -> None:
     os.chmod(ks.folder, 0o755)
     with pytest.raises(KeystoreInsecure, match="chmod 700"):
         ks.load("alice", PW)
+
+
+# --- opening a wallet to sign ---------------------------------------------------------------
+
+
+class Asked:
+    """A password source that counts how often it was asked."""
+
+    def __init__(self, password: str = PW) -> None:
+        self.password = password
+        self.times = 0
+
+    def __call__(self) -> str:
+        self.times += 1
+        return self.password
+
+
+def test_unlock_asks_for_the_password_only_for_a_sound_private_wallet(ks: Keystore) -> None:
+    made = ks.create("alice", PW, KDF_FAST)
+    asked = Asked()
+    with pytest.raises(WalletNotFound):
+        ks.unlock("bob", asked)
+    ks.path("bob").write_text("not json")
+    os.chmod(ks.path("bob"), 0o600)
+    with pytest.raises(KeystoreCorrupt):
+        ks.unlock("bob", asked)
+    os.chmod(ks.path("alice"), 0o644)
+    with pytest.raises(KeystoreInsecure):
+        ks.unlock("alice", asked)
+    assert asked.times == 0
+    os.chmod(ks.path("alice"), 0o600)
+    assert ks.unlock("alice", asked).address == made.address and asked.times == 1
+    with pytest.raises(WrongPassword):
+        ks.unlock("alice", Asked("not it"))
+
+
+def test_a_locked_wallet_reads_its_address_without_the_password(ks: Keystore) -> None:
+    made = ks.create("alice", PW, KDF_FAST)
+    asked = Asked()
+    wallet = LockedWallet(ks, "alice", asked)
+    assert wallet.address() == made.address and asked.times == 0
+    assert wallet.unlock().seed() == made.seed() and asked.times == 1
+    with pytest.raises(WalletNotFound):
+        LockedWallet(ks, "nobody", asked).address()
+
+
+def test_resolve_takes_a_checked_address_or_a_wallet_name(ks: Keystore) -> None:
+    made = ks.create("alice", PW, KDF_FAST)
+    other = Keypair.generate().address
+    assert ks.resolve(other) == other
+    assert ks.resolve("alice") == made.address
+    typo = other[:-1] + ("q" if other[-1] != "q" else "p")
+    with pytest.raises(InputError):  # a checksum failure, never a wallet lookup
+        ks.resolve(typo)
+    with pytest.raises(WalletNotFound):
+        ks.resolve("carol")

@@ -73,6 +73,36 @@ _ROLE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}", re.ASCII)
 _DIGITS = re.compile(r"[0-9]{1,10}", re.ASCII)
 
 
+def mdns_interfaces(enabled: bool, chosen: list[str], host: str) -> list[str] | None:
+    """The IPv4 addresses a node announces itself and listens for others on, or None for no
+    mDNS: the `chosen` ones (each checked), else the address the node listens on; for a node
+    listening on every interface (0.0.0.0) every address of the machine but loopback, and for
+    a hostname none (it cannot be told apart from here: name the interfaces)."""
+    if not enabled:
+        return None
+    for value in chosen:
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise InputError(f"--mdns-interface wants an IPv4 address, got {value!r}") from None
+    if chosen:
+        return chosen
+    if host in ("0.0.0.0", ""):
+        import ifaddr
+
+        return [
+            str(ip.ip)
+            for adapter in ifaddr.get_adapters()
+            for ip in adapter.ips
+            if isinstance(ip.ip, str) and not ip.ip.startswith("127.")
+        ] or None
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return None
+    return [host]
+
+
 @dataclass(frozen=True)
 class Found:
     """A DeepNode service on our genesis, as its mDNS records describe it (not yet verified)."""

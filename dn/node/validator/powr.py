@@ -53,14 +53,13 @@ from dn.node.validator.interfaces import ChainView, ModelFiles, ModelRunner
 from dn.powr.evaluate import DEFAULT_MAX_TOKENS, Evaluation
 from dn.powr.evaluate import evaluate as run_evaluation
 from dn.powr.params import PPM
-from dn.powr.suites import Item, builtin_domains, builtin_suite, sample_items, sample_seed
+from dn.powr.suites import Item, choose_suite, sample_items, sample_seed
 from dn.wallet.keys import Keypair
 
 log = logging.getLogger("dn.validator")
 
 STATE_FILE = "powr_validator.json"
 DEFAULT_ITEMS = 8
-FALLBACK_DOMAIN = "general"
 
 Evaluate = Callable[..., Evaluation]  # evaluate(model, items, *, max_tokens=…, progress=…)
 
@@ -125,11 +124,6 @@ class SendStep:
 
 
 Step = EvaluateStep | SendStep
-
-
-def suite_domain(domain: str) -> str:
-    """The built-in suite a model of `domain` is evaluated on."""
-    return domain if domain in builtin_domains() else FALLBACK_DOMAIN
 
 
 def to_ppm(quality: float) -> int:
@@ -305,9 +299,8 @@ class PowrValidator:
         scores: dict[str, int] = {}
         evaluations: dict[str, Evaluation] = {}
         for sha, domain in step.models.items():
-            items: list[Item] = sample_items(
-                builtin_suite(suite_domain(domain)), self.items_per_model, seed
-            )
+            suite = choose_suite(model_domain=domain)
+            items: list[Item] = sample_items(suite, self.items_per_model, seed)
             try:
                 model = self.runner.model(self.store.path(sha), "generate")
                 result = self._evaluate(
@@ -327,7 +320,7 @@ class PowrValidator:
                 sha[:12],
                 result.quality,
                 len(items),
-                suite_domain(domain),
+                suite.name,
             )
         self.last_evaluations = evaluations
         if not scores:
