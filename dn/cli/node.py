@@ -78,6 +78,13 @@ def start(
         "--password-file",
         help="Read the gateway wallet's password from this file (else $DN_PASSWORD or a prompt).",
     ),
+    max_price: str = typer.Option(
+        "1",
+        "--max-price",
+        metavar="DN",
+        help="The most the gateway wallet pays per 1,000 tokens (DN); the OpenAI routes refuse "
+        "dearer models. A request may lower it (`dn_max_price`), never raise it.",
+    ),
     validate: bool = typer.Option(
         False,
         "--validate/--no-validate",
@@ -95,8 +102,10 @@ def start(
     ),
 ) -> None:
     """Run the node in the foreground until Ctrl-C."""
+    from dn.encoding import parse_dn
     from dn.node.service import run_foreground
 
+    cap = parse_dn(max_price, allow_zero=True, what="--max-price")
     wallet = unlock(ctx, gateway_wallet, password_file) if gateway_wallet is not None else None
     node, net = prepare_node(
         ctx,
@@ -126,14 +135,17 @@ def start(
     if wallet is not None:
         say(
             f"OpenAI-compatible API at http://{host}:{port}/v1, paid by {gateway_wallet} "
-            f"({wallet.address}); it answers clients on this machine only"
+            f"({wallet.address}) up to {max_price} DN per 1,000 tokens; it answers clients on "
+            "this machine only"
         )
     if validate:
         say(
             f"PoWR: each epoch, the live models in {models.root} are evaluated on {powr_items} "
             "items each; commits and reveals are paid by the node key"
         )
-    run_foreground(node, host, port, net, gateway_wallet=wallet, validate=validator)
+    run_foreground(
+        node, host, port, net, gateway_wallet=wallet, gateway_max_price=cap, validate=validator
+    )
     say("node stopped")
 
 

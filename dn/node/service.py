@@ -55,6 +55,7 @@ class NodeService:
         mine: MinerOptions | None = None,
         store: ModelStore | None = None,
         gateway_wallet: Keypair | None = None,
+        gateway_max_price: int | None = None,
         validate: PowrValidator | None = None,
         bond: int | None = None,
     ) -> None:
@@ -92,6 +93,7 @@ class NodeService:
                 miner=self.miner,
                 store=self.store,
                 gateway_wallet=gateway_wallet,
+                gateway_max_price=gateway_max_price,
             ),
             host=host,
             port=port,
@@ -303,6 +305,7 @@ def run_foreground(
     *,
     mine: MinerOptions | None = None,
     gateway_wallet: Keypair | None = None,
+    gateway_max_price: int | None = None,
     validate: PowrValidator | None = None,
     bond: int | None = None,
 ) -> None:
@@ -314,6 +317,7 @@ def run_foreground(
             net,
             mine=mine,
             gateway_wallet=gateway_wallet,
+            gateway_max_price=gateway_max_price,
             validate=validate,
             bond=bond,
         )

@@ -204,4 +204,3 @@ def test_epochs_with_both_models_pay_and_every_unit_is_explained(
         assert rewards, "the creator earns from quality, with or without tasks"
     finally:
         store.close()
-

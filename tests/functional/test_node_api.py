@@ -148,9 +148,7 @@ def checkpoint(api: Api) -> Tx:
     return tx
 
 
-def assert_unchanged(
-    api: Api, before: dict[str, Any], tx_id: str | None = None
-) -> dict[str, Any]:
+def assert_unchanged(api: Api, before: dict[str, Any], tx_id: str | None = None) -> dict[str, Any]:
     """The request made after `before` changed nothing: not at once (the same tip, state root,
     balance and nonce, nothing pending) and not later: past a checkpoint, the chain holds one
     new block with the checkpoint's transfer alone, alice's nonce and balance moved by that

@@ -170,6 +170,7 @@ def create_app(
     miner: Miner | None = None,
     store: ModelStore | None = None,
     gateway_wallet: Keypair | None = None,
+    gateway_max_price: int | None = None,
 ) -> FastAPI:
     app = FastAPI(title="DeepNode node", version="1", docs_url="/dn/v1/docs", redoc_url=None)
     app.add_exception_handler(DNError, _dn_error)
@@ -323,5 +324,8 @@ def create_app(
         from dn.node.http.task_routes import add_task_routes
 
         add_task_routes(app, node, gateway, miner, store)
-        add_openai_routes(app, node, gateway, gateway_wallet)
+        from dn.node.http.openai_routes import DEFAULT_MAX_PRICE
+
+        cap = DEFAULT_MAX_PRICE if gateway_max_price is None else gateway_max_price
+        add_openai_routes(app, node, gateway, gateway_wallet, cap)
     return app

@@ -15,7 +15,14 @@ Safety: these POST routes spend the gateway wallet's money, so they answer only 
 machine (a loopback address: 127.0.0.0/8 or ::1). A node listening on 0.0.0.0 still refuses
 (403) anyone on the LAN. A reverse proxy on the same machine would make every client it forwards
 look local: do not put one in front of a node that has a gateway wallet. Without a gateway
-wallet the POST routes answer 503.
+wallet the POST routes answer 503. A web page in the user's browser is on this machine too, so
+the routes also refuse what only a browser sends: a body that is not `application/json` (415
+`not-json`: a cross-site form can post text/plain without asking first), an `Origin` that is not
+a loopback URL (403 `cross-origin`), and a `Host` that is not a loopback name or address (403
+`bad-host`: DNS rebinding). And the wallet pays at most `max_price` units per 1,000 tokens
+(`dn node start --max-price`, default `DEFAULT_MAX_PRICE`; a request may lower it with the extra
+field `dn_max_price`, never raise it): a dearer model is 402 `over-price-cap`, before anything
+is signed.
 
 Answers are greedy (the checker verifies greedy decoding), so sampling options such as
 `temperature`, `top_p`, `seed` or `stop` are accepted and ignored; `n` must be 1. Errors have
@@ -35,11 +42,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from dn.chain import tasks
 from dn.chain.ledger import MODEL
+from dn.encoding import UNITS_PER_DN
 from dn.errors import DNError, Forbidden, InputError, TaskError
 from dn.node.http.bodies import json_object
 from dn.node.http.task_routes import all_model_keys, find_model
@@ -49,6 +58,7 @@ from dn.node.taskio import input_hash, normalize_input
 from dn.wallet.keys import Keypair
 
 log = logging.getLogger("dn.openai")
+DEFAULT_MAX_PRICE = UNITS_PER_DN  # units per 1,000 tokens the gateway wallet pays at most
 DEFAULT_MAX_TOKENS = 256
 MAX_TOKENS = 65536  # the ticket's limit; the model's context is usually the tighter one
 EXPIRY_BLOCKS = 50
@@ -58,6 +68,8 @@ DONE = b"data: [DONE]\n\n"
 # Statuses for reasons whose DNError class alone would give the wrong one.
 _STATUS_BY_REASON = {
     "cannot-pay": 402,
+    "over-price-cap": 402,
+    "not-json": 415,
     "unknown-model": 404,
     "model-retired": 404,
     "no-miner": 503,
@@ -113,6 +125,35 @@ def is_local(host: str | None) -> bool:
     return address.is_loopback
 
 
+def _loopback_host(value: str) -> bool:
+    """Whether `value` (a Host header, or an Origin's host and port) names this machine."""
+    try:
+        host = httpx.URL(f"http://{value}").host
+    except (httpx.InvalidURL, ValueError):
+        return False
+    return is_local(host)
+
+
+def refuse_browser_requests(request: Request) -> None:
+    """What only a web page in the user's browser sends (see the module docstring)."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise InputError("these routes take only an application/json body", reason="not-json")
+    origin = request.headers.get("origin")
+    if origin is not None:
+        scheme, _, rest = origin.partition("://")
+        if scheme not in ("http", "https") or not _loopback_host(rest):
+            raise Forbidden(
+                f"requests from web pages at {origin} may not spend this node's wallet",
+                reason="cross-origin",
+            )
+    if not _loopback_host(request.headers.get("host", "")):
+        raise Forbidden(
+            "the Host header must name this machine (127.0.0.1, localhost or ::1)",
+            reason="bad-host",
+        )
+
+
 # --- requests -------------------------------------------------------------------------------
 
 
@@ -161,6 +202,7 @@ class Ask:
     max_tokens: int
     stream: bool
     include_usage: bool
+    max_price: int | None = None  # units per 1,000 tokens: only ever lowers the node's cap
 
 
 def _content(i: int, content: Any) -> Any:
@@ -193,6 +235,13 @@ def parse_ask(body: dict[str, Any], shape: Shape) -> Ask:
         raise InputError("n must be 1: each answer is one paid task", reason="bad-request")
     options = body.get("stream_options")
     include_usage = isinstance(options, dict) and options.get("include_usage") is True
+    max_price = body.get("dn_max_price")
+    if max_price is not None and (
+        not isinstance(max_price, int) or isinstance(max_price, bool) or max_price < 0
+    ):
+        raise InputError(
+            "dn_max_price must be a whole number of units per 1,000 tokens", reason="bad-request"
+        )
     if shape.chat:
         messages = body.get("messages")
         if not isinstance(messages, list):
@@ -216,7 +265,7 @@ def parse_ask(body: dict[str, Any], shape: Shape) -> Ask:
         if not isinstance(prompt, str):
             raise InputError("prompt must be one string", reason="bad-request")
         task_input = normalize_input({"prompt": prompt})
-    return Ask(model.strip(), task_input, max_tokens, stream, include_usage)
+    return Ask(model.strip(), task_input, max_tokens, stream, include_usage, max_price)
 
 
 # --- running one ----------------------------------------------------------------------------
@@ -225,10 +274,31 @@ def parse_ask(body: dict[str, Any], shape: Shape) -> Ask:
 class OpenAIGateway:
     """Turns OpenAI-style requests into paid queries signed and settled by `wallet`."""
 
-    def __init__(self, node: Node, gateway: Gateway, wallet: Keypair) -> None:
+    def __init__(
+        self, node: Node, gateway: Gateway, wallet: Keypair, max_price: int = DEFAULT_MAX_PRICE
+    ) -> None:
         self.node = node
         self.gateway = gateway
         self.wallet = wallet
+        self.max_price = max_price
+
+    def cap(self, ask: Ask, name: str, model: dict[str, Any]) -> None:
+        """Refuse a model dearer than the cap (the node's, or the request's if lower)."""
+        cap = self.max_price
+        if ask.max_price is not None:
+            if ask.max_price > self.max_price:
+                raise InputError(
+                    f"dn_max_price may only lower this node's cap of {self.max_price} units "
+                    "per 1,000 tokens",
+                    reason="bad-request",
+                )
+            cap = ask.max_price
+        if model["price"] > cap:
+            raise TaskError(
+                f"model {name} costs {model['price']} units per 1,000 tokens, above the cap of "
+                f"{cap} this gateway pays (dn node start --max-price)",
+                reason="over-price-cap",
+            )
 
     def ticket(self, sha: str, model: dict[str, Any], ask: Ask) -> dict[str, Any]:
         genesis = self.node.genesis
@@ -261,6 +331,7 @@ class OpenAIGateway:
         """Sign and plan the query (errors here come before any work): the task id, the model
         and the gateway's events."""
         sha, model = find_model(self.node, ask.model)
+        self.cap(ask, ask.model, model)
         ticket = self.ticket(sha, model, ask)
         events = self.gateway.run(ticket, ask.task_input)
         return tasks.task_id(self.node.genesis.chain_id, ticket), model, events
@@ -365,8 +436,14 @@ async def _closing(events: Any) -> AsyncIterator[None]:
 # --- routes ---------------------------------------------------------------------------------
 
 
-def add_openai_routes(app: FastAPI, node: Node, gateway: Gateway, wallet: Keypair | None) -> None:
-    payer = OpenAIGateway(node, gateway, wallet) if wallet is not None else None
+def add_openai_routes(
+    app: FastAPI,
+    node: Node,
+    gateway: Gateway,
+    wallet: Keypair | None,
+    max_price: int = DEFAULT_MAX_PRICE,
+) -> None:
+    payer = OpenAIGateway(node, gateway, wallet, max_price) if wallet is not None else None
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -402,6 +479,7 @@ def add_openai_routes(app: FastAPI, node: Node, gateway: Gateway, wallet: Keypai
                     "clients on the same machine (loopback)",
                     reason="not-local",
                 )
+            refuse_browser_requests(request)
             if payer is None:
                 raise TaskError(
                     "this node has no gateway wallet to pay for queries: start it with "
