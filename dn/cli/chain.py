@@ -357,18 +357,31 @@ def task(
 
 
 @app.command()
-def verify(ctx: typer.Context, name: str = NodeName) -> None:
-    """Replay the local node's store from genesis: links, signatures, state roots, supply."""
+def verify(
+    ctx: typer.Context,
+    name: str = NodeName,
+    genesis: Path | None = typer.Option(
+        None,
+        "--genesis",
+        metavar="FILE",
+        help="The genesis the store must hold (default: the node's genesis.json, if it has one).",
+    ),
+) -> None:
+    """Replay the local node's store from genesis: links, signatures, every block's hash (the
+    tip's too), state roots, supply, and that the store's genesis is the genesis file's."""
+    from dn.chain.genesis import Genesis
     from dn.chain.store import Store
     from dn.chain.verify import verify_store
     from dn.config import home
     from dn.node.node import NodeHome
 
     node_home = NodeHome.named(name, home(opts(ctx).home))
+    genesis_file = genesis or (node_home.genesis_file if node_home.genesis_file.exists() else None)
+    expected = Genesis.load(genesis_file) if genesis_file is not None else None
     store = Store.open(node_home.store_file, readonly=True)
     try:
         with progress("verifying", store.tip().height) as update:
-            report = verify_store(store, update)
+            report = verify_store(store, update, genesis=expected)
     finally:
         store.close()
 

@@ -329,3 +329,21 @@ def test_not_found_block_and_tx(shared_devnet: Devnet):
     devnet = shared_devnet
     assert "no block 999" in said(devnet.dn("chain", "block", "999", code=1))
     assert "no transaction" in said(devnet.dn("chain", "tx", "ab" * 32, code=1))
+
+
+def test_verify_checks_the_store_against_the_genesis_file(dn_home, tmp_path):
+    """`dn chain verify` compares the genesis in the store with the node's genesis.json (or
+    --genesis FILE): a store checked against another chain's file fails."""
+    first = dn_json("chain", "init", "--dev")
+    kept = tmp_path / "ours.json"
+    kept.write_bytes(Path(first["genesis_file"]).read_bytes())
+    assert dn_json("chain", "verify")["ok"] is True  # the node's own genesis.json
+    other = dn_json("chain", "init", "--dev", "--name", "other")  # another key: another chain
+    result = dn("chain", "verify", "--genesis", other["genesis_file"], code=None)
+    assert "the store holds genesis" in said(result)
+    # the other node's genesis.json moved over this node's: found without --genesis too
+    (dn_home / "nodes" / "default" / "genesis.json").write_bytes(
+        Path(other["genesis_file"]).read_bytes()
+    )
+    assert "the store holds genesis" in said(dn("chain", "verify", code=None))
+    assert dn_json("chain", "verify", "--genesis", kept)["ok"] is True
