@@ -305,17 +305,17 @@ def choose_suite(
 # --- sampling -------------------------------------------------------------------------------
 
 
-def sample_seed(first_block_hash: str, validator: str) -> bytes:
-    """The seed a validator samples with in an epoch: from the hex hash of the epoch's first block
-    and the validator's address, so each validator's sample is fixed before it sees any answer
-    and differs from every other validator's."""
+def sample_seed(first_block_hash: str) -> bytes:
+    """The seed every validator samples with in an epoch: from the hex hash of the block fixed
+    just before the epoch (see dn/node/validator/powr.py), so the sample is fixed before anyone
+    sees an answer and is the same for every validator. One shared exam is what lets honest
+    validators agree up to hardware drift: with a sample of their own, a few items each, two
+    honest validators revealed 1.0 and 0.667 for one model, and one's agreement fell to 0."""
     try:
         block = bytes.fromhex(first_block_hash)
     except ValueError:
         raise InputError(f"not a hex block hash: {first_block_hash!r}") from None
-    return hashlib.sha256(
-        b"dn-powr-seed\x00" + len(block).to_bytes(4, "big") + block + validator.encode()
-    ).digest()
+    return hashlib.sha256(b"dn-powr-seed\x00" + len(block).to_bytes(4, "big") + block).digest()
 
 
 def sample_items(suite: Suite, k: int, seed: bytes) -> list[Item]:

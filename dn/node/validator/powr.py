@@ -10,9 +10,10 @@ What happens when, for the block being built next (tip height + 1) in epoch e:
 - reveal phase, committed for e and not revealed: send `powr.reveal` with the scores and salt
   that were committed.
 
-The sample seed. Items are sampled with `sample_seed(H, validator)` where H is the hash of block
-e*E, the block before the epoch's first block (genesis for epoch 0): the newest block every node
-knows when epoch e begins. The commit phase starts at the epoch's first block, so the hash of that
+The sample seed. Items are sampled with `sample_seed(H)` where H is the hash of block e*E, the
+block before the epoch's first block (genesis for epoch 0): the newest block every node knows
+when epoch e begins. Every validator runs the same items (one shared exam), so honest validators
+agree up to hardware drift. The commit phase starts at the epoch's first block, so the hash of that
 block cannot be waited for without losing a block of the phase; the block before it is fixed
 just as late for anyone trying to predict it (it is the last block of epoch e-1) and every
 validator can compute it from the chain alone, so anyone can check which items a validator ran.
@@ -295,7 +296,7 @@ class PowrValidator:
 
     def _evaluate_models(self, step: EvaluateStep) -> Committed | None:
         self._said.add((step.epoch, "evaluated"))
-        seed = sample_seed(step.seed_block, self.address)
+        seed = sample_seed(step.seed_block)
         scores: dict[str, int] = {}
         evaluations: dict[str, Evaluation] = {}
         for sha, domain in step.models.items():
