@@ -224,6 +224,16 @@ def validator_stakes(state: StateReader, genesis: Genesis) -> dict[str, int]:
     }
 
 
+def validator_voices(stakes: dict[str, int], genesis: Genesis) -> dict[str, int]:
+    """Each validator's say over models' quality (the median, the clipped mean, the quorum):
+    the voice of one minimum bond (`validator_min_bond`) each, a genesis validator's included
+    whatever its stake, a validator with less stake than that only as much as it has. More
+    stake earns more reward, never more say: one newcomer's minimum bond weighed 100 times a
+    genesis validator's base weight and set every model's median alone."""
+    cap = genesis.param("validator_min_bond")
+    return {v: cap if v in genesis.validators else min(stake, cap) for v, stake in stakes.items()}
+
+
 def epoch_inputs(state: StateReader, epoch: int, genesis: Genesis) -> EpochInputs:
     """What `close_epoch` needs, from the state at the end of `epoch`. The models are those with
     a task settled in the epoch or a revealed score; a retired model's scores are left out, so
@@ -256,8 +266,14 @@ def epoch_inputs(state: StateReader, epoch: int, genesis: Genesis) -> EpochInput
         for v, revealed in reveals.items()
     }
     delegations = {v: backers_of(state, v) for v in members}
+    stakes = validator_stakes(state, genesis)
     return EpochInputs(
-        epoch, scores, validator_stakes(state, genesis), models, delegations=delegations
+        epoch,
+        scores,
+        stakes,
+        models,
+        delegations=delegations,
+        voices=validator_voices(stakes, genesis),
     )
 
 

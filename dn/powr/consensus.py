@@ -10,17 +10,24 @@ What validators reveal. Each validator reveals, per model, the quality q it meas
 benchmark suites. Success and demand are not revealed: the chain saw them itself, so there is
 nothing to disagree about, and the formula is applied once, to the consensus quality.
 
-1. Consensus quality (`clip`). Per model, the consensus median M is the stake-weighted median of
-   the revealed q (`weighted_median`: the *lower* weighted median, the smallest revealed value
-   at or below which sits at least half the stake). Each validator's q is clipped into
-   [M - band, M + band] (`powr_clip_band_ppm`) in both directions, so a validator can neither
-   inflate a friend's model nor bury a rival's by more than the band. The model's quality is
-   the stake-weighted mean of the clipped scores, rounded down; with band 0 it is the median.
-   Bound, tested: if validators holding more than half of the stake reveal the same h for a
-   model, any other validators together holding stake share W move its quality at most
-   ceil(W x band) away from h, whatever they reveal (an unclipped mean: W x PPM).
-   Only validators in the epoch's set with a positive stake count; a model that none of them
-   scored has no consensus and quality 0.
+1. Consensus quality (`clip`). What weighs here is each validator's *voice*
+   (`EpochInputs.voices`; the chain gives every validator the voice of one minimum bond, see
+   dn/chain/powr_rules.py): more stake earns more reward, never more say over a model's
+   quality, so one newcomer's bond cannot outweigh the genesis set. Per model, the consensus
+   median M is the voice-weighted median of the revealed q (`weighted_median`: the *lower*
+   weighted median, the smallest revealed value at or below which sits at least half the
+   voice). Each validator's q is clipped into [M - band, M + band] (`powr_clip_band_ppm`) in
+   both directions, so a validator can neither inflate a friend's model nor bury a rival's by
+   more than the band. The model's quality is the voice-weighted mean of the clipped scores,
+   rounded down; with band 0 it is the median. Bound, tested: if validators holding more than
+   half of the voice reveal the same h for a model, any other validators together holding
+   voice share W move its quality at most ceil(W x band) away from h, whatever they reveal (an
+   unclipped mean: W x PPM).
+   Quorum: a model has a consensus only if the validators that scored it hold at least
+   `powr_quorum_bps` of the voice of the whole set (missing validators included). A model that
+   no quorum scored (say, one only its creator's validator can evaluate, because nobody else
+   can fetch its file) has no consensus and quality 0, and does not count in anyone's
+   agreement.
 
 2. Score (`powr_score`), the one formula:
 
@@ -150,14 +157,20 @@ def clip(
     scores_by_validator: Mapping[str, Mapping[str, int]],
     stakes: Mapping[str, int],
     band_ppm: int,
+    quorum_bps: int = 1,
 ) -> dict[str, ModelConsensus]:
-    """Per model (sorted by id): the stake-weighted median of the revealed scores, each score
-    clipped into [median - band, median + band] and the stake-weighted mean of those.
+    """Per model (sorted by id): the weighted median of the revealed scores, each score clipped
+    into [median - band, median + band] and the weighted mean of those.
 
-    `scores_by_validator` is {validator: {model: score in PPM}}; only validators with a positive
-    stake in `stakes` count. Models that no such validator scored are left out."""
+    `scores_by_validator` is {validator: {model: score in PPM}}; `stakes` gives each validator
+    of the set its weight here (its voice); only validators with a positive weight count. Models
+    that the validators holding `quorum_bps` of the total weight did not score are left out."""
     check_int(band_ppm, 0, PPM, "the clip band")
+    check_int(quorum_bps, 1, BPS, "the quorum")
     by_model: dict[str, list[tuple[str, int, int]]] = {}
+    total_weight = 0
+    for validator in sorted(stakes):
+        total_weight += check_int(stakes[validator], 0, MAX_AMOUNT, f"stake of {validator}")
     for validator in sorted(scores_by_validator):
         stake = check_int(stakes.get(validator, 0), 0, MAX_AMOUNT, f"stake of {validator}")
         if not stake:
@@ -168,6 +181,9 @@ def clip(
     out: dict[str, ModelConsensus] = {}
     for model in sorted(by_model):
         entries = by_model[model]  # in validator order: the outer loop is sorted
+        scored = sum(stake for _, stake, _ in entries)
+        if scored * BPS < total_weight * quorum_bps:
+            continue  # no quorum: no consensus
         median = weighted_median((raw, stake) for _, stake, raw in entries)
         low, high = max(0, median - band_ppm), min(PPM, median + band_ppm)
         scores = tuple(
@@ -221,6 +237,8 @@ class EpochInputs:
     # validator -> {delegator: stake}: who shares each validator's reward (the validator's own
     # weight is its stake less these)
     delegations: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    # the validator set's say over models' quality (step 1); None: their stakes
+    voices: Mapping[str, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -312,7 +330,13 @@ def close_epoch(inputs: EpochInputs, params: EpochParams) -> EpochResult:
         if validator in stakes
     }
 
-    consensus = clip(scores, stakes, params.clip_band_ppm)
+    voices = stakes
+    if inputs.voices is not None:
+        voices = {
+            v: check_int(inputs.voices.get(v, 0), 0, MAX_AMOUNT, f"voice of validator {v}")
+            for v in stakes
+        }
+    consensus = clip(scores, voices, params.clip_band_ppm, params.quorum_bps)
     agreements = agreement(scores, consensus, stakes, params.agreement_span_ppm)
 
     total_tokens = sum(info.paid_tokens for info in inputs.models.values())

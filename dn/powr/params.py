@@ -31,6 +31,8 @@ POWR_PARAMS: dict[str, tuple[int, int, int]] = {
     "powr_backer_share_bps": (2_000, 0, BPS),  # … to its backers by stake (the creator if none)
     "powr_clip_band_ppm": (100_000, 0, PPM),  # scores clipped to the median ± this
     "powr_agreement_span_ppm": (200_000, 1, PPM),  # agreement reaches 0 this far from the median
+    # a model has a consensus only if validators with this share of the set's voice scored it
+    "powr_quorum_bps": (5_000, 1, BPS),
 }
 
 
@@ -56,6 +58,7 @@ class EpochParams:
     backer_share_bps: int = POWR_PARAMS["powr_backer_share_bps"][0]
     clip_band_ppm: int = POWR_PARAMS["powr_clip_band_ppm"][0]
     agreement_span_ppm: int = POWR_PARAMS["powr_agreement_span_ppm"][0]
+    quorum_bps: int = POWR_PARAMS["powr_quorum_bps"][0]
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from dn.node.http.openai_routes import is_local
+from dn.node.http.local import is_local
 from tests.functional import hooks
 from tests.functional.harness import wait_until
 from tests.functional.market import PASSWORD, PRICE, Market, running_market

@@ -56,12 +56,14 @@ def tell() -> Story:
     s = Story()
     c = s.chain
     scores = {SMOL: 800_000}
-    # 1: ME registers SMOL, sends 2 DN, gets 3 DN, commits its epoch 0 scores
+    # 1: ME registers SMOL, sends 2 DN, gets 3 DN, commits its epoch 0 scores (and so does V1:
+    # a model's score counts only when validators with half the voice revealed one)
     s.mine(
         c.register_model(ME, price=PRICE),
         c.send(ME, "transfer", {"to": OTHER.address, "amount": 2 * DN}, nonce=1),
         c.send(CREATOR, "transfer", {"to": ME.address, "amount": 3 * DN}),
         c.commit_scores(ME, 0, scores, nonce=2),
+        c.commit_scores(V1, 0, scores),
     )
     # 2: ME and M1 mine SMOL (so ME is the generator or the checker of every SMOL task); ME
     # backs SMOL with 5 DN and delegates 2 DN to V1
@@ -93,6 +95,7 @@ def tell() -> Story:
         settle(c, mine, atts(mine)),
         settle(c, theirs, atts(theirs), nonce=c.nonce(GATEWAY) + 1),
         c.reveal(ME, 0, scores),
+        c.reveal(V1, 0, scores),
     )
     # 4: ME stops mining and takes back its delegation: both return at block 7
     s.mine(

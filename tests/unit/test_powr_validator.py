@@ -162,7 +162,9 @@ def test_commits_in_the_commit_phase_then_reveals_in_the_reveal_phase(
     assert [tx.kind for tx in txs] == ["powr.commit"]
     assert txs[0].payload["epoch"] == 1 and txs[0].fee == chain.min_fee
     assert sorted(sha for sha, _ in fake.calls) == sorted([SMOL, GEMMA, LEGAL])
-    send(chain, txs)
+    # V1 scores SMOL the same, so SMOL has a quorum (half of the set's voice) at the close
+    other = {SMOL: 750_000}
+    send(chain, [*txs, chain.commit_scores(V1, 1, other)])
     assert val.tick() == []  # pending: no second commit
     next_block(chain)
     assert chain.state.get(commit_key(1, V0.address)) == txs[0].payload["commitment"]
@@ -171,7 +173,7 @@ def test_commits_in_the_commit_phase_then_reveals_in_the_reveal_phase(
     reveal = val.tick()  # block 7: the reveal phase
     assert [tx.kind for tx in reveal] == ["powr.reveal"]
     assert reveal[0].payload["scores"] == {SMOL: 750_000, GEMMA: 500_000, LEGAL: 125_000}
-    send(chain, reveal)
+    send(chain, [*reveal, chain.reveal(V1, 1, other)])
     assert val.tick() == []
     next_block(chain)
     assert chain.state.get(reveal_key(1, V0.address)) == reveal[0].payload["scores"]
@@ -180,6 +182,7 @@ def test_commits_in_the_commit_phase_then_reveals_in_the_reveal_phase(
     result = chain.result(1)
     assert result["validators"][V0.address]["revealed"]
     assert result["models"][SMOL]["quality"] == 750_000
+    assert result["models"][GEMMA]["median"] is None  # V0 alone: no quorum, no consensus
     assert len(fake.calls) == 3  # one evaluation per model, once
 
 

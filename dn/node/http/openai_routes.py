@@ -33,7 +33,6 @@ after streaming began is an SSE `data: {"error": …}` line followed by `data: [
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import logging
 import secrets
@@ -42,7 +41,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
@@ -51,6 +49,7 @@ from dn.chain.ledger import MODEL
 from dn.encoding import UNITS_PER_DN
 from dn.errors import DNError, Forbidden, InputError, TaskError
 from dn.node.http.bodies import json_object
+from dn.node.http.local import is_local, refuse_browser_requests
 from dn.node.http.task_routes import all_model_keys, find_model
 from dn.node.market.gateway import Gateway
 from dn.node.node import Node
@@ -110,48 +109,6 @@ def _error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
 def error_response(exc: BaseException) -> JSONResponse:
     status, body = _error_body(exc)
     return JSONResponse(body, status_code=status)
-
-
-def is_local(host: str | None) -> bool:
-    """Whether a client address is this machine."""
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host or "")
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
-
-
-def _loopback_host(value: str) -> bool:
-    """Whether `value` (a Host header, or an Origin's host and port) names this machine."""
-    try:
-        host = httpx.URL(f"http://{value}").host
-    except (httpx.InvalidURL, ValueError):
-        return False
-    return is_local(host)
-
-
-def refuse_browser_requests(request: Request) -> None:
-    """What only a web page in the user's browser sends (see the module docstring)."""
-    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media != "application/json":
-        raise InputError("these routes take only an application/json body", reason="not-json")
-    origin = request.headers.get("origin")
-    if origin is not None:
-        scheme, _, rest = origin.partition("://")
-        if scheme not in ("http", "https") or not _loopback_host(rest):
-            raise Forbidden(
-                f"requests from web pages at {origin} may not spend this node's wallet",
-                reason="cross-origin",
-            )
-    if not _loopback_host(request.headers.get("host", "")):
-        raise Forbidden(
-            "the Host header must name this machine (127.0.0.1, localhost or ::1)",
-            reason="bad-host",
-        )
 
 
 # --- requests -------------------------------------------------------------------------------
