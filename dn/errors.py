@@ -20,6 +20,7 @@
     ├── NodeError                a node that cannot be reached or answered badly        exit 5
     ├── PayloadTooLarge                                                                 HTTP 413
     ├── Forbidden                a request refused from this sender (banned, link cut)  HTTP 403
+    │   └── RateLimited          too many unauthenticated requests from one address     HTTP 429
     ├── HandshakeError           a peer handshake reply we refuse; carries a `reason`   HTTP 403
     ├── ModelError               a model file that is missing, not GGUF, damaged or     exit 6
     │                            does not match its hash; carries a `reason`            HTTP 422
@@ -173,6 +174,15 @@ class Forbidden(DNError):
 
     http_status = 403
     reason = "forbidden"
+
+
+class RateLimited(Forbidden):
+    """Too many requests that no peer signed, from one address, in a short time: they cost no
+    one standing, so they are rationed instead. Retry after `retry_after` seconds."""
+
+    http_status = 429
+    reason = "rate-limited"
+    retry_after = 1
 
 
 class HandshakeError(DNError):

@@ -256,3 +256,39 @@ def test_a_push_naming_another_node_costs_that_node_nothing(
         http.close()
     finally:
         attacker.stop()
+
+
+def test_unsigned_pushes_are_rationed_and_signed_ones_are_not(
+    dn_home, node_factory: Callable[..., NodeProcess]
+) -> None:
+    """Unauthenticated traffic can cost no one standing, so it is rationed per address: a flood
+    of unsigned pushes gets 429 `rate-limited` after a burst, while a peer that signs is still
+    heard at once (before, an unsigned flood cost nothing and was all read)."""
+    genesis = init_chain(dn_home, {Keypair.generate().address: 10**12}, block_time_ms=200)
+    peer = HostilePeer(genesis.hash).start()
+    try:
+        node = node_factory("default", None, ["--no-mdns", "--peer", peer.url]).start()
+        address = node.status()["node_address"]
+        http = httpx.Client(timeout=10)
+
+        def peered() -> bool:
+            return peer.url in {
+                p["url"] for p in http.get(node.url + "/dn/v1/peers").json()["peers"]
+            }
+
+        wait_until(peered, 20, what="the node to peer with the scripted peer")
+        flood = [
+            peer.push(http, node.url, address, "/dn/v1/gossip/txs", [], signed=False)
+            for _ in range(60)
+        ]
+        codes = [r.status_code for r in flood]
+        assert codes[:10] == [200] * 10  # a burst is read
+        assert 429 in codes, codes
+        limited = next(r for r in flood if r.status_code == 429)
+        assert limited.json()["reason"] == "rate-limited"
+        assert limited.headers["retry-after"] == "1"
+        signed = peer.push(http, node.url, address, "/dn/v1/gossip/txs", [])
+        assert signed.status_code == 200, signed.text  # the same peer, signing: not rationed
+        http.close()
+    finally:
+        peer.stop()

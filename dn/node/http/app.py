@@ -22,7 +22,14 @@ from dn.chain.models import is_model
 from dn.chain.staking import stakes_of
 from dn.chain.types import Block, Tx
 from dn.encoding import pubkey_from_address
-from dn.errors import DNError, Forbidden, InputError, NotFound, PayloadTooLarge
+from dn.errors import (
+    DNError,
+    Forbidden,
+    InputError,
+    NotFound,
+    PayloadTooLarge,
+    RateLimited,
+)
 from dn.node.http.bodies import MAX_DEPTH, decode, depth, json_body
 from dn.node.node import Node
 from dn.node.p2p.auth import FROM_HEADER  # the URL a push claims to come from
@@ -99,7 +106,10 @@ class BodyLimit:
 
 def _dn_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DNError)
-    return JSONResponse(exc.to_json(), status_code=exc.http_status)
+    # Errors that mean "not now" (a miner with every slot taken, a rationed sender) say when.
+    retry = getattr(exc, "retry_after", None)
+    headers = {"Retry-After": str(retry)} if retry is not None else None
+    return JSONResponse(exc.to_json(), status_code=exc.http_status, headers=headers)
 
 
 def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -257,6 +267,8 @@ def create_app(
             raise Forbidden(f"not taking gossip from {source}: {refused}", reason=refused)
         raw = await request.body()
         signed_by = net().authenticate(request.headers, request.url.path, raw)
+        if signed_by is None and not net().ration(request.client.host if request.client else None):
+            raise RateLimited("too many pushes that no peer signed from this address; slow down")
         return source, signed_by, decode(raw, batch=request.url.path.endswith("/txs"))
 
     @app.post("/dn/v1/gossip/block")

@@ -53,6 +53,9 @@ from dn.node.p2p.sync import Sync
 log = logging.getLogger("dn.net")
 
 MAX_SEEN_PUSHES = 100_000  # signatures remembered against replays (about 13 MB at most)
+UNSIGNED_BURST = 20.0  # pushes no peer signed that one host may send at once …
+UNSIGNED_PER_S = 2.0  # … and then this many a second
+MAX_RATIONED_HOSTS = 1_024
 
 __all__ = ["NetOptions", "Network", "Peer", "normalise_peer"]
 
@@ -91,6 +94,7 @@ class Network(Sync, Gossip):
         self.links: LinkPolicy = OpenLinks()
         self._next_try: dict[str, float] = {}
         self._seen_pushes: dict[str, int] = {}  # signature -> when (ms): pushes are taken once
+        self._rations: dict[str, tuple[float, float]] = {}  # host -> (tokens, when)
         self._inbound: dict[str, list[float]] = {}  # host -> when we took its inbound candidates
         self._syncing: set[str] = set()
         self._verified: set[str] = set()
@@ -149,6 +153,20 @@ class Network(Sync, Gossip):
                 self._seen_pushes.pop(next(iter(self._seen_pushes)))
         self._seen_pushes[push.sig] = now
         return push.url
+
+    def ration(self, host: str | None) -> bool:
+        """Whether an unsigned push from `host` may be read now (a token bucket per host: such
+        pushes cost no one standing, so they are rationed instead)."""
+        key = host or "?"
+        now = time.monotonic()
+        tokens, then = self._rations.get(key, (UNSIGNED_BURST, now))
+        tokens = min(UNSIGNED_BURST, tokens + (now - then) * UNSIGNED_PER_S)
+        allowed = tokens >= 1.0
+        self._rations.pop(key, None)  # re-inserted last: the dict stays oldest first
+        self._rations[key] = (tokens - 1.0 if allowed else tokens, now)
+        while len(self._rations) > MAX_RATIONED_HOSTS:
+            self._rations.pop(next(iter(self._rations)))
+        return allowed
 
     def accepts_from(self, url: str | None) -> str | None:
         """Why gossip claiming to come from `url` is refused, or None if it is welcome."""
