@@ -9,6 +9,7 @@ acceptance order a valid block order. Transactions are checked as part of the ne
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 
 from dn.chain.genesis import Genesis
@@ -18,6 +19,7 @@ from dn.chain.types import Tx
 from dn.errors import InvalidTx
 
 MAX_PENDING = 200_000
+MAX_PENDING_PER_SENDER = 1_000  # so that one sender cannot fill the mempool for everyone
 
 
 class Mempool:
@@ -29,6 +31,7 @@ class Mempool:
         self.proposer = proposer
         self.height = tip_height + 1  # the block these transactions are checked for
         self._txs: dict[str, Tx] = {}
+        self._senders: Counter[str] = Counter()
         self._view = self._next_block_view(base)
 
     def _next_block_view(self, base: StateReader) -> Overlay:
@@ -57,9 +60,16 @@ class Mempool:
             raise InvalidTx("transaction is already pending", reason="duplicate")
         if len(self._txs) >= MAX_PENDING:
             raise InvalidTx("the mempool is full; try again shortly", reason="mempool-full")
+        if self._senders[tx.sender] >= MAX_PENDING_PER_SENDER:
+            raise InvalidTx(
+                f"{MAX_PENDING_PER_SENDER} transactions of this sender are pending already; "
+                "try again once some are in a block",
+                reason="sender-full",
+            )
         # atomic: sets only on success
         apply_tx(self._view, tx, self.genesis, self.proposer, height=self.height)
         self._txs[tx.id] = tx
+        self._senders[tx.sender] += 1
 
     def pending(self, limit: int | None = None) -> list[Tx]:
         txs = list(self._txs.values())
@@ -72,6 +82,7 @@ class Mempool:
         for tx_id in drop:
             self._txs.pop(tx_id, None)
         survivors, self._txs = list(self._txs.values()), {}
+        self._senders.clear()
         self._view = self._next_block_view(base)
         dropped = []
         for tx in survivors:
