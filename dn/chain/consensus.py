@@ -3,7 +3,9 @@
 - Validators are sorted by address; the in-turn proposer of height h is `validators[h % n]`
   (difficulty 2); any other validator may propose after a random delay (difficulty 1).
 - A validator signs at most one of any `floor(n/2) + 1` consecutive blocks, so fewer than half
-  of the validators can never run the chain alone.
+  of the validators can never run the chain alone. Here n counts the members off probation
+  (`validators.signing`): a joiner counts once it has signed a block, so joiners that never
+  sign cannot stop the others (`jailing.py` jails them at the next boundary).
 - Fork choice: the highest total difficulty wins; on a tie, the lowest block hash.
 - A block is final once validators holding more than 2/3 of the set have signed blocks on top of
   it; a reorganisation below the last final block is refused.

@@ -57,6 +57,11 @@ PARAMS: dict[str, tuple[int, int, int]] = {
     "validator_base_weight": (UNITS_PER_DN, 1, MAX_AMOUNT),
     # the least bond of a validator that joins after genesis (dn/chain/validators.py)
     "validator_min_bond": (100 * UNITS_PER_DN, 1, MAX_AMOUNT),
+    # Downtime jailing (dn/chain/jailing.py): a validator that misses more than this share of
+    # its turns in an epoch leaves the set at the next boundary (10,000: never), losing this
+    # share of its bond (slash_pool_bps of it to the validator pool, the rest burned).
+    "jail_max_missed_bps": (5_000, 0, BPS),
+    "jail_slash_bps": (100, 0, BPS),
     # The epoch close: emission and its halving, how it is shared, and how validators' scores
     # are clipped and judged (the powr_* parameters, defined in dn/powr/params.py).
     **POWR_PARAMS,

@@ -21,6 +21,7 @@ UNLOCK = "unlock:"
 POOL = "pool:"
 POOL_VALIDATORS = "pool:validators"
 TASK = "task:"
+SIGNERS = "signers"  # proposers of the latest blocks, for the floor(n/2)+1 signing rule
 
 
 class StateReader(Protocol):

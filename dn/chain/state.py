@@ -5,7 +5,8 @@ None deletes a key):
 
     acct:<address>          {"balance": units, "nonce": n}
     supply                  {"genesis": units, "emitted": units, "burned": units}
-    signers                 [address, …]  the latest proposers (only with two or more validators)
+    signers                 [address, …]  the latest proposers (only while the signing rule
+                            counts two or more validators)
     model:<sha256>          {"creator", "name", "domain", "price", "license", "size", "height",
                              "retired": bool, "retired_at": height (once retired),
                              "tasks": confirmed tasks, "tokens": paid tokens,
@@ -28,18 +29,20 @@ None deletes a key):
     powr:<epoch>:…          commitments, reveals, per-model task statistics and the result of
                             each PoWR epoch (powr_rules.py)
 
-Later kinds add their own prefixes (validator:, …); the store keeps any key, so adding rules never
-reshapes it.
+Later kinds add their own prefixes (validator:, validators-probation, downtime:, …; see
+validators.py and jailing.py); the store keeps any key, so adding rules never reshapes it.
 
 `state_root` of a block is the hash of its parent's state root and the sorted list of every key the
 block changed with its new value; the genesis root hashes the whole genesis state. So the root
 commits, by induction, to the full state, costs O(changes) per block, and two nodes whose states
 differ anywhere disagree on it from that block on.
 
-The order of checks mirrors the spec: a block's header is checked against its parent, bonds that
-finish unbonding at its height are released, then every transaction is applied in order on an
-overlay, then the computed roots are compared with the header; any failure raises InvalidBlock and
-leaves nothing changed. A transaction pays its fee and bumps its sender's nonce, then its kind's
+The order of checks mirrors the spec: a block's header is checked against its parent (the proposer
+against the set and the signing rule, which counts the members off probation: validators.py),
+bonds that finish unbonding at its height are released, then every transaction is applied in
+order on an overlay, then the block's signer is recorded (and a missed turn: jailing.py), then
+the computed roots are compared with the header; any failure raises InvalidBlock and leaves
+nothing changed. A transaction pays its fee and bumps its sender's nonce, then its kind's
 rule (one function per kind, named in `RULES`: `transfer` here; `model.register` and
 `model.retire` in models.py; `miner.register` and `miner.exit` in miners.py; `task.settle` in
 market.py; `stake` and `unstake` in staking.py; `validator.bond` and `validator.unbond` in
@@ -47,7 +50,8 @@ validators.py; `task.verdict` in disputes.py; `powr.commit` and `powr.reveal` in
 checks and applies the payload; any failure raises InvalidTx and leaves nothing changed. The keys
 and the account operations they share are in ledger.py. At the first block of each PoWR epoch
 (epochs.py), after the unlocks and before the transactions, the previous epoch is closed and its
-emission paid (`begin_block`).
+emission paid, members that missed too many turns are jailed (jailing.py), and the set changes
+for the new epoch are made (`begin_block`).
 """
 
 from __future__ import annotations
@@ -56,13 +60,24 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from dn.chain import consensus, disputes, market, miners, models, powr_rules, staking, validators
+from dn.chain import (
+    consensus,
+    disputes,
+    jailing,
+    market,
+    miners,
+    models,
+    powr_rules,
+    staking,
+    validators,
+)
 from dn.chain.epochs import Epoch
 from dn.chain.genesis import Genesis
 from dn.chain.ledger import (
     ACCT,
     MINER,
     POOL,
+    SIGNERS,
     SUPPLY,
     UNLOCK,
     Overlay,
@@ -77,9 +92,6 @@ from dn.chain.types import Block, Header, Tx, txs_root
 from dn.encoding import BPS, hash_hex
 from dn.errors import InvalidBlock, InvalidTx
 from dn.wallet.keys import Keypair
-
-SIGNERS = "signers"  # proposers of the latest blocks, for the floor(n/2)+1 signing rule
-
 
 # --- genesis and roots ----------------------------------------------------------------------
 
@@ -176,8 +188,8 @@ def begin_block(state: Overlay, height: int, genesis: Genesis) -> None:
     """What happens at the start of block `height`, before its transactions: the bonds and
     stakes whose unbonding ends there are paid out (only the entries due are read); then, at the
     first block of an epoch, the previous PoWR epoch is closed and its emission credited
-    (`powr_rules.close`), and the validator set changes scheduled for the new epoch are made
-    (`validators.begin_epoch`)."""
+    (`powr_rules.close`), the members over the downtime limit are jailed (`jailing.judge`), and
+    the validator set changes scheduled for the new epoch are made (`validators.begin_epoch`)."""
     due = state.get(UNLOCK + str(height))
     if due is not None:
         for entry in due:
@@ -186,6 +198,7 @@ def begin_block(state: Overlay, height: int, genesis: Genesis) -> None:
     epoch = Epoch.closed_at(height, genesis.param("epoch_blocks"))
     if epoch is not None:
         powr_rules.close(state, epoch, genesis)
+        jailing.judge(state, epoch, height, genesis)
         validators.begin_epoch(state, epoch + 1, genesis)
 
 
@@ -214,19 +227,28 @@ def expected_difficulty(members: list[str], height: int, proposer: str) -> int:
     return consensus.difficulty(members, height, proposer)
 
 
-def _check_signer(state: StateReader, proposer: str, n: int) -> list[str]:
-    recent = state.get(SIGNERS) or []
-    if not consensus.may_sign(recent, proposer, n):
+def _check_signer(state: StateReader, proposer: str, genesis: Genesis) -> None:
+    """The recent-signer rule over the members it counts (`validators.signing`)."""
+    n = len(validators.signing(state, genesis))
+    if not consensus.may_sign(state.get(SIGNERS) or [], proposer, n):
         raise InvalidBlock(
             f"{proposer} signed one of the last {consensus.recent_window(n)} blocks",
             reason="signed-recently",
         )
-    return list(recent)
 
 
-def _record_signer(state: Overlay, recent: list[str], proposer: str, n: int) -> None:
+def _record_signer(
+    state: Overlay, parent: StateReader, height: int, proposer: str, genesis: Genesis
+) -> None:
+    """After the block's transactions: its proposer leaves probation and joins the recent
+    signers, and the in-turn validator's missed turn, if it missed one, is counted. The list
+    keeps as many signers as the rule needs before this block and after it (a joiner's first
+    block makes it count from the next block on)."""
+    validators.signed(state, proposer)
+    n = max(len(validators.signing(parent, genesis)), len(validators.signing(state, genesis)))
     if consensus.recent_window(n):
-        state.set(SIGNERS, consensus.remember(recent, proposer, n))
+        state.set(SIGNERS, consensus.remember(parent.get(SIGNERS) or [], proposer, n))
+    jailing.observe(state, parent, height, proposer, genesis)
 
 
 def check_header(
@@ -277,7 +299,7 @@ def apply_block(
     check_header(header, parent, parent_hash, genesis, now_ms, members)
     if not block.signature_valid:
         raise InvalidBlock("block signature does not match the proposer", reason="bad-signature")
-    recent = _check_signer(state, header.proposer, len(members))
+    _check_signer(state, header.proposer, genesis)
     if len(block.txs) > genesis.param("max_block_txs"):
         raise InvalidBlock("too many transactions in the block", reason="too-many-txs")
     if txs_root(list(block.txs)) != header.txs_root:
@@ -293,7 +315,7 @@ def apply_block(
             apply_tx(overlay, tx, genesis, header.proposer, height=header.height)
         except InvalidTx as exc:
             raise InvalidBlock(f"tx {i} ({tx.id[:12]}): {exc.message}", reason="bad-tx") from None
-    _record_signer(overlay, recent, header.proposer, len(members))
+    _record_signer(overlay, state, header.height, header.proposer, genesis)
     if state_root(parent.state_root, overlay.changes) != header.state_root:
         raise InvalidBlock("state_root does not match the state", reason="bad-state-root")
     return Applied(block, overlay.changes)
@@ -312,7 +334,7 @@ def build_block(
     members = validators.active(state, genesis)
     if keypair.address not in members:
         raise InvalidBlock(f"{keypair.address} is not a validator", reason="not-validator")
-    recent = _check_signer(state, keypair.address, len(members))
+    _check_signer(state, keypair.address, genesis)
     height = parent.height + 1
     overlay = Overlay(state)
     begin_block(overlay, height, genesis)
@@ -330,7 +352,7 @@ def build_block(
             continue
         overlay.merge(trial)
         included.append(tx)
-    _record_signer(overlay, recent, keypair.address, len(members))
+    _record_signer(overlay, state, height, keypair.address, genesis)
     header = Header(
         chain_id=genesis.chain_id,
         height=height,

@@ -265,7 +265,8 @@ class Node:
         if not self.is_validator:
             return False
         recent = self.state.get(SIGNERS) or []
-        if not consensus.may_sign(recent, self.key.address, len(self.validators)):
+        counted = len(validators.signing(self.state, self.genesis))  # not joiners on probation
+        if not consensus.may_sign(recent, self.key.address, counted):
             return False
         signed, delay = self._next_plan()
         if signed:

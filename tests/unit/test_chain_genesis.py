@@ -208,6 +208,7 @@ def test_a_genesis_written_before_a_parameter_existed_still_loads(tmp_path):
     assert loaded.param("miner_min_bond") == 10 * 10**9
     assert loaded.param("ticket_window_blocks") == PARAMS["ticket_window_blocks"][0]
     assert loaded.params == default_params(block_time_ms=200)
+    assert (loaded.param("jail_max_missed_bps"), loaded.param("jail_slash_bps")) == (5_000, 100)
 
 
 def test_unknown_params_in_a_file_are_refused():
