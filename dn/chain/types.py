@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
@@ -55,7 +56,36 @@ Units = Annotated[int, Field(ge=0, le=MAX_AMOUNT)]
 Height = Annotated[int, Field(ge=0, le=MAX_AMOUNT)]
 Label = Annotated[str, Field(min_length=1, max_length=64)]
 Domain = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
-Url = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+def _miner_url(value: str) -> str:
+    """`http(s)://HOST:PORT` (a trailing `/` allowed), nothing more: gateways and referees call
+    `{url}/dn/v1/…`, so a path, query, fragment or credentials would let a miner point them at
+    anything."""
+    if not value.isascii() or any(c.isspace() for c in value):
+        raise ValueError("a miner's url must be plain ASCII without spaces")
+    parts = urlsplit(value)
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("a miner's url has a bad port") from None
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or port is None
+        or parts.username is not None
+        or parts.password is not None
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+        or "#" in value
+        or "?" in value
+    ):
+        raise ValueError("a miner's url must be http(s)://HOST:PORT and nothing more")
+    return value
+
+
+Url = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_miner_url)]
 
 
 class Payload(BaseModel):

@@ -28,7 +28,7 @@ from dn.chain.state import (
 from dn.chain.tasks import eligible_miners
 from dn.chain.types import Block, Tx, txs_root
 from dn.encoding import UNITS_PER_DN
-from dn.errors import InvalidBlock
+from dn.errors import InvalidBlock, InvalidTx
 from dn.wallet.keys import Keypair
 from tests.unit.test_chain_state import Env, V, assert_rejected, forge
 
@@ -425,3 +425,36 @@ def test_a_block_whose_miner_tx_does_not_apply_is_invalid(chain: Chain) -> None:
     assert caught.value.reason == "bad-tx"
     assert "cannot pay" in caught.value.message
     assert chain.state.data == before
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://router.local:80/admin?reboot=1",  # a path and a query: gateways would call it
+        "http://127.0.0.1:8780/dn/v1/tx",
+        "file:///etc/passwd",
+        "ftp://miner.local:21",
+        "http://user:secret@miner.local:8780",
+        "http://miner.local:99999",
+        "http://miner.local:8780#x",
+        "miner.local:8780",
+        "http://",
+        "http://mïner.local:8780",
+    ],
+)
+def test_a_miner_registers_only_a_plain_http_address(chain: Chain, url: str) -> None:
+    """Gateways and referees call `{url}/dn/v1/…`: a miner may name a scheme, a host and a port,
+    nothing else (issue 12, attack 7: any URL was taken)."""
+    with pytest.raises(InvalidTx) as caught:
+        chain.register_miner(M1, url=url)
+    assert caught.value.reason == "bad-payload"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://10.0.0.5:8780", "https://miner.local:443", "http://[::1]:8780", "http://m1:8780/"],
+)
+def test_plain_http_addresses_are_taken(chain: Chain, url: str) -> None:
+    chain.commit([chain.register_model()])
+    chain.commit([chain.register_miner(M1, url=url)])
+    assert chain.state.get("miner:" + M1.address)["url"] == url
