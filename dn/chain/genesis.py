@@ -78,6 +78,11 @@ PARAMS: dict[str, tuple[int, int, int]] = {
     "dispute_window_blocks": (50, 1, 1_000_000),
     "slash_bps": (2_000, 0, BPS),
     "slash_pool_bps": (5_000, 0, BPS),
+    # A ruling needs the votes of validators holding this share of the voice of those that may
+    # vote on the task (more than half, so two rulings can never both have a quorum); each
+    # validator whose vote the ruling overturns loses verdict_slash_bps of its bond.
+    "dispute_quorum_bps": (5_001, 5_001, BPS),
+    "verdict_slash_bps": (100, 0, BPS),
     # How far an honest checker's committed values may differ from a validator's own
     # (dn/runner/check.py `Drift`): per-token gap, and mean |logit| difference (thousandths).
     "dispute_max_gap_milli": (4_000, 0, 1_000_000),

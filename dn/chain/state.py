@@ -21,7 +21,8 @@ None deletes a key):
     pool:validators         {"balance": units} the validators' share of paid queries
     task:<task id>          {"model", "consumer", "generator", "checker", "tokens", "paid",
                              "status": "confirmed" | "rejected", "height", "output_hash",
-                             "commitment", "verdict" (once a validator ruled: disputes.py)}
+                             "commitment", "votes" (validators' `task.verdict`s) and
+                             "verdict" (once a quorum of them agreed: disputes.py)}
     stake:<target>:<address> {"amount": units} staked by that address on a model (sha256) or
                             a validator (address); written by `stake` / `unstake` (staking.py)
     backers:<target>        [address, …] sorted: who holds a stake on the target; a model's

@@ -167,8 +167,9 @@ FaultReason = Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,39}$")]
 
 
 class TaskVerdict(Payload):
-    """A validator's ruling on one settled task (dn/chain/disputes.py): who was at fault and why
-    (empty: nobody), and `evidence`, the commitment to the values the validator computed."""
+    """A validator's vote on one settled task (dn/chain/disputes.py): who was at fault and why
+    (empty: nobody), and `evidence`, the commitment to the values the validator computed. The
+    ruling applies once validators holding a quorum of the voice voted for the same faults."""
 
     task: Hash
     faults: Annotated[dict[Address, FaultReason], Field(max_length=2)]

@@ -326,8 +326,8 @@ def tx(ctx: typer.Context, tx_id: str = typer.Argument(..., help="Transaction id
 def task(
     ctx: typer.Context, task_id: str = typer.Argument(..., help="Task id (hex), as dn query says.")
 ) -> None:
-    """Show a settled task: who generated and checked it, what it cost, and a validator's
-    verdict on it once there is one (who was at fault and what they lost)."""
+    """Show a settled task: who generated and checked it, what it cost, and the validators'
+    verdict on it once a quorum of them agreed (who was at fault and what they lost)."""
     with opts(ctx).client() as client:
         data = client.task(task_id.lower())
 
@@ -340,7 +340,7 @@ def task(
         if verdict is None:
             out.print("no verdict (yet): validators judge rejected and spot-checked tasks")
             return
-        out.print(f"verdict by {verdict['by']} in block {verdict['height']}:")
+        out.print(f"verdict by {', '.join(verdict['by'])} in block {verdict['height']}:")
         if not verdict["faults"]:
             out.print("  nobody at fault")
         for address, reason in verdict["faults"].items():
@@ -352,6 +352,8 @@ def task(
             out.print(line)
         if verdict["refund"]:
             out.print(f"  the consumer got {format_dn(verdict['refund'])} DN back")
+        for address, lost in verdict.get("outvoted", {}).items():
+            out.print(f"  validator {address} voted otherwise, slashed {format_dn(lost)} DN")
 
     emit(ctx, data, human)
 

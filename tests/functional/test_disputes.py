@@ -10,7 +10,9 @@ checker fault each, and m3 is honest:
     m1  tamper (changes one token of its answers)   lazy-check (approves without computing)
     m2  other-model (answers with Gemma)            spiteful (rejects every answer)
 
-Bonds are three times the minimum, so two slashes of 20% leave each cheat still serving.
+Bonds are three times the minimum, so two slashes of 20% leave each cheat still serving. The
+validator is the chain's only one: its vote holds all the voice, so it is the quorum and rules
+alone (votes among several validators: tests/unit/test_chain_dispute_votes.py).
 
 The same devnet then runs PoWR epochs with both models (Gemma registered too): emission is paid,
 every node's store verifies (supply invariant included), and `dn chain explain` accounts for
@@ -112,6 +114,8 @@ def test_a_cheating_miner_is_caught_and_slashed(
     cheat_address = market.wallets[cheat].address
     verdict = record["verdict"]
     assert verdict["faults"] == {cheat_address: fault}, verdict
+    assert verdict["by"] == market.genesis.validators == list(record["votes"])
+    assert verdict["outvoted"] == {}
     lost = bonds[cheat][0] * SLASH_BPS // 10_000
     assert verdict["slashed"] == {cheat_address: lost} and verdict["refund"] == 0
     if status == "confirmed":  # the lazy checker was paid its share of a valid answer: it is

@@ -1,7 +1,10 @@
 """`task.verdict` on the pure state machine (dn/chain/disputes.py): who is slashed, by how much,
 where the slashed units go, the consumer's refund for a bad answer it paid for, a miner forced
-out of service, and every reason a ruling is refused. The supply invariant is checked after every
-block (Chain.commit) and `dn chain explain` must account for every unit."""
+out of service, and every reason a vote is refused. The supply invariant is checked after every
+block (Chain.commit) and `dn chain explain` must account for every unit.
+
+The chain here has one validator, V, which holds all the voice: its vote is the quorum and rules
+alone. Votes among several validators are in test_chain_dispute_votes.py."""
 
 from __future__ import annotations
 
@@ -51,9 +54,11 @@ def chain() -> Recorded:
     return new_chain()
 
 
-def settled(chain: Chain, verdict: str) -> tuple[str, Keypair, Keypair]:
+def settled(
+    chain: Chain, verdict: str, consumer: Keypair = CONSUMER
+) -> tuple[str, Keypair, Keypair]:
     """Settle one task with the checker's `verdict`; (task id, generator, checker)."""
-    t = ticket(chain)
+    t = ticket(chain, consumer=consumer)
     gen, chk = attest(chain, t, verdict=verdict)
     chain.commit([settle(chain, t, (gen, chk))])
     return task_id(chain.genesis.chain_id, t), MINERS[gen["miner"]], MINERS[chk["miner"]]
@@ -86,15 +91,23 @@ def test_a_bad_generator_of_a_rejected_answer_is_slashed(chain: Recorded) -> Non
     fee_burn = tx.fee * chain.genesis.param("fee_burn_share") // 10_000
     assert pool(chain) - pool_before == SLASH // 2
     assert burned(chain) - burned_before == SLASH - SLASH // 2 + fee_burn
-    verdict = chain.state.get("task:" + task)["verdict"]
-    assert verdict == {
-        "by": V.address,
+    # V is the only validator: its vote holds all the voice, so it rules alone.
+    record = chain.state.get("task:" + task)
+    assert record["verdict"] == {
+        "by": [V.address],
         "height": chain.tip.height,
         "faults": {gen.address: "invalid-answer"},
-        "evidence": EVIDENCE,
         "slashed": {gen.address: SLASH},
         "forfeited": {},
         "refund": 0,
+        "outvoted": {},
+    }
+    assert record["votes"] == {
+        V.address: {
+            "faults": {gen.address: "invalid-answer"},
+            "evidence": EVIDENCE,
+            "height": chain.tip.height,
+        }
     }
     assert chain.state.get("miner:" + gen.address)["slashed"] == SLASH
     # The default bond is the minimum, so what is left is too little: the generator is out of
@@ -193,14 +206,16 @@ def test_a_miner_that_exited_is_slashed_from_its_unbonding_bond(chain: Recorded)
     [
         ("not-validator", "not-validator"),
         ("unknown-task", "unknown-task"),
+        ("party", "party"),
         ("not-party", "not-party"),
         ("unknown-fault", "unknown-fault"),
         ("bad-reason", "bad-payload"),
         ("three", "bad-payload"),
     ],
 )
-def test_a_ruling_is_refused_with_its_reason(chain: Recorded, case: str, reason: str) -> None:
-    task, gen, chk = settled(chain, "rejected")
+def test_a_vote_is_refused_with_its_reason(chain: Recorded, case: str, reason: str) -> None:
+    # The only validator's own query: it may not judge it, even alone.
+    task, gen, chk = settled(chain, "rejected", consumer=V if case == "party" else CONSUMER)
     faults: dict[str, str] = {gen.address: disputes.INVALID_ANSWER}
     sender = V
     if case == "not-validator":
@@ -251,6 +266,17 @@ def test_spot_checks_take_their_share_of_tasks() -> None:
     every = models_chain(spot_check_bps=10_000).genesis
     assert not any(disputes.spot_checked(f"{i:064x}", none) for i in range(200))
     assert all(disputes.spot_checked(f"{i:064x}", every) for i in range(200))
+
+
+def test_when_neither_miner_shows_its_record_both_are_at_fault(chain: Recorded) -> None:
+    task, gen, chk = settled(chain, "rejected")
+    faults = {gen.address: disputes.NO_RECORD, chk.address: disputes.NO_RECORD}
+    chain.commit([rule(chain, task, faults)])
+    assert chain.state.get("task:" + task)["verdict"]["slashed"] == {
+        gen.address: SLASH,
+        chk.address: SLASH,
+    }
+    assert eligible_miners(chain.state, SMOL, chain.tip.height) == []
 
 
 def test_explain_accounts_for_a_slashed_miner(chain: Recorded) -> None:

@@ -1,9 +1,14 @@
-"""The validator's referee duty (DESIGN.md section 7): judge settled tasks and send `task.verdict`.
+"""The validator's referee duty (DESIGN.md section 7): judge settled tasks and vote `task.verdict`.
 
 Which tasks. Every rejected task, and the confirmed tasks `disputes.spot_checked` picks (a
 `spot_check_bps` share, by task id), of the models this validator holds, while their dispute
-window is open. Each task has one referee first: the validators ordered by
-sha256(task id + address); the others step in once half the window has passed without a ruling.
+window is open, unless this validator is a party to the task (its consumer, generator or
+checker: the chain refuses its vote) or has voted on it already. Every active validator judges
+every such task and votes: a ruling applies only once validators holding a quorum of the voice
+agree (dn/chain/disputes.py), so no validator's word is enough and none waits for another's.
+The work is bounded per block: each block is scanned once (the last few again, for a
+reorganisation), the open cases are those of one dispute window, one case is judged at a time,
+the oldest first, and a case whose miners did not answer is tried again only after `RETRY_S`.
 
 How. The referee asks the task's checker for its record (`dn.node.market.records`: the ticket's
 input, the claimed tokens and the per-token values it committed to), and the generator when the
@@ -24,7 +29,14 @@ against the checker's commitment. Then it runs its own prefill check of the toke
   rejected by one honest computation and accepted by the other, is floating-point drift: nobody
   is slashed.
 
-`evidence` is the commitment to the referee's own values, so anyone can re-run the check.
+When neither miner has shown the task's input and tokens by half the window, the answer cannot
+be checked by anyone: both are at fault (`disputes.NO_RECORD`, `no_record`). Before that the
+referee waits and asks again, since a miner may be restarting; a referee that cannot reach
+miners others reach is outvoted, so a slash for a missing record needs a quorum of validators
+that all failed to get it.
+
+`evidence` is the commitment to the referee's own values (to none, for a missing record), so
+anyone can re-run the check.
 
 Threads, as for `PowrValidator`: `next_case()` reads the chain and `verdict_tx()` numbers and
 signs (run them on the node's loop); `perform(case)` fetches and runs llama.cpp (run it in a
@@ -33,7 +45,6 @@ worker thread).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable
@@ -140,6 +151,12 @@ def decide(
     return faults, f"checker: {theirs.message}; own: {own.message}"
 
 
+def no_record() -> Ruling:
+    """The ruling when neither miner showed the task's input and tokens by half the window."""
+    faults = {GENERATOR: disputes.NO_RECORD, CHECKER: disputes.NO_RECORD}
+    return Ruling(faults, commitment([]), "neither miner showed the task's record")
+
+
 def http_fetch(url: str, task: str, body: dict[str, Any]) -> Any:
     """A miner's record of `task` (None when it cannot or will not give it)."""
     try:
@@ -199,14 +216,13 @@ class Referee:
             if (
                 record is None
                 or record.get("verdict") is not None
+                or self.address in record.get("votes", {})
                 or tip + 1 > (case.settled + window)
             ):
-                del self.cases[task]  # ruled on, reorganised away, or too late
+                del self.cases[task]  # ruled on, voted on, reorganised away, or too late
                 self._sent.pop(task, None)
                 continue
             if self._in_flight(task, tip) or now - case.tried < RETRY_S:
-                continue
-            if not self._mine_to_judge(task, case, tip, window):
                 continue
             if not self._can_pay():
                 return None
@@ -233,6 +249,9 @@ class Referee:
                 confirmed = chk["verdict"] == tasks.CONFIRMED
                 if task in self.cases or (confirmed and not disputes.spot_checked(task, genesis)):
                     continue
+                involved = {ticket["consumer"], tx.payload["generator"]["miner"], chk["miner"]}
+                if self.address in involved:
+                    continue  # a party to the task: the chain would refuse its vote
                 if not self.store.has(ticket["model"]):
                     continue
                 self.cases[task] = Case(
@@ -246,11 +265,6 @@ class Referee:
                     commitment=chk["commitment"],
                 )
         self._scanned = tip
-
-    def _mine_to_judge(self, task: str, case: Case, tip: int, window: int) -> bool:
-        members = active(self.node.state, self.node.genesis)
-        first = min(members, key=lambda a: hashlib.sha256((task + a).encode()).digest())
-        return first == self.address or tip - case.settled >= window // 2
 
     def _in_flight(self, task: str, tip: int) -> bool:
         sent = self._sent.get(task)
@@ -345,11 +359,14 @@ class Referee:
     def judge(self, case: Case) -> Ruling | None:
         """Fetch, re-check and decide; None when it cannot be decided yet."""
         answer, rows = self._records(case)
+        window = disputes.dispute_window(self.node.genesis)
+        waited = self.node.tip.height - case.settled >= window // 2
         if answer is None:
+            if waited:
+                return no_record()
             log.info("task %s: no miner showed its input and tokens yet", case.task[:12])
             return None
-        window = disputes.dispute_window(self.node.genesis)
-        if rows is None and self.node.tip.height - case.settled < window // 2:
+        if rows is None and not waited:
             log.info("task %s: the checker has not shown its values yet", case.task[:12])
             return None
         genesis = self.node.genesis
