@@ -65,6 +65,19 @@ def _signature_ok(address: str, message: bytes, sig_hex: str) -> bool:
 # --- tickets --------------------------------------------------------------------------------
 
 
+def _sealed(
+    keypair: Keypair,
+    domain: bytes,
+    chain_id: str,
+    fields: dict[str, Any],
+    shape: type[Payload],
+    reason: str,
+) -> dict[str, Any]:
+    """`fields` signed by `keypair` (its `sig`, hex) and checked against `shape`."""
+    fields["sig"] = keypair.sign(_signing_bytes(domain, chain_id, fields)).hex()
+    return _parsed(shape, fields, reason)
+
+
 def sign_ticket(
     chain_id: str,
     keypair: Keypair,
@@ -90,8 +103,7 @@ def sign_ticket(
         "nonce": nonce,
         "expiry": expiry,
     }
-    fields["sig"] = keypair.sign(_signing_bytes(TICKET_DOMAIN, chain_id, fields)).hex()
-    return _parsed(Ticket, fields, "bad-ticket")
+    return _sealed(keypair, TICKET_DOMAIN, chain_id, fields, Ticket, "bad-ticket")
 
 
 def verify_ticket(chain_id: str, ticket: dict[str, Any]) -> None:
@@ -146,8 +158,7 @@ def sign_attestation(
         "verdict": verdict,
         "commitment": commitment,
     }
-    fields["sig"] = keypair.sign(_signing_bytes(ATTEST_DOMAIN, chain_id, fields)).hex()
-    return _parsed(Attestation, fields, "bad-attestation")
+    return _sealed(keypair, ATTEST_DOMAIN, chain_id, fields, Attestation, "bad-attestation")
 
 
 def verify_attestation(chain_id: str, att: dict[str, Any]) -> None:

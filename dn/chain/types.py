@@ -12,7 +12,7 @@ reshaping.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -332,16 +332,7 @@ class Header:
     difficulty: int
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "chain_id": self.chain_id,
-            "height": self.height,
-            "prev": self.prev,
-            "time": self.time,
-            "proposer": self.proposer,
-            "txs_root": self.txs_root,
-            "state_root": self.state_root,
-            "difficulty": self.difficulty,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, raw: Any) -> Header:

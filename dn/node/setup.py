@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from dn.chain.genesis import Genesis
 from dn.errors import GenesisError, InputError, StoreError
@@ -81,17 +81,10 @@ def init_dev_chain(
     return genesis
 
 
-def init_dev(
-    home: NodeHome,
-    allocations: dict[str, int],
-    *,
-    network: str = "devnet",
-    params: dict[str, int] | None = None,
-    force: bool = False,
-) -> Genesis:
-    """A dev chain whose one validator is this node (`init_dev_chain`), with its store made and
-    holding block 0."""
-    genesis = init_dev_chain(home, allocations, network=network, params=params, force=force)
+def init_dev(home: NodeHome, allocations: dict[str, int], **options: Any) -> Genesis:
+    """A dev chain whose one validator is this node (`init_dev_chain`, same options), with its
+    store made and holding block 0."""
+    genesis = init_dev_chain(home, allocations, **options)
     Node(home, genesis).close()  # creates the store with block 0
     return genesis
 

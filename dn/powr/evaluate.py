@@ -42,7 +42,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from dn.errors import InputError, TaskError
@@ -81,12 +81,7 @@ class ItemResult:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "id": self.id,
-            "kind": self.kind,
-            "score": self.score,
-            "output": self.output,
-            "logprobs": self.logprobs,
-            "tokens": self.tokens,
+            **asdict(self),
             "llama_s": round(self.llama_s, 6),
             "seconds": round(self.seconds, 6),
         }

@@ -23,7 +23,7 @@ docs/verification.md. Everything here is pure: no llama.cpp, no I/O.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from dn.encoding import BPS, hash_hex
@@ -81,15 +81,10 @@ class Verdict:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "ok": self.ok,
-            "reason": self.reason,
-            "message": self.message,
-            "tokens": self.tokens,
-            "max_rank": self.max_rank,
+            **asdict(self),
             "max_gap": round(self.max_gap, 3),
             "top1": round(self.top1, 4),
             "mean_gap": round(self.mean_gap, 3),
-            "worst": self.worst,
         }
 
 

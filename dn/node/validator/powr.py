@@ -39,7 +39,7 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +82,7 @@ class Committed:
         return powr_commitment(self.epoch, validator, self.scores, self.salt)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "scores": self.scores,
-            "salt": self.salt,
-            "seed_block": self.seed_block,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, doc: Any) -> Committed:
