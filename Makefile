@@ -13,7 +13,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The dashboard's browser tests drive Debian's Chromium through its chromedriver. Where they are
+# missing and we are root with apt-get, install them; never fatal (without them those tests skip).
 install: $(STAMP)
+	@if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium and chromium-driver (for the dashboard's browser tests)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      chromium chromium-driver) || echo "could not install chromium: the browser tests will skip"; \
+	  else \
+	    echo "no chromium: the dashboard's browser tests will skip (apt-get install chromium chromium-driver)"; \
+	  fi; \
+	fi
 
 demo: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh

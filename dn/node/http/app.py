@@ -340,4 +340,7 @@ def create_app(
 
         cap = DEFAULT_MAX_PRICE if gateway_max_price is None else gateway_max_price
         add_openai_routes(app, node, gateway, gateway_wallet, cap)
+    from dn.node.http.dashboard import add_dashboard_routes
+
+    add_dashboard_routes(app, node, network, miner, store, gateway_wallet, gateway_max_price)
     return app
