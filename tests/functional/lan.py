@@ -329,3 +329,86 @@ class LanNode:
 
     def tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+
+# --- added for the soak (tests/functional/test_lan_soak.py): perturbing a running LAN -----------
+
+
+def signal_node(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """Send `sig` (SIGKILL, SIGSTOP, SIGCONT …) to the process group of `proc`, a process started
+    by `Lan.popen` (its own session: the group's id is its pid). A process already gone is not
+    an error."""
+    _signal_group(proc, sig)
+
+
+def link_down(lan: Lan, i: int) -> None:
+    """Cut node `i` off the LAN: its veth end `dn0` goes down inside its own namespace. Its
+    address stays, but the kernel drops the routes through dn0 (the 224.0.0.0/4 one too)."""
+    ip("-n", lan.namespaces[i], "link", "set", "dn0", "down")
+
+
+def link_up(lan: Lan, i: int) -> None:
+    """Undo `link_down`: dn0 up again, and the mDNS route that going down removed put back (the
+    kernel restores only the subnet's own route)."""
+    ns = ("-n", lan.namespaces[i])
+    ip(*ns, "link", "set", "dn0", "up")
+    ip(*ns, "route", "replace", "224.0.0.0/4", "dev", "dn0")
+
+
+def statuses(lan: Lan, via: int, urls: Sequence[str], timeout: float = 2.0) -> list[Any]:
+    """GET /dn/v1/status of every node URL in `urls`, from inside namespace `via`, in one
+    client process: each answer is the status, or None where the node did not answer in
+    `timeout` seconds (stopped, paused or cut off)."""
+    requests = [{"url": url + "/dn/v1/status", "timeout": timeout} for url in urls]
+    answers = lan.http(via, requests, timeout=10.0 + timeout * len(urls))
+    return [a.get("body") if a.get("status") == 200 else None for a in answers]
+
+
+def node_env(dn_home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment `LanNode` starts a node with (no proxy variables: a LAN has no proxy),
+    plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    env.update({"DN_HOME": str(dn_home), "PYTHONUNBUFFERED": "1", **(extra or {})})
+    return env
+
+
+class LanMiner(LanNode):
+    """`dn mine --wallet WALLET --model MODEL` in node `i`'s namespace, listening on its LAN
+    address (mDNS on its veth), no `--peer`. Its node folder must already hold a chain on which
+    MODEL is registered (a miner resolves the model from its own chain when it has no static
+    peer): start a `LanNode` of the same name first and let it sync. `password` unlocks the
+    wallet (DN_PASSWORD)."""
+
+    def __init__(
+        self,
+        lan: Lan,
+        i: int,
+        dn_home: Path,
+        name: str,
+        *,
+        wallet: str,
+        model: str,
+        password: str,
+        port: int = 7750,
+        args: Sequence[str] = (),
+    ) -> None:
+        super().__init__(lan, i, dn_home, name, port=port, args=args)
+        self.wallet = wallet
+        self.model = model
+        self.password = password
+
+    def start(self, timeout: float = 120.0) -> LanMiner:
+        self.dn_home.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "dn", "mine", "--wallet", self.wallet, "--model", self.model]
+        argv += ["--name", self.name, "--host", self.host, "--port", str(self.port), *self.args]
+        env = node_env(self.dn_home, {"DN_PASSWORD": self.password})
+        self.proc = self.lan.popen(self.i, argv, env=env, log=self.log)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"{self.name} exited early:\n{self.tail()}")
+            answer = self.lan.http(self.i, [{"url": self.url + "/dn/v1/status", "timeout": 2}])
+            if answer[0].get("status") == 200:
+                return self
+            time.sleep(0.5)
+        raise AssertionError(f"{self.name} not up after {timeout} s:\n{self.tail()}")
