@@ -4,9 +4,10 @@ SmolLM2 model with llama.cpp, commits and reveals its score, and the epoch close
 One validator node, no miners: quality alone earns (DESIGN.md section 8), so the model's creator
 and the validator are paid while the miners' share stays unminted. Epochs of 24 blocks (a block
 a second when idle) leave the validator 12 blocks to load the model and run 3 items before the
-commit phase ends (8 were too few on a loaded 2-core machine: it missed the commit phase). SmolLM2 gets about two thirds of the general suite right, so an epoch whose
-3 items are all wrong is possible (about 4%): the test waits, bounded, for the first closed epoch
-in which the model earned a nonzero score, which is almost always the first one.
+commit phase ends (8 were too few on a loaded 2-core machine: it missed the commit phase).
+SmolLM2 gets about two thirds of the general suite right, so an epoch whose 3 items are all wrong
+is possible (about 4%): the test waits, bounded, for the first closed epoch in which the model
+earned a nonzero score, which is almost always the first one.
 """
 
 from __future__ import annotations
