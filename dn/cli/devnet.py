@@ -29,7 +29,7 @@ def up(
     validators: int | None = typer.Option(
         None,
         "--validators",
-        help="How many of the nodes are validators (the first K; default all).",
+        help="How many of the nodes are validators (the first K; default: all but the --miners).",
     ),
     port_base: int = typer.Option(
         DEFAULT_PORT_BASE, "--port-base", help="Node i listens on 127.0.0.1:PORT_BASE+i."

@@ -97,7 +97,8 @@ class Shape:
             raise InputError(f"--nodes must be at least 1, got {nodes}")
         if nodes > MAX_NODES:
             raise InputError(f"--nodes must be at most {MAX_NODES}, got {nodes}")
-        count = nodes if validators is None else validators
+        # by default every node that does not mine validates (the README's `--nodes 3 --miners 2`)
+        count = max(1, nodes - max(miners, 0)) if validators is None else validators
         if count < 1:
             raise InputError(f"--validators must be at least 1 (a chain needs one), got {count}")
         if count > nodes:

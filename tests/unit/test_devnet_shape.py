@@ -43,3 +43,13 @@ def test_the_options_reach_the_genesis_and_a_new_epoch_length_is_a_new_chain(
     other = prepare(tmp_path, nodes=1, epoch_blocks=40)
     assert not other.resumed and other.genesis.param("epoch_blocks") == 40
     assert other.genesis.param("max_block_interval_ms") == 1000  # kept from the stored one
+
+
+def test_miners_without_validators_leave_the_other_nodes_validating() -> None:
+    """The README's `dn devnet up --nodes 3 --miners 2` was refused (`--miners must be from 0 to
+    0`): by default every node that does not mine is a validator."""
+    shape = Shape.check(3, None, 1000, miners=2)
+    assert (shape.nodes, shape.validators, shape.miners) == (3, 1, 2)
+    assert Shape.check(3, None, 1000).validators == 3  # no miners: all validate, as before
+    with pytest.raises(InputError, match="--miners must be from 0 to 0"):
+        Shape.check(3, 3, 1000, miners=2)  # validators asked for explicitly: still checked
