@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import typer
 
 from dn.cli.node import GENESIS, HOST, JOIN, MDNS, NAME, PASSWORD_FILE, PEER, PORT
-from dn.cli.output import opts, read_password, say
-from dn.errors import InputError, ModelError
-
-if TYPE_CHECKING:
-    from dn.node.node import Node
-    from dn.node.p2p.network import NetOptions
-    from dn.runner.modelstore import ModelStore
+from dn.cli.output import opts, progress, say, unlock
 
 
 def mine(
@@ -46,34 +39,20 @@ def mine(
 ) -> None:
     """Start (or join) a node with the miner role: register with a bond, fetch the models it
     serves from peers if needed, and generate and check answers until Ctrl-C."""
-    from dn.chain.ledger import MODEL
     from dn.cli.node import prepare_node
+    from dn.client.models import models_to_serve
     from dn.config import home
     from dn.encoding import parse_dn
     from dn.node.market.miner import MinerOptions
     from dn.node.service import run_foreground
     from dn.runner.modelstore import ModelStore
 
-    store = opts(ctx).keystore()
-    store.address(wallet)
-    keypair = store.load(wallet, read_password(password_file))
+    keypair = unlock(ctx, wallet, password_file)
     node, net = prepare_node(
         ctx, name=name, host=host, genesis=genesis, join=join, peer=peer, mdns=mdns
     )
     models_store = ModelStore.default(home(opts(ctx).home))
-    on_chain = {key[len(MODEL) :] for key, _ in node.state.items() if key.startswith(MODEL)}
-    chosen = [_resolve(node, net, ref, on_chain) for ref in model]
-    if not model:
-        chosen = sorted(s for s in on_chain if models_store.has(s))
-    if not chosen:
-        raise ModelError(
-            "nothing to serve: give --model, or put a registered model in the local store "
-            "('dn model pull ID' or 'dn model submit FILE')",
-            reason="no-model",
-        )
-    missing = [sha for sha in chosen if not models_store.has(sha)]
-    if missing:
-        _pull(ctx, node, models_store, missing, net)
+    chosen = models_to_serve(node, net.peers, models_store, model, bar=progress)
     options = MinerOptions(
         wallet=keypair,
         models=tuple(chosen),
@@ -87,44 +66,3 @@ def mine(
     )
     run_foreground(node, host, port, net, mine=options)
     say("miner stopped")
-
-
-def _resolve(node: Node, net: NetOptions, ref: str, on_chain: set[str]) -> str:
-    """A model's sha256 from the local chain state or, before this node has synced, from its
-    peers."""
-    from dn.chain.ledger import MODEL_NAME
-    from dn.client.http import NodeClient
-    from dn.errors import DNError
-
-    sha = node.state.get(MODEL_NAME + ref)
-    if sha is None and len(ref) >= 8:
-        sha = next((s for s in sorted(on_chain) if s.startswith(ref.lower())), None)
-    for url in net.peers:
-        if sha is not None:
-            break
-        try:
-            with NodeClient(url, timeout=10.0) as client:
-                sha = client.model(ref)["id"]
-        except DNError:
-            continue
-    if sha is None:
-        raise InputError(f"no model {ref!r} on this chain (see 'dn model list')")
-    return str(sha)
-
-
-def _pull(
-    ctx: typer.Context, node: Node, store: ModelStore, missing: list[str], net: NetOptions
-) -> None:
-    """Fetch models the miner should serve but does not hold, from the miners serving them
-    and from the peers it was given."""
-    from dn.chain import tasks
-    from dn.chain.ledger import MINER
-    from dn.cli.output import progress
-    from dn.node.p2p.pull import pull_model
-
-    for sha in missing:
-        serving = tasks.eligible_miners(node.state, sha, node.tip.height)
-        sources = [(node.state.get(MINER + m) or {}).get("url") for m in serving]
-        sources += list(net.peers)
-        with progress(f"pulling {sha[:12]}", None) as update:
-            pull_model(sha, [s for s in sources if s], store, progress=update)
