@@ -65,8 +65,11 @@ class Rig:
     def spent(self) -> tuple[int, int, int, int]:
         """What a spend would move: the wallet's balance and nonce, the height, the mempool."""
         account = self.node.account(self.wallet.address)
-        return account["balance"], account["next_nonce"], self.node.tip.height, len(
-            self.node.mempool
+        return (
+            account["balance"],
+            account["next_nonce"],
+            self.node.tip.height,
+            len(self.node.mempool),
         )
 
     def post(self, route: str, body: Any, **headers: str) -> Any:
