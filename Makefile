@@ -43,6 +43,7 @@ bench: install
 	$(PY) bench/check.py
 	$(PY) bench/drift.py
 	$(PY) bench/query.py
+	$(PY) bench/concurrency.py
 	$(PY) bench/powr.py
 	$(PY) bench/epoch.py
 

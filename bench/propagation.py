@@ -176,7 +176,7 @@ def main() -> None:
         with ThreadPoolExecutor(len(nets)) as pool:
             for done in [pool.submit(net.transfers, args.txs) for net in nets]:
                 done.result()
-        result = {
+        result: dict[str, Any] = {
             "block_time_s": BLOCK_MS / 1000,
             "network": network.summary(),
             "lone": lone.summary(),

@@ -156,7 +156,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     short: list[dict[str, Any]] = []
     # The baseline's model is loaded the way a devnet miner loads its own (dn/node/service.py).
-    runner = Runner(n_threads=miner_threads(2), n_ctx=MinerOptions.n_ctx)
+    runner = Runner(n_threads=miner_threads(2), n_ctx=MinerOptions.n_ctx, slots=MinerOptions.slots)
     try:
         url = f"http://127.0.0.1:{base}"
         client = NodeClient(url, timeout=30)

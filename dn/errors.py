@@ -25,7 +25,9 @@
     ├── ModelError               a model file that is missing, not GGUF, damaged or     exit 6
     │                            does not match its hash; carries a `reason`            HTTP 422
     └── TaskError                a query that cannot be served or settled (no miner,    exit 7
-                                 a miner that stalls or lies, price too low); `reason`  HTTP 409
+        │                        a miner that stalls or lies, price too low); `reason`  HTTP 409
+        └── Busy                 every slot of the model is taken now; try another      HTTP 503
+                                 miner, or again after `retry_after` seconds
 
 The CLI maps these to a message and an exit code in `dn/cli/main.py`; the HTTP API maps them to a
 status and a JSON body in `dn/node/http/app.py`. Nothing else catches them to print.
@@ -209,3 +211,12 @@ class TaskError(DNError):
     exit_code = 7
     http_status = 409
     reason = "task"
+
+
+class Busy(TaskError):
+    """The miner serves as many sequences of this model as it has slots (`dn mine --slots`):
+    refused at once rather than queued. Not a fault: a gateway tries the next eligible miner."""
+
+    http_status = 503
+    reason = "busy"
+    retry_after = 1  # seconds, for the Retry-After header

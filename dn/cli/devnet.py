@@ -73,6 +73,13 @@ def up(
     powr_items: int | None = typer.Option(
         None, "--powr-items", min=1, help="With --powr: benchmark items per model per epoch."
     ),
+    slots: int | None = typer.Option(
+        None,
+        "--slots",
+        min=1,
+        help="Queries and checks each miner serves at once per model; more are refused as "
+        "busy (default: from the cores and memory).",
+    ),
 ) -> None:
     """Run a local network of N nodes in this process until Ctrl-C.
 
@@ -115,7 +122,7 @@ def up(
 
         state = "resuming" if net.resumed else "starting"
         say(f"{state} devnet {net.genesis.chain_id} ({net.shape.describe()}) in {base}")
-        devnet_run.run(net, port_base, ready, powr=powr, powr_items=powr_items)
+        devnet_run.run(net, port_base, ready, powr=powr, powr_items=powr_items, slots=slots)
     say("devnet stopped")
 
 

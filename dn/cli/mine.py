@@ -35,6 +35,13 @@ def mine(
     gpu_layers: int | None = typer.Option(
         None, "--gpu-layers", help="Layers to offload (default: all with a GPU, else none)."
     ),
+    slots: int | None = typer.Option(
+        None,
+        "--slots",
+        min=1,
+        help="Queries and checks each model serves at once, batched; more are refused as busy "
+        "(default: from the cores and memory).",
+    ),
     password_file: Path | None = PASSWORD_FILE,
 ) -> None:
     """Start (or join) a node with the miner role: register with a bond, fetch the models it
@@ -59,6 +66,7 @@ def mine(
         bond=parse_dn(bond, what="bond") if bond else None,
         threads=threads,
         gpu_layers=gpu_layers,
+        slots=slots,
     )
     say(
         f"miner {keypair.address} on node {node.key.address}, serving "

@@ -40,10 +40,12 @@ async def serve(
     miners: dict[int, Keypair] | None = None,
     powr: bool = False,
     powr_items: int | None = None,
+    slots: int | None = None,
 ) -> None:
     """Serve every node on 127.0.0.1:port_base+i, each peered with all the others, until
     SIGINT/SIGTERM; `on_ready` is called once every node listens. Node i in `miners` also runs
-    the miner role with that wallet, serving every registered model in the local store. With
+    the miner role with that wallet, serving every registered model in the local store, `slots`
+    sequences of each at once (default: from the cores and memory). With
     `powr`, every validator node also does its PoWR duty (`dn.node.validator.powr`) on the models in
     the local store (`powr_items` items per model, default the validator's), its fees paid by
     its node key."""
@@ -76,7 +78,12 @@ async def serve(
                 HOST,
                 port_base + i,
                 NetOptions(peers=[u for u in urls if u != urls[i]], mdns_interfaces=None),
-                mine=MinerOptions(wallet=miners[i], models=(), threads=miner_threads(len(miners)))
+                mine=MinerOptions(
+                    wallet=miners[i],
+                    models=(),
+                    threads=miner_threads(len(miners)),
+                    slots=slots,
+                )
                 if i in miners
                 else None,
                 validate=validators.get(i),
@@ -110,11 +117,12 @@ def run(
     *,
     powr: bool = False,
     powr_items: int | None = None,
+    slots: int | None = None,
 ) -> None:
-    """Run the devnet in the foreground until SIGINT/SIGTERM (`powr`: see `serve`)."""
+    """Run the devnet in the foreground until SIGINT/SIGTERM (`powr`, `slots`: see `serve`)."""
     store = Keystore(wallets_dir(devnet.base))
     miners = {
         i: store.load(name, DEVNET_PASSWORD) for i, name in devnet.shape.miner_wallets().items()
     }
     nodes = open_nodes(devnet)
-    asyncio.run(serve(nodes, port_base, on_ready, miners, powr, powr_items))
+    asyncio.run(serve(nodes, port_base, on_ready, miners, powr, powr_items, slots))

@@ -70,7 +70,12 @@ class NodeService:
         if mine is not None:
             from dn.runner.llama import Runner
 
-            runner = Runner(n_threads=mine.threads, n_gpu_layers=mine.gpu_layers, n_ctx=mine.n_ctx)
+            runner = Runner(
+                n_threads=mine.threads,
+                n_gpu_layers=mine.gpu_layers,
+                n_ctx=mine.n_ctx,
+                slots=mine.slots,
+            )
             node.extra_roles.append("miner")
             self.miner = Miner(
                 node,
@@ -260,7 +265,9 @@ class NodeService:
                 await asyncio.gather(bonding, return_exceptions=True)
             if miner is not None and self.miner is not None:
                 await asyncio.gather(miner, return_exceptions=True)
-                self.miner.close()
+                # Off the loop: the other nodes of a devnet stop meanwhile; its engines end
+                # within a step, failing whatever still waits on them.
+                await asyncio.to_thread(self.miner.close)
             if validator is not None and validating is not None:
                 await asyncio.gather(validating, return_exceptions=True)
                 validator.close()

@@ -1,9 +1,9 @@
 """llama-cpp-python behind a small interface: load (mmap, LRU), generate greedily, prefill-check.
 
-A `LoadedModel` is one llama.cpp context on one GGUF file. The runner keeps separate contexts
-for generating and for checking, so a miner can do both at once; the weights are memory-mapped
-and so shared between them by the operating system. Each context runs one task at a time (it
-holds that task's KV cache); a task takes the context's lock for its whole life.
+A `LoadedModel` is one model file and one batching engine on it (`dn/runner/engine.py`): a
+llama.cpp context with `slots` sequences that a scheduler thread runs together, so a miner
+generates and checks for many people at once. A stream or a check session holds a slot, never a
+lock; one beyond the slots is refused with `Busy` at once.
 
 Task settings are pinned, because a checker must score exactly what the generator computed:
 greedy decoding (the argmax of the logits; no sampler, no temperature, no penalties), the prompt
@@ -19,16 +19,23 @@ import codecs
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Generator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dn.errors import ModelError, TaskError
-from dn.runner.check import Thresholds, TokenValue, Verdict, judge
+from dn.runner.capacity import default_slots, kv_bytes_per_token
+from dn.runner.check import Thresholds
+from dn.runner.engine import DEFAULT_IDLE_S, Engine
+from dn.runner.sessions import CheckSession, Exclusive, TokenStream
+
+__all__ = ["CheckSession", "LoadedModel", "Piece", "Runner", "TextDecoder", "TokenStream"]
 
 if TYPE_CHECKING:
     import numpy as np
+
+    from dn.runner.engine import Sequence as EngineSequence
 
 # For GGUF files without `tokenizer.chat_template`: the family's documented format, else ChatML.
 CHATML = (
@@ -87,7 +94,7 @@ class Piece:
 
 
 class LoadedModel:
-    """One llama.cpp context on one model file."""
+    """One model file, and the batching engine that serves its sequences."""
 
     def __init__(
         self,
@@ -97,6 +104,8 @@ class LoadedModel:
         n_threads: int | None = None,
         n_batch: int = DEFAULT_BATCH,
         n_gpu_layers: int | None = None,
+        slots: int | None = None,
+        idle_s: float | None = DEFAULT_IDLE_S,
     ) -> None:
         import llama_cpp  # before numpy, see the module docstring
 
@@ -107,27 +116,50 @@ class LoadedModel:
         self.n_gpu_layers = auto_gpu_layers(n_gpu_layers)
         try:
             with _LOAD_LOCK:
+                # Llama's own context is only there because Llama always makes one: the tokenizer,
+                # the metadata and the chat template are the model's; the work runs in the engine.
                 self.llm = llama_cpp.Llama(
                     model_path=str(path),
-                    n_ctx=n_ctx,
-                    n_batch=n_batch,
-                    n_ubatch=n_batch,
-                    n_threads=threads,
-                    n_threads_batch=threads,
+                    n_ctx=16,
+                    n_batch=16,
+                    n_threads=1,
                     n_gpu_layers=self.n_gpu_layers,
                     logits_all=False,
                     verbose=False,
                 )
+                self.slots = slots or default_slots(kv_bytes_per_token(self.llm.metadata) * n_ctx)
+                self.engine = Engine(
+                    self.llm.model,
+                    n_vocab=self.llm.n_vocab(),
+                    slots=self.slots,
+                    n_ctx=n_ctx,
+                    n_threads=threads,
+                    n_batch=n_batch,
+                    idle_s=idle_s,
+                    name=self.path.stem[:16],
+                )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelError(f"llama.cpp cannot load {path}: {exc}", reason="unloadable") from None
+        # Whoever closes `llm` closes the engine first (an ExitStack unwinds the last one first),
+        # so the context never outlives the weights it points at.
+        self.llm._stack.callback(self.engine.close)
         self.n_ctx = n_ctx
         self.n_batch = n_batch
         self.n_threads = threads
         self.n_vocab = self.llm.n_vocab()
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self._lib = llama_cpp
-        self.lock = threading.Lock()
+        self.lock = Exclusive(self)
         self._formatter: Any = None
+
+    def close(self) -> None:
+        """Stop the engine (its callers get `TaskError`), then free the weights."""
+        self.engine.close()
+        self.llm.close()
+
+    def retire(self) -> None:
+        """Free everything once the sequences open now have ended (none more are expected)."""
+        self.engine.retire(self.llm.close)
 
     # --- text ----------------------------------------------------------------------------
 
@@ -170,32 +202,28 @@ class LoadedModel:
 
     # --- evaluation ----------------------------------------------------------------------
 
+    def _held(self) -> EngineSequence:
+        seq = self.lock.seq
+        if seq is None:
+            raise RuntimeError("_decode() and _truncate() need `with model.lock:`")
+        return seq
+
     def _reset(self) -> None:
         self._truncate(0)
 
     def _truncate(self, position: int) -> None:
-        """Forget the KV cache from `position` on (0: everything)."""
-        self.llm._ctx.kv_cache_seq_rm(-1, position, -1)
+        """Forget the held sequence's positions from `position` on (0: everything)."""
+        self._held().truncate(position)
 
     def _decode(self, tokens: Sequence[int], n_past: int, *, all_rows: bool) -> np.ndarray:
-        """Run `tokens` at positions n_past…; return the logits of every position (all_rows) or
-        of the last one only, as float32 rows (copies)."""
-        import numpy as np
-
-        rows: list[np.ndarray] = []
-        batch = self.llm._batch
-        for start in range(0, len(tokens), self.n_batch):
-            part = list(tokens[start : start + self.n_batch])
-            batch.set_batch(batch=part, n_past=n_past + start, logits_all=all_rows)
-            try:
-                self.llm._ctx.decode(batch)
-            except RuntimeError as exc:
-                raise ModelError(f"llama.cpp decode failed: {exc}", reason="decode") from None
-            n_out = len(part) if all_rows else 1
-            out = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(n_out, self.n_vocab))
-            if all_rows or start + self.n_batch >= len(tokens):
-                rows.append(out.copy())
-        return np.concatenate(rows) if all_rows else rows[-1]
+        """Run `tokens` at positions n_past… of the sequence `with model.lock:` holds; return the
+        logits of every position (all_rows) or of the last one only, as float32 rows (copies)."""
+        seq = self._held()
+        seq.truncate(n_past)
+        if n_past != seq.n_past:
+            raise ValueError(f"position {n_past} is past the {seq.n_past} evaluated")
+        rows = seq.eval(tokens, all_rows=all_rows)
+        return rows if all_rows else rows[-1]
 
     def _fits(self, prompt_tokens: int, max_tokens: int) -> None:
         if prompt_tokens + max_tokens > self.n_ctx:
@@ -205,27 +233,31 @@ class LoadedModel:
                 reason="too-long",
             )
 
-    def generate(self, prompt: str, max_tokens: int) -> Generator[int, None, None]:
+    def generate(
+        self, prompt: str, max_tokens: int, *, deadline_s: float | None = None
+    ) -> TokenStream:
         """Greedy token ids, streamed; stops after an end-of-generation token (which is yielded)
-        or after `max_tokens`. Holds the context until the iterator ends or is closed."""
-        import numpy as np
-
+        or after `max_tokens`. Takes a slot now (`Busy` when none is free) and holds it until
+        the stream ends, is closed, or goes unread for the engine's idle limit."""
         tokens = self.tokenize(prompt)
         self._fits(len(tokens), max_tokens)
-        with self.lock:
-            self._reset()
-            logits = self._decode(tokens, 0, all_rows=False)[-1]
-            n_past = len(tokens)
-            for i in range(max_tokens):
-                token = int(np.argmax(logits))
-                yield token
-                if self.is_eog(token) or i + 1 == max_tokens:
-                    return
-                logits = self._decode([token], n_past, all_rows=False)[-1]
-                n_past += 1
+        seq = self.engine.open(deadline_s=deadline_s)
+        try:
+            seq.generate(tokens, max_tokens, self.is_eog)
+        except BaseException:
+            seq.close()
+            raise
+        return TokenStream(seq)
 
-    def check(self, prompt: str, max_tokens: int, thresholds: Thresholds) -> CheckSession:
-        return CheckSession(self, prompt, max_tokens, thresholds)
+    def check(
+        self,
+        prompt: str,
+        max_tokens: int,
+        thresholds: Thresholds,
+        *,
+        deadline_s: float | None = None,
+    ) -> CheckSession:
+        return CheckSession(self, prompt, max_tokens, thresholds, deadline_s=deadline_s)
 
 
 class TextDecoder:
@@ -245,102 +277,9 @@ class TextDecoder:
         return self._utf8.decode(b"", final=True)
 
 
-class CheckSession:
-    """An incremental prefill check of one claimed answer. Use as a context manager (it holds
-    the checking context): `feed()` chunks of claimed token ids as they stream in, then
-    `finish()` for the verdict. Each chunk is one batched pass that reuses the KV cache of the
-    prompt and of the chunks before it."""
-
-    def __init__(
-        self, model: LoadedModel, prompt: str, max_tokens: int, thresholds: Thresholds
-    ) -> None:
-        self.model = model
-        self.prompt_tokens = model.tokenize(prompt)
-        model._fits(len(self.prompt_tokens), max_tokens)
-        self.max_tokens = max_tokens
-        self.thresholds = thresholds
-        self.values: list[TokenValue] = []
-        self.tokens: list[int] = []
-        self._pending: Any = None  # logits that predict the next claimed token
-        self._n_past = 0
-        self._problem: Verdict | None = None
-        self._open = False
-
-    def __enter__(self) -> CheckSession:
-        self.model.lock.acquire()
-        self._open = True
-        try:
-            self.model._reset()
-            self._pending = self.model._decode(self.prompt_tokens, 0, all_rows=False)[-1]
-            self._n_past = len(self.prompt_tokens)
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._open:
-            self._open = False
-            self.model.lock.release()
-
-    def _refuse(self, reason: str, message: str) -> None:
-        self._problem = Verdict(False, reason, message, len(self.tokens), 0, 0.0, 0.0, 0.0, None)
-
-    def feed(self, tokens: Sequence[int]) -> list[TokenValue]:
-        """Score the next claimed tokens; returns their values (empty once the answer is
-        already refused for its shape)."""
-        import numpy as np
-
-        if not self._open:
-            raise RuntimeError("feed() outside the session's `with` block")
-        tokens = [int(t) for t in tokens]
-        if self._problem is None and tokens:
-            if any(not 0 <= t < self.model.n_vocab for t in tokens):
-                self._refuse("bad-token", "a claimed token id is not in the model's vocabulary")
-            elif (self.tokens and self.model.is_eog(self.tokens[-1])) or any(
-                self.model.is_eog(t) for t in tokens[:-1]
-            ):
-                self._refuse("after-end", "tokens claimed after an end-of-generation token")
-            elif len(self.tokens) + len(tokens) > self.max_tokens:
-                self._refuse(
-                    "too-long",
-                    f"{len(self.tokens) + len(tokens)} tokens claimed, the ticket allows "
-                    f"{self.max_tokens}",
-                )
-        if self._problem is not None:
-            # Refused for its shape: keep counting what is claimed (so chunks stay in order and
-            # the verdict names every token), but score nothing more.
-            self.tokens.extend(tokens)
-            return []
-        if not tokens:
-            return []
-        rows = self.model._decode(tokens, self._n_past, all_rows=True)
-        predictors = np.vstack([self._pending[None, :], rows[:-1]])
-        claimed = predictors[np.arange(len(tokens)), tokens]
-        ranks = (predictors > claimed[:, None]).sum(axis=1)
-        gaps = predictors.max(axis=1) - claimed
-        self._pending = rows[-1]
-        self._n_past += len(tokens)
-        fresh = [
-            TokenValue(t, int(r), float(g), float(c))
-            for t, r, g, c in zip(tokens, ranks, gaps, claimed, strict=True)
-        ]
-        self.tokens.extend(tokens)
-        self.values.extend(fresh)
-        return fresh
-
-    def finish(self) -> Verdict:
-        if self._problem is not None:
-            return self._problem
-        ended = bool(self.tokens) and self.model.is_eog(self.tokens[-1])
-        return judge(self.values, self.thresholds, max_tokens=self.max_tokens, ended=ended)
-
-
 class Runner:
-    """Loaded models by (file, role), least recently used first out."""
+    """Loaded models by file, least recently used first out. Every role (generating, checking)
+    shares a file's one engine, whose `slots` bound how many sequences run on it at once."""
 
     def __init__(
         self,
@@ -350,18 +289,27 @@ class Runner:
         n_batch: int = DEFAULT_BATCH,
         n_gpu_layers: int | None = None,
         max_loaded: int = 4,
+        slots: int | None = None,
+        idle_s: float | None = DEFAULT_IDLE_S,
     ) -> None:
         self.n_ctx = n_ctx
         self.n_threads = n_threads
         self.n_batch = n_batch
         self.n_gpu_layers = n_gpu_layers
         self.max_loaded = max_loaded
-        self._loaded: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
+        self.slots = slots
+        self.idle_s = idle_s
+        self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
+        self._roles: dict[str, list[str]] = {}
+        self._retired: list[LoadedModel] = []
         self._lock = threading.Lock()
 
     def model(self, path: Path, role: str = "generate") -> LoadedModel:
-        key = (str(Path(path).resolve()), role)
+        key = str(Path(path).resolve())
         with self._lock:
+            roles = self._roles.setdefault(key, [])
+            if role not in roles:
+                roles.append(role)
             found = self._loaded.get(key)
             if found is not None:
                 self._loaded.move_to_end(key)
@@ -372,20 +320,31 @@ class Runner:
                 n_threads=self.n_threads,
                 n_batch=self.n_batch,
                 n_gpu_layers=self.n_gpu_layers,
+                slots=self.slots,
+                idle_s=self.idle_s,
             )
             self._loaded[key] = loaded
             while len(self._loaded) > self.max_loaded:
-                _, old = self._loaded.popitem(last=False)
-                with old.lock:  # wait for its task to end before freeing it
-                    old.llm.close()
+                old_key, old = self._loaded.popitem(last=False)
+                self._roles.pop(old_key, None)
+                old.retire()  # freed when its open sequences end; nothing waits for them here
+                self._retired = [m for m in self._retired if m.engine.running] + [old]
             return loaded
 
+    def models(self) -> list[tuple[str, LoadedModel]]:
+        """(file, model) for every loaded file, least recently used first."""
+        with self._lock:
+            return list(self._loaded.items())
+
     def loaded(self) -> list[tuple[str, str]]:
-        return list(self._loaded)
+        """(file, role) for every role asked of each loaded file, least recently used first."""
+        return [(key, role) for key in self._loaded for role in self._roles.get(key, [])]
 
     def close(self) -> None:
         with self._lock:
-            while self._loaded:
-                _, old = self._loaded.popitem()
-                with old.lock:
-                    old.llm.close()
+            models = list(self._loaded.values()) + self._retired
+            self._loaded.clear()
+            self._roles.clear()
+            self._retired = []
+        for model in models:
+            model.close()

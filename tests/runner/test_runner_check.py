@@ -233,16 +233,25 @@ def test_loading_models_side_by_side_keeps_stdout_and_stderr(smollm2_gguf: Path)
         assert [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in (1, 2)] == before
 
 
-def test_the_runner_caches_loaded_models_and_evicts_the_oldest(smollm2_gguf: Path) -> None:
+def test_the_runner_caches_loaded_models_and_evicts_the_oldest(
+    smollm2_gguf: Path, gemma_gguf: Path, tmp_path: Path
+) -> None:
+    """One engine per file, shared by every role (a miner generates and checks on one context);
+    the least recently used file goes first, and goes only once its open work has ended."""
     from dn.runner.llama import Runner
 
-    runner = Runner(n_threads=1, max_loaded=2, n_ctx=512)
+    copy = tmp_path / "copy.gguf"
+    copy.write_bytes(smollm2_gguf.read_bytes())
+    runner = Runner(n_threads=1, max_loaded=2, n_ctx=512, slots=2)
     try:
         first = runner.model(smollm2_gguf, "generate")
-        assert runner.model(smollm2_gguf, "generate") is first
-        runner.model(smollm2_gguf, "check")
-        runner.model(smollm2_gguf, "spare")
-        assert [role for _, role in runner.loaded()] == ["check", "spare"]
+        assert runner.model(smollm2_gguf, "check") is first
+        assert [role for _, role in runner.loaded()] == ["generate", "check"]
+        stream = first.generate(chat(first, PROMPTS[0]), 8)
+        runner.model(gemma_gguf, "check")
+        runner.model(copy, "generate")  # evicts the first file, whose stream is still open
+        assert [Path(path).name for path, _ in runner.loaded()] == [gemma_gguf.name, copy.name]
+        assert len(list(stream)) == 8  # the evicted model finishes what it was doing
         assert runner.model(smollm2_gguf, "generate") is not first  # reloaded after eviction
     finally:
         runner.close()

@@ -7,6 +7,8 @@
     POST /dn/v1/query                          run a signed query: NDJSON events (gateway)
     POST /dn/v1/tasks/generate                 miner: generate, NDJSON token events
     POST /dn/v1/tasks/check                    miner: open a check session
+                                               (either: 503 with Retry-After when every slot of
+                                               the model is taken, dn.errors.Busy)
     POST /dn/v1/tasks/check/{task}/tokens      miner: the next chunk of claimed tokens
     POST /dn/v1/tasks/check/{task}/finish      miner: verdict and signed attestation
     POST /dn/v1/tasks/check/{task}/abort       miner: the gateway gave up; close the session
@@ -140,7 +142,7 @@ def add_task_routes(
     @app.post("/dn/v1/tasks/generate", response_model=None)
     async def generate(request: Request) -> Any:
         body = await json_object(request)
-        events = mining().generate(body.get("ticket"), body.get("input"))
+        events = await mining().generate(body.get("ticket"), body.get("input"))
         return StreamingResponse(_ndjson(events), media_type=NDJSON)
 
     @app.post("/dn/v1/tasks/check")

@@ -14,6 +14,12 @@ it names, the gateway
    a miner that stalls, answers garbage or signs with the wrong key ends the query with a
    TaskError and nothing to settle, so the consumer pays nothing.
 
+A miner whose slots are all taken answers 503 (`Busy`, with Retry-After) instead of queueing.
+That ends the query like a miner that does not answer in time: before any token, with reason
+`miner-busy` and the other miner's session closed, nothing to settle and nobody at fault. The
+pair of miners is fixed by the ticket (the chain re-checks it), so the next eligible pair is the
+consumer's next ticket, drawn with a new nonce.
+
 The result carries what `task.settle` needs; whoever holds the consumer's wallet submits it.
 """
 
@@ -32,7 +38,7 @@ import httpx
 
 from dn.chain import tasks
 from dn.chain.ledger import MINER, MODEL, TASK, account
-from dn.errors import DNError, InvalidTx, TaskError
+from dn.errors import Busy, DNError, InvalidTx, TaskError
 from dn.node.node import Node
 from dn.node.taskio import input_hash, normalize_input
 
@@ -63,6 +69,20 @@ class Plan:
 
 def _fail(message: str, reason: str) -> TaskError:
     return TaskError(message, reason=reason)
+
+
+def _busy(who: str, response: httpx.Response) -> Busy:
+    """A miner's 503: every slot of the model taken (dn.errors.Busy on its side)."""
+    busy = Busy(
+        f"the {who} is busy (it serves as many queries of this model as it has slots); "
+        "try again shortly",
+        reason="miner-busy",
+    )
+    try:
+        busy.retry_after = max(1, int(response.headers.get("Retry-After", "1")))
+    except ValueError:
+        pass
+    return busy
 
 
 def chunk_size(sent: int, max_tokens: int, chunk: int) -> int:
@@ -277,6 +297,8 @@ class Gateway:
             raise _fail(
                 f"cannot reach the {who} at {url}: {type(exc).__name__}", "miner-down"
             ) from None
+        if response.status_code == 503:
+            raise _busy(who, response)
         if response.status_code >= 400:
             try:
                 reason = response.json().get("message", response.text)
@@ -296,6 +318,8 @@ class Gateway:
         url = plan.generator_url + TASKS + "/generate"
         try:
             async with http.stream("POST", url, json=body) as response:
+                if response.status_code == 503:
+                    raise _busy("generator", response)
                 if response.status_code >= 400:
                     await response.aread()
                     raise _fail(

@@ -7,9 +7,13 @@ holds, and the selection rule at the ticket's reference height picks this miner 
 A miner never works for a task it was not chosen for, so nobody can make it burn its CPU for free
 or collect attestations for a task the chain would refuse.
 
-llama.cpp work runs in worker threads; the node's event loop only moves messages. A check is a
-session over several requests (open, a chunk of tokens at a time, finish) because the tokens come
-from the generator while it is still decoding; a session idle for `idle_s` is closed.
+llama.cpp work runs in each model's engine (`dn.runner.engine`), which batches every stream and
+check session of that model into one pass per step; the node's event loop only moves messages,
+and a worker thread only ever waits for the engine, never for the network. A check is a session
+over several requests (open, a chunk of tokens at a time, finish) because the tokens come from
+the generator while it is still decoding. Each stream and session holds one of the model's
+`slots` (`dn mine --slots`); beyond them a task is refused at once with `Busy` (HTTP 503), and a
+session idle for `idle_s` is closed.
 
 Every task is recorded (`dn.node.market.records`) before its attestation is returned: the ticket,
 the input, the tokens and, for a checker, the per-token values it committed to, so a validator can
@@ -25,11 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,7 +46,8 @@ from dn.node.market.records import TaskRecords, request_ok
 from dn.node.node import Node
 from dn.node.taskio import input_hash, normalize_input, render
 from dn.runner.check import Thresholds, TokenValue, commitment
-from dn.runner.llama import CheckSession, Runner
+from dn.runner.engine import DEFAULT_IDLE_S
+from dn.runner.llama import CheckSession, LoadedModel, Runner, TokenStream
 from dn.runner.modelstore import ModelStore
 from dn.wallet.keys import Keypair
 
@@ -70,24 +73,11 @@ class _Session:
     touched: float = field(default_factory=time.monotonic)
 
 
-CHECK_NICE = 10  # how much lower the checking threads' CPU priority is than generating
-
-
-def _lower_priority() -> None:
-    """Run this thread (and the llama.cpp threads it starts) at a lower CPU priority: a check
-    only has to keep up with the answer, while the answer is what the consumer waits for. On one
-    machine that hosts both (a devnet, or a miner checking while it generates) the generator
-    gets the cores first. Where the OS has no per-thread priority this does nothing."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), CHECK_NICE)
-    except (AttributeError, OSError):
-        pass
-
-
 @dataclass(frozen=True)
 class MinerOptions:
     """What `dn mine` asks for: the wallet that bonds and signs, the models to serve (sha256),
-    the bond (default: the genesis minimum) and llama.cpp settings."""
+    the bond (default: the genesis minimum) and llama.cpp settings; `slots`, the sequences each
+    model serves at once (default: `dn.runner.capacity.default_slots`, from cores and memory)."""
 
     wallet: Keypair
     models: tuple[str, ...]
@@ -95,6 +85,7 @@ class MinerOptions:
     threads: int | None = None
     gpu_layers: int | None = None
     n_ctx: int = 2048
+    slots: int | None = None
 
 
 class Miner:
@@ -107,7 +98,7 @@ class Miner:
         *,
         models: tuple[str, ...] = (),
         bond: int | None = None,
-        idle_s: float = 60.0,
+        idle_s: float = DEFAULT_IDLE_S,
         records: TaskRecords | None = None,
     ) -> None:
         self.node = node
@@ -120,9 +111,6 @@ class Miner:
         self.idle_s = idle_s
         self.behaviour: Behaviour = HONEST
         self._sessions: dict[str, _Session] = {}
-        self._check_pool = ThreadPoolExecutor(
-            max_workers=4, thread_name_prefix="dn-check", initializer=_lower_priority
-        )
         if records is None:
             records = TaskRecords(node.home.path / RECORDS_FILE)
         self.records = records
@@ -158,6 +146,10 @@ class Miner:
             "models": reg["models"] if reg else [],
             "local_models": [m["sha256"] for m in self.store.list()],
             "sessions": len(self._sessions),
+            "slots": [
+                {"model": Path(path).stem, "slots": model.slots, "active": model.engine.active}
+                for path, model in self.runner.models()
+            ],
             "records": self.records.count(),
             "unsettled": self.backstop.pending(),
             "loaded": [
@@ -173,7 +165,7 @@ class Miner:
         reg = self.registration()
         loaded = set(self.runner.loaded())
         fresh = 0
-        for sha in (reg["models"] if reg else [])[: self.runner.max_loaded // 2]:
+        for sha in (reg["models"] if reg else [])[: self.runner.max_loaded]:
             if not self.store.has(sha):
                 continue
             for role in ("generate", "check"):
@@ -255,27 +247,31 @@ class Miner:
 
     # --- generating -----------------------------------------------------------------------
 
-    def generate(self, ticket: Any, raw_input: Any) -> AsyncIterator[dict[str, Any]]:
-        """Accept the task now (errors before any byte is streamed), then stream
-        `{"tokens": [ids], "text"}` events (whatever was decoded since the last one was sent)
-        and `{"done": true, "attestation"}` at the end."""
-        return self._generate(self.accept(ticket, raw_input, tasks.GENERATOR))
+    async def generate(self, ticket: Any, raw_input: Any) -> AsyncIterator[dict[str, Any]]:
+        """Accept the task and take a slot of its model now (errors, `Busy` among them, before
+        any byte is streamed), then stream `{"tokens": [ids], "text"}` events (whatever was
+        decoded since the last one was sent) and `{"done": true, "attestation"}` at the end."""
+        job = self.accept(ticket, raw_input, tasks.GENERATOR)
+        path = self.behaviour.generating_path(self, job)
+        model = await asyncio.to_thread(self.runner.model, path, "generate")
+        stream = model.generate(render(model, job.task_input), job.ticket["max_tokens"])
+        return self._generate(job, model, stream)
 
-    async def _generate(self, job: _Job) -> AsyncIterator[dict[str, Any]]:
+    async def _generate(
+        self, job: _Job, model: LoadedModel, stream: TokenStream
+    ) -> AsyncIterator[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue()
         stop = threading.Event()
+        done = asyncio.Event()
 
         def put(item: dict[str, Any] | BaseException | None) -> None:
             loop.call_soon_threadsafe(queue.put_nowait, item)
 
         def work() -> None:
             try:
-                model = self.runner.model(self.behaviour.generating_path(self, job), "generate")
-                prompt = render(model, job.task_input)
                 decoder = model.text_decoder()
                 produced: list[int] = []
-                stream = model.generate(prompt, job.ticket["max_tokens"])
                 try:
                     for token in stream:
                         if stop.is_set():
@@ -303,8 +299,11 @@ class Miner:
                 put(exc)
             finally:
                 put(None)
+                loop.call_soon_threadsafe(done.set)
 
-        worker = loop.run_in_executor(None, work)
+        # Its own thread, not the loop's shared pool: a stream is paced by the engine's steps
+        # for its whole length, and the slots already bound how many run at once.
+        threading.Thread(target=work, name=f"dn-generate-{job.task[:8]}", daemon=True).start()
         try:
             ended = False
             while not ended:
@@ -332,7 +331,8 @@ class Miner:
                     yield batch
         finally:
             stop.set()
-            await asyncio.shield(worker)
+            stream.close()  # frees the slot now; the thread ends at its next token
+            await asyncio.shield(done.wait())
 
     # --- checking -------------------------------------------------------------------------
 
@@ -361,8 +361,10 @@ class Miner:
         }
 
     async def _checking(self, fn: Callable[[], T]) -> T:
-        """Run check work in the checking threads (lower priority, see `_lower_priority`)."""
-        return await asyncio.get_running_loop().run_in_executor(self._check_pool, fn)
+        """Run check work in a worker thread. It waits only for the engine's next step or two
+        (the work itself is batched there), never for a lock held across a network wait, so a
+        bounded pool cannot wedge; a session beyond the model's slots is refused at once."""
+        return await asyncio.to_thread(fn)
 
     def _session(self, task: str) -> _Session:
         found = self._sessions.get(task)
@@ -482,9 +484,9 @@ class Miner:
                 await self._checking(current.check.close)
 
     def close(self) -> None:
+        """Close every session and stop the engines (what still waits on them fails at once)."""
         for current in self._sessions.values():
             current.check.close()
         self._sessions.clear()
-        self._check_pool.shutdown(wait=True)
         self.runner.close()
         self.records.close()

@@ -388,6 +388,6 @@ def for_node(
         node,
         node.key,
         store,
-        Runner(n_threads=threads, max_loaded=2),
+        Runner(n_threads=threads, max_loaded=2, slots=1),  # one item at a time
         items_per_model=items_per_model,
     )

@@ -400,4 +400,5 @@ def for_node(node: Any, store: ModelFiles, *, threads: int | None = None) -> Ref
     """The referee of a running `Node`: its node key and a llama.cpp runner of its own."""
     from dn.runner.llama import Runner
 
-    return Referee(node, node.key, store, Runner(n_threads=threads, max_loaded=2))
+    runner = Runner(n_threads=threads, max_loaded=2, slots=1)  # one task judged at a time
+    return Referee(node, node.key, store, runner)
