@@ -233,12 +233,8 @@ class Engine:
         if slots < 1:
             raise ValueError("an engine needs at least one slot")
         self._lib = llama_cpp
-        self.slots = slots
-        self.n_vocab = n_vocab
-        self.n_batch = n_batch
-        self.idle_s = idle_s
-        self.deadline_s = deadline_s
-        self.name = name
+        self.slots, self.n_vocab, self.n_batch = slots, n_vocab, n_batch
+        self.idle_s, self.deadline_s, self.name = idle_s, deadline_s, name
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx * slots
         params.n_batch = n_batch

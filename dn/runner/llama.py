@@ -292,13 +292,9 @@ class Runner:
         slots: int | None = None,
         idle_s: float | None = DEFAULT_IDLE_S,
     ) -> None:
-        self.n_ctx = n_ctx
-        self.n_threads = n_threads
-        self.n_batch = n_batch
-        self.n_gpu_layers = n_gpu_layers
-        self.max_loaded = max_loaded
-        self.slots = slots
-        self.idle_s = idle_s
+        self.n_ctx, self.n_threads, self.n_batch = n_ctx, n_threads, n_batch
+        self.n_gpu_layers, self.max_loaded = n_gpu_layers, max_loaded
+        self.slots, self.idle_s = slots, idle_s
         self._loaded: OrderedDict[str, LoadedModel] = OrderedDict()
         self._roles: dict[str, list[str]] = {}
         self._retired: list[LoadedModel] = []
