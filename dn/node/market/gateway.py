@@ -96,6 +96,14 @@ def chunk_size(sent: int, max_tokens: int, chunk: int) -> int:
     return max(1, min(chunk, (max_tokens - sent) // 4))
 
 
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Mark a helper task's failure as seen: a query ended early (the consumer left, the node
+    stopped) may never await it, and asyncio would print its traceback at exit. Whoever awaits
+    it still gets the exception."""
+    if not task.cancelled():
+        task.exception()
+
+
 class Gateway:
     def __init__(
         self,
@@ -207,6 +215,7 @@ class Gateway:
                 opening = asyncio.create_task(
                     self._call(http, plan.checker_url + TASKS + "/check", body, "checker")
                 )
+                opening.add_done_callback(_retrieved)
                 yield {
                     "event": "start",
                     "task": plan.task,
@@ -219,6 +228,7 @@ class Gateway:
                 tokens: list[int] = []
                 queue: asyncio.Queue[int | None] = asyncio.Queue()
                 forwarder = asyncio.create_task(self._forward(http, plan, queue, opening))
+                forwarder.add_done_callback(_retrieved)
                 try:
                     gen_att = None
                     async for event in self._generate(http, plan, body):
