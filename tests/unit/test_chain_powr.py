@@ -64,7 +64,7 @@ class PowrChain(Chain):
     def commit(self, txs: list[Tx], time_ms: int | None = None) -> Block:
         parent = self.tip
         height = parent.header.height + 1
-        proposer = BY_ADDRESS[consensus.in_turn(self.genesis.validators, height)]
+        proposer = self.proposer(height)
         applied, rejected = build_block(
             self.state,
             parent.header,
@@ -84,6 +84,10 @@ class PowrChain(Chain):
         assert dropped == []
         assert supply_holds(self.state.items())
         return applied.block
+
+    def proposer(self, height: int) -> Keypair:
+        """Who signs block `height`: the in-turn genesis validator."""
+        return BY_ADDRESS[consensus.in_turn(self.genesis.validators, height)]
 
     def commit_scores(self, kp: Keypair, epoch: int, scores: dict[str, int], **kw: Any) -> Tx:
         commitment = powr_commitment(epoch, kp.address, scores, SALT)
