@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test soak bench lint clean
+.PHONY: install demo test slow soak bench binary lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +33,23 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+# Tests over two minutes each (building and running the single binary); CI runs them too.
+slow: install
+	$(PY) -m pytest -q -m slow
+
 soak: install
 	$(PY) -m pytest -q -m soak
 
-bench: install
+# dist/dn: DeepNode as one executable file that needs no Python (binary/onefile.py says how).
+# PyInstaller gathers the program into a folder; onefile.py packs that folder into the one file.
+BINARY_WORK := build/binary
+binary: install
+	$(PY) -c 'import PyInstaller' 2>/dev/null || $(PY) -m pip install --quiet -e '.[binary]'
+	cd binary && PYTHONPATH=$(CURDIR) $(CURDIR)/$(VENV)/bin/pyinstaller --noconfirm --log-level WARN \
+	  --distpath $(CURDIR)/$(BINARY_WORK)/dist --workpath $(CURDIR)/$(BINARY_WORK)/work dn.spec
+	$(PY) binary/onefile.py $(BINARY_WORK)/dist/dn dist/dn
+
+bench: install binary
 	$(PY) bench/chain_ingest.py
 	$(PY) bench/sync.py
 	$(PY) bench/propagation.py
@@ -46,10 +59,11 @@ bench: install
 	$(PY) bench/concurrency.py
 	$(PY) bench/powr.py
 	$(PY) bench/epoch.py
+	$(PY) bench/startup.py
 
 lint: install
 	$(VENV)/bin/ruff check dn tests bench
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache *.egg-info build dist

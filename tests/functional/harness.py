@@ -36,6 +36,27 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def port_free(port: int) -> bool:
+    """Whether a server could listen on 127.0.0.1:port now. SO_REUSEADDR as servers use it:
+    connections the devnet closed may linger in TIME_WAIT; a listening socket still counts."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_base(count: int) -> int:
+    """A port P with P..P+count-1 all free (probed; another process could still take one)."""
+    for _ in range(50):
+        base = free_port()
+        if base + count <= 65535 and all(port_free(base + i) for i in range(count)):
+            return base
+    raise AssertionError(f"no {count} consecutive free ports found")
+
+
 def wait_until(
     predicate: Callable[[], T], timeout: float = 20.0, interval: float = 0.05, what: str = ""
 ) -> T:

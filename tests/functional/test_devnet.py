@@ -22,30 +22,9 @@ import pytest
 from dn.client.http import NodeClient
 from dn.encoding import UNITS_PER_DN
 from dn.node.devnet import DEVNET_PASSWORD, FUNDS, WALLETS
-from tests.functional.harness import free_port, wait_until
+from tests.functional.harness import free_base, port_free, wait_until
 
 STOP_WITHIN_S = 5.0
-
-
-def port_free(port: int) -> bool:
-    """Whether a server could listen on 127.0.0.1:port now. SO_REUSEADDR as servers use it:
-    connections the devnet closed may linger in TIME_WAIT; a listening socket still counts."""
-    with socket.socket() as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_base(count: int) -> int:
-    """A port P with P..P+count-1 all free (probed; another process could still take one)."""
-    for _ in range(50):
-        base = free_port()
-        if base + count <= 65535 and all(port_free(base + i) for i in range(count)):
-            return base
-    raise AssertionError(f"no {count} consecutive free ports found")
 
 
 def dn(dn_home: Path, *args: str, password: bool = False, timeout: float = 60) -> Any:
