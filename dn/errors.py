@@ -19,7 +19,9 @@
     ├── NotFound                 no such block, transaction, account, wallet            HTTP 404
     ├── NodeError                a node that cannot be reached or answered badly        exit 5
     ├── PayloadTooLarge                                                                 HTTP 413
-    ├── Forbidden                a request refused from this sender (banned, link cut)  HTTP 403
+    ├── Forbidden                a request refused from this sender (banned, link cut,  HTTP 403
+    │   │                        not a member of a keyed network)
+    │   ├── Unauthenticated      a peer-to-peer request no member signed                HTTP 401
     │   └── RateLimited          too many unauthenticated requests from one address     HTTP 429
     ├── HandshakeError           a peer handshake reply we refuse; carries a `reason`   HTTP 403
     ├── ModelError               a model file that is missing, not GGUF, damaged or     exit 6
@@ -178,6 +180,14 @@ class Forbidden(DNError):
     reason = "forbidden"
 
 
+class Unauthenticated(Forbidden):
+    """A request to a peer-to-peer route of a node with a network key that carries no valid,
+    fresh signature: handshake first, then sign each request (dn/node/http/guard.py)."""
+
+    http_status = 401
+    reason = "unauthenticated"
+
+
 class RateLimited(Forbidden):
     """Too many requests that no peer signed, from one address, in a short time: they cost no
     one standing, so they are rationed instead. Retry after `retry_after` seconds."""
@@ -188,8 +198,9 @@ class RateLimited(Forbidden):
 
 
 class HandshakeError(DNError):
-    """A peer's handshake reply that we refuse; `reason` says why (`bad-hello`, `wrong-challenge`,
-    `bad-signature`, `self`, `wrong-protocol`, `wrong-network-key`, `wrong-genesis`)."""
+    """A peer's handshake reply or finish that we refuse; `reason` says why (`bad-hello`,
+    `bad-finish`, `wrong-challenge`, `wrong-caller`, `wrong-peer`, `bad-signature`, `self`,
+    `wrong-protocol`, `wrong-network-key`, `wrong-genesis`)."""
 
     http_status = 403
     reason = "handshake"

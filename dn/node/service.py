@@ -25,8 +25,9 @@ from dn.node.market.gateway import Gateway
 from dn.node.market.miner import Miner, MinerOptions
 from dn.node.node import Node, now_ms
 from dn.node.p2p.network import NetOptions, Network
+from dn.node.p2p.session import MemberTransport
 from dn.node.validator.powr import PowrValidator
-from dn.node.validator.referee import Referee
+from dn.node.validator.referee import Referee, http_fetch
 from dn.node.validator.referee import for_node as referee_for_node
 from dn.runner.modelstore import ModelStore
 from dn.wallet.keys import Keypair
@@ -65,7 +66,10 @@ class NodeService:
         self.port = port
         self.network = Network(node, url=self.url, options=net)
         self.store = store or ModelStore.default()
-        self.gateway = Gateway(node)
+        # On a keyed network a miner answers only members: the gateway and the referee sign
+        # their requests as this node (dn/node/p2p/session.py), handshaking first if need be.
+        member = self.network.member if self.network.network_key is not None else None
+        self.gateway = Gateway(node, transport=MemberTransport(member) if member else None)
         self.miner: Miner | None = None
         if mine is not None:
             from dn.runner.llama import Runner
@@ -90,6 +94,10 @@ class NodeService:
         if validate is not None:
             node.extra_roles.append("powr")
             self.referee = referee_for_node(node, self.store)
+            if member is not None:
+                self.referee.fetch = lambda url, task, body: http_fetch(
+                    url, task, body, MemberTransport(member)
+                )
         config = uvicorn.Config(
             create_app(
                 node,

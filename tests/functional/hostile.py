@@ -56,11 +56,13 @@ class HostilePeer:
     network_key: bytes | None = None
     status: dict[str, Any] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
+    relayed: list[Any] = field(default_factory=list)  # what members answered `relay_handshake`
 
     def __post_init__(self) -> None:
         self.port = 0
         self._routes: dict[tuple[str, str], Handler] = {
             ("POST", "/dn/v1/handshake"): self._handshake,
+            ("POST", "/dn/v1/handshake/finish"): lambda _: (200, {"member": None}),  # takes any
             ("GET", "/dn/v1/status"): lambda _: (200, self._status()),
             ("GET", "/dn/v1/blocks"): lambda _: (200, {"height": 0, "blocks": []}),
         }
@@ -106,6 +108,19 @@ class HostilePeer:
             headers[auth.FROM_HEADER] = from_url or self.url
         return http.post(node_url + path, content=data, headers=headers)
 
+    def relay_handshake(self, member_url: str) -> Callable[[Request], tuple[int, Any]]:
+        """A handshake handler that answers whoever dials this peer with a real member's reply:
+        it opens a handshake of its own with `member_url`, passing on the caller's challenge
+        under this peer's own identity, and hands back what the member answered."""
+
+        def relay(request: Request) -> tuple[int, Any]:
+            opening = {**request.json(), "address": self.key.address, "url": self.url}
+            reply = httpx.post(member_url + "/dn/v1/handshake", json=opening, timeout=10)
+            self.relayed.append(reply.json())
+            return reply.status_code, reply.json()
+
+        return relay
+
     def asked(self, path: str) -> int:
         """How many requests for `path` came in."""
         return sum(1 for r in list(self.requests) if r.path == path)
@@ -145,10 +160,12 @@ class HostilePeer:
         }
 
     def _handshake(self, request: Request) -> tuple[int, Any]:
-        body = request.json()
+        opened = handshake.read_opening(request.json())
         return 200, handshake.answer(
-            body["challenge"],
+            opened.challenge,
             self.key,
+            caller=opened.caller,
+            counter=handshake.new_challenge(),
             genesis_hash=self.genesis_hash,
             roles=list(self.roles),
             port=self.port,

@@ -116,20 +116,20 @@ def test_handshakes_naming_other_addresses_do_not_make_the_node_dial_them(
     genesis = init_chain(dn_home, {Keypair.generate().address: 10**12}, block_time_ms=500)
     node = node_factory("default", None, ["--no-mdns"]).start()
     listeners = Listeners(100)
+    caller = Keypair.generate()
     try:
         with httpx.Client(timeout=10) as http:
             for url in listeners.urls:
                 challenge = handshake.new_challenge()
-                reply = http.post(
-                    node.url + "/dn/v1/handshake", json={"challenge": challenge, "url": url}
-                )
+                opening = {"challenge": challenge, "address": caller.address, "url": url}
+                reply = http.post(node.url + "/dn/v1/handshake", json=opening)
                 assert reply.status_code == 200  # the handshake itself is still answered
                 handshake.verify(
                     reply.json(),
                     challenge=challenge,
                     genesis_hash=genesis.hash,
                     network_key=None,
-                    self_address=Keypair.generate().address,
+                    self_address=caller.address,
                 )
         deadline = time.monotonic() + 8.0  # several heartbeats and handshake retries
         while time.monotonic() < deadline:

@@ -1,5 +1,5 @@
-"""The signed peer handshake: a proper reply is accepted, and every way of getting it wrong is
-refused with its own reason."""
+"""The signed, mutual peer handshake: a proper hello and finish are accepted, and every way of
+getting either wrong (a relayed reply or proof included) is refused with its own reason."""
 
 from __future__ import annotations
 
@@ -24,9 +24,14 @@ OTHER_GENESIS = "cd" * 32
 KEY = handshake.network_key_from_text("correct horse battery staple")
 
 
+COUNTER = "cc" * 32  # Bob's challenge to Alice
+
+
 def bob_answers(challenge: str, network_key: bytes | None = None, **over: Any) -> dict[str, Any]:
     keypair = over.pop("keypair", BOB)
     args: dict[str, Any] = {
+        "caller": ALICE.address,
+        "counter": COUNTER,
         "genesis_hash": GENESIS,
         "roles": ["validator"],
         "port": 8547,
@@ -71,7 +76,7 @@ def test_round_trip() -> None:
     assert set(reply) == handshake.FIELDS
     assert reply["proof"] is None
     hello = alice_checks(reply, challenge)
-    assert hello == PeerHello(BOB.address, GENESIS, PROTOCOL_VERSION, ("validator",), 8547)
+    assert hello == PeerHello(BOB.address, GENESIS, PROTOCOL_VERSION, ("validator",), 8547, COUNTER)
 
 
 def test_round_trip_with_network_key() -> None:
@@ -127,6 +132,10 @@ def test_not_a_hello(reply: Any) -> None:
         ("port", 65536),
         ("port", "8547"),
         ("challenge", None),
+        ("caller", "dn1notanaddress"),
+        ("caller", None),
+        ("counter", "CC" * 32),
+        ("counter", None),
         ("proof", ""),
         ("sig", "00" * 63),
         ("sig", None),
@@ -169,6 +178,7 @@ def test_challenge_field_swapped_after_signing() -> None:
         ("genesis_hash", OTHER_GENESIS),
         ("address", MALLORY.address),
         ("protocol", PROTOCOL_VERSION + 1),
+        ("counter", "dd" * 32),
     ],
 )
 def test_tampered_after_signing(field: str, value: Any) -> None:
@@ -229,6 +239,113 @@ def test_lifted_proof_is_useless() -> None:
     mallorys = bob_answers(challenge, keypair=MALLORY)
     forged = resign({**mallorys, "proof": bobs["proof"]}, MALLORY)
     assert refused(forged, challenge, network_key=KEY) == "wrong-network-key"
+
+
+def test_a_reply_to_another_caller_is_refused() -> None:
+    """The relay attack: Mallory, dialled by Alice, opens a handshake of her own with Bob,
+    passing Alice's challenge on, and hands Alice Bob's reply. Bob answered Mallory, and says so:
+    the reply is worthless to Alice, however good Bob's signature and proof."""
+    challenge = handshake.new_challenge()
+    for key in (None, KEY):
+        relayed = bob_answers(challenge, key, caller=MALLORY.address)
+        assert refused(relayed, challenge, network_key=key) == "wrong-caller"
+        retargeted = {**relayed, "caller": ALICE.address}  # and she cannot rewrite it
+        assert refused(retargeted, challenge, network_key=key) == "bad-signature"
+
+
+def test_a_responder_proof_is_bound_to_both_challenges() -> None:
+    challenge = handshake.new_challenge()
+    other = bob_answers(challenge, KEY, counter="dd" * 32)
+    forged = resign({**bob_answers(challenge, KEY), "proof": other["proof"]})
+    assert refused(forged, challenge, network_key=KEY) == "wrong-network-key"
+
+
+# --- the finish: the initiator proves itself -------------------------------------------------
+
+
+def alice_finishes(challenge: str, network_key: bytes | None = KEY, **over: Any) -> dict[str, Any]:
+    keypair = over.pop("keypair", ALICE)
+    args: dict[str, Any] = {"genesis_hash": GENESIS, "network_key": network_key}
+    args.update(over)
+    return handshake.finish(BOB.address, challenge, COUNTER, keypair, **args)
+
+
+def bob_checks_finish(
+    body: Any, challenge: str, network_key: bytes | None = KEY, **over: Any
+) -> str:
+    args: dict[str, Any] = {
+        "issued": handshake.Opening(challenge, ALICE.address, None),
+        "genesis_hash": GENESIS,
+        "network_key": network_key,
+        "self_address": BOB.address,
+    }
+    args.update(over)
+    return handshake.verify_finish(body, **args)
+
+
+def finish_refused(body: Any, challenge: str, **over: Any) -> str:
+    with pytest.raises(HandshakeError) as info:
+        bob_checks_finish(body, challenge, **over)
+    assert info.value.http_status == 403
+    return info.value.reason
+
+
+def test_finish_round_trip() -> None:
+    challenge = handshake.new_challenge()
+    assert bob_checks_finish(alice_finishes(challenge), challenge) == ALICE.address
+    assert bob_checks_finish(alice_finishes(challenge, None), challenge, None) == ALICE.address
+    assert set(alice_finishes(challenge)) == handshake.FINISH_FIELDS
+
+
+def test_finish_refusals() -> None:
+    challenge = handshake.new_challenge()
+    good = alice_finishes(challenge)
+    assert finish_refused({**good, "extra": 1}, challenge) == "bad-finish"
+    assert finish_refused({**good, "sig": "00"}, challenge) == "bad-finish"
+    assert finish_refused(good, challenge, issued=None) == "wrong-challenge"  # no such counter
+    other = handshake.new_challenge()  # a counter issued for another opening
+    assert finish_refused(good, other) == "wrong-challenge"
+    mallory_opened = handshake.Opening(challenge, MALLORY.address, None)
+    assert finish_refused(good, challenge, issued=mallory_opened) == "wrong-challenge"
+    assert finish_refused(good, challenge, self_address=MALLORY.address) == "wrong-peer"
+    tampered = {**good, "proof": "00" * 32}
+    assert finish_refused(tampered, challenge) == "bad-signature"
+    assert finish_refused(alice_finishes(challenge, None), challenge) == "wrong-network-key"
+    other_key = handshake.network_key_from_text("another passphrase")
+    assert finish_refused(alice_finishes(challenge, other_key), challenge) == "wrong-network-key"
+    assert finish_refused(good, challenge, network_key=None) == "wrong-network-key"
+    assert finish_refused(alice_finishes(challenge, genesis_hash=OTHER_GENESIS), challenge) == (
+        "bad-signature"
+    )
+
+
+def test_no_proof_a_member_makes_lets_mallory_finish_as_herself() -> None:
+    """Mallory opened a handshake with Bob and must now prove the key for her own address. No
+    proof a member computes will do: Bob's hello proof is a responder's, Alice's finish names
+    Alice as the initiator."""
+    challenge = handshake.new_challenge()
+    opened = handshake.Opening(challenge, MALLORY.address, None)
+    lifted = [
+        bob_answers(challenge, KEY, caller=MALLORY.address)["proof"],  # Bob's, to her
+        alice_finishes(challenge)["proof"],  # Alice's, for the same challenges
+    ]
+    for proof in lifted:
+        body = alice_finishes(challenge, None, keypair=MALLORY)
+        body = {k: v for k, v in body.items() if k != "sig"} | {"proof": proof}
+        body["sig"] = MALLORY.sign(handshake._finish_bytes(GENESIS, body)).hex()
+        assert finish_refused(body, challenge, issued=opened) == "wrong-network-key"
+
+
+def test_opening_is_read_strictly() -> None:
+    challenge = handshake.new_challenge()
+    body = handshake.opening(challenge, ALICE, "http://127.0.0.1:1")
+    assert handshake.read_opening(body) == handshake.Opening(
+        challenge, ALICE.address, "http://127.0.0.1:1"
+    )
+    assert handshake.read_opening({**body, "url": 7}).url is None
+    for broken in (None, [], {**body, "address": "dn1x"}, {"challenge": challenge}, {}):
+        with pytest.raises(InputError):
+            handshake.read_opening(broken)
 
 
 def test_errors_are_dn_errors() -> None:

@@ -186,6 +186,10 @@ def create_app(
     app.add_exception_handler(DNError, _dn_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    if network is not None:  # inside BodyLimit (added after it), so bodies it reads are bounded
+        from dn.node.http.guard import PeerGuard
+
+        app.add_middleware(PeerGuard, network=network)
     app.add_middleware(BodyLimit, limit=max_body)
 
     @app.get("/dn/v1/status")
@@ -244,10 +248,12 @@ def create_app(
     @app.post("/dn/v1/handshake")
     async def hello(request: Request) -> dict[str, Any]:
         body = await json_body(request)
-        if not isinstance(body, dict) or not isinstance(body.get("challenge"), str):
-            raise InputError("a handshake needs a challenge", reason="bad-request")
         caller = request.client.host if request.client else None
-        return net().hello(body["challenge"], body.get("url"), caller)
+        return net().hello(body, caller)
+
+    @app.post("/dn/v1/handshake/finish")
+    async def finish(request: Request) -> dict[str, Any]:
+        return net().finish(await json_body(request))
 
     @app.get("/dn/v1/peers")
     async def peers() -> dict[str, Any]:
@@ -260,13 +266,14 @@ def create_app(
 
     async def gossip(request: Request) -> tuple[str | None, str | None, Any]:
         """(the URL a push claims to come from, the peer that signed it, its body), unless the
-        claimed sender's link is cut or it is banned."""
+        claimed sender's link is cut or it is banned. The signature was checked, once, by the
+        guard (dn/node/http/guard.py)."""
         source = request.headers.get(FROM_HEADER)
         refused = net().accepts_from(source)
         if refused:
             raise Forbidden(f"not taking gossip from {source}: {refused}", reason=refused)
         raw = await request.body()
-        signed_by = net().authenticate(request.headers, request.url.path, raw)
+        signed_by = net().authenticate(getattr(request.state, "dn_signed", None))
         if signed_by is None and not net().ration(request.client.host if request.client else None):
             raise RateLimited("too many pushes that no peer signed from this address; slow down")
         return source, signed_by, decode(raw, batch=request.url.path.endswith("/txs"))

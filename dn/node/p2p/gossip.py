@@ -15,7 +15,6 @@ import httpx
 
 from dn.chain.types import Block, Tx
 from dn.errors import DNError, InvalidBlock
-from dn.node.p2p import auth
 from dn.node.p2p.peers import LinkPolicy, Peer
 
 if TYPE_CHECKING:
@@ -94,27 +93,18 @@ class Gossip:
             self._push_txs(stale)
 
     def _push_all(self, path: str, body: Any) -> None:
-        """Push `body` to every peer, signed for each (dn.node.p2p.auth)."""
+        """Push `body` to every peer; the network's transport signs it for each
+        (dn.node.p2p.session), naming that peer as the receiver."""
         data = json.dumps(body, separators=(",", ":")).encode()
-        now = time.time_ns() // 1_000_000
-        for url, peer in list(self.peers.items()):
+        for url in list(self.peers):
             if self.links.allows(url) and not self.banned(url):
-                headers = auth.sign_push(
-                    self.node.key,
-                    genesis_hash=self.node.genesis.hash,
-                    from_url=self.url,
-                    to_address=peer.address,
-                    path=path,
-                    body=data,
-                    time_ms=now,
-                )
-                self._spawn(self._push(url + path, data, headers))
+                self._spawn(self._push(url + path, data))
 
-    async def _push(self, target: str, data: bytes, headers: dict[str, str]) -> None:
+    async def _push(self, target: str, data: bytes) -> None:
         assert self._http is not None
         with contextlib.suppress(httpx.HTTPError):
             await self._http.post(
-                target, content=data, headers={**headers, "content-type": "application/json"}
+                target, content=data, headers={"content-type": "application/json"}
             )
 
     def on_gossip_block(

@@ -1,8 +1,11 @@
 """Peers, gossip and sync: how a node keeps up with the others on its LAN.
 
 - **Candidates** are addresses we could talk to: static `--peer HOST:PORT`, services found by
-  mDNS, and nodes that handshook with us. A candidate becomes a **peer** only after a signed
-  handshake (`dn.node.p2p.handshake`): same genesis, the right network key, never ourselves.
+  mDNS, and nodes that handshook with us. A candidate becomes a **peer** only after a mutual
+  signed handshake (`dn.node.p2p.handshake`): same genesis, the right network key, never
+  ourselves. The handshake also makes us a **member** to it (`members`), and every request we
+  send it afterwards is signed for it (`session`); with a network key, a node answers its
+  peer-to-peer routes to members only (`dn/node/http/guard.py`).
 - A **heartbeat** asks every peer for its status. A peer whose head is heavier than ours (fork
   choice: total difficulty, then lowest hash) is synced from, in ranges of blocks, starting from
   the first block whose parent we know; the store is the cursor, so sync resumes after a restart.
@@ -15,7 +18,8 @@
   for `ban_s`: nothing is taken from or sent to it until then. Scores heal slowly.
 
 The parts: `peers` (records, standing, the link policy), `sync` (range sync), `gossip` (pushes),
-`handshake` and `discovery`; this module runs them on the node's loop.
+`handshake`, `auth` (signed requests), `members` (the answering side: counters, members, replay
+memory), `session` (the calling side) and `discovery`; this module runs them on the node's loop.
 """
 
 from __future__ import annotations
@@ -24,7 +28,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +37,7 @@ from dn.errors import DNError
 from dn.node.node import Node
 from dn.node.p2p import auth, handshake
 from dn.node.p2p.gossip import Gossip
+from dn.node.p2p.members import Members
 from dn.node.p2p.peers import (
     BAN_SCORE,
     DEFAULT_PENALTY,
@@ -48,11 +52,11 @@ from dn.node.p2p.peers import (
     Standing,
     normalise_peer,
 )
+from dn.node.p2p.session import Member, MemberTransport
 from dn.node.p2p.sync import Sync
 
 log = logging.getLogger("dn.net")
 
-MAX_SEEN_PUSHES = 100_000  # signatures remembered against replays (about 13 MB at most)
 UNSIGNED_BURST = 20.0  # pushes no peer signed that one host may send at once …
 UNSIGNED_PER_S = 2.0  # … and then this many a second
 MAX_RATIONED_HOSTS = 1_024
@@ -93,7 +97,11 @@ class Network(Sync, Gossip):
         self.standing: dict[str, Standing] = {}
         self.links: LinkPolicy = OpenLinks()
         self._next_try: dict[str, float] = {}
-        self._seen_pushes: dict[str, int] = {}  # signature -> when (ms): pushes are taken once
+        # who proved the key to us, and the signatures taken (dn.node.p2p.members) ...
+        self.members = Members(node.key, node.genesis.hash, self.network_key)
+        # ... and our side: the sessions we hold, and a transport that signs what we send
+        self.member = Member(node.key, node.genesis.hash, self.network_key, url=self.url)
+        self.transport = MemberTransport(self.member)
         self._rations: dict[str, tuple[float, float]] = {}  # host -> (tokens, when)
         self._inbound: dict[str, list[float]] = {}  # host -> when we took its inbound candidates
         self._syncing: set[str] = set()
@@ -128,31 +136,14 @@ class Network(Sync, Gossip):
             self.peers.pop(url, None)
             log.warning("banned %s for %.0f s (last: %s)", url, self.ban_s, reason)
 
-    def authenticate(self, headers: Mapping[str, str], path: str, body: bytes) -> str | None:
-        """The URL of the peer that signed this push, or None when no peer did (see
-        `dn.node.p2p.auth`): the key must be the one that peer proved in its handshake, and a
-        signature is taken once."""
-        now = time.time_ns() // 1_000_000
-        push = auth.check_push(
-            headers,
-            genesis_hash=self.node.genesis.hash,
-            to_address=self.node.key.address,
-            path=path,
-            body=body,
-            now_ms=now,
-        )
-        if push is None:
+    def authenticate(self, signed: auth.Signed | None) -> str | None:
+        """The URL of the peer that signed a push (`Members.check` verified the signature and
+        took it once), or None when no peer did: the key must be the one that peer proved in
+        its handshake, at the URL the push names (see `dn.node.p2p.auth`)."""
+        if signed is None or signed.url is None:
             return None
-        peer = self.peers.get(push.url)
-        if peer is None or peer.address != push.address or push.sig in self._seen_pushes:
-            return None
-        if len(self._seen_pushes) >= MAX_SEEN_PUSHES:
-            horizon = now - 2 * auth.FRESH_MS
-            self._seen_pushes = {s: t for s, t in self._seen_pushes.items() if t > horizon}
-            while len(self._seen_pushes) >= MAX_SEEN_PUSHES:  # all fresh: forget the oldest
-                self._seen_pushes.pop(next(iter(self._seen_pushes)))
-        self._seen_pushes[push.sig] = now
-        return push.url
+        peer = self.peers.get(signed.url)
+        return signed.url if peer is not None and peer.address == signed.address else None
 
     def ration(self, host: str | None) -> bool:
         """Whether an unsigned push from `host` may be read now (a token bucket per host: such
@@ -192,7 +183,9 @@ class Network(Sync, Gossip):
 
     async def run(self) -> None:
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(5.0), headers={auth.FROM_HEADER: self.url}
+            timeout=httpx.Timeout(5.0),
+            headers={auth.FROM_HEADER: self.url},
+            transport=self.transport,
         )
         try:
             if self.mdns_interfaces:
@@ -277,23 +270,10 @@ class Network(Sync, Gossip):
         await self._poll(peer)
 
     async def _try_handshake(self, url: str) -> Peer | None:
-        assert self._http is not None
-        challenge = handshake.new_challenge()
+        """A mutual handshake with `url` (`dn.node.p2p.handshake`): it proves itself to us, we
+        to it, and our session there signs what we send it from then on."""
         try:
-            response = await self._http.post(
-                url + "/dn/v1/handshake", json={"challenge": challenge, "url": self.url}
-            )
-            reply = response.json()
-            if response.status_code != 200:
-                log.debug("handshake with %s refused: %s", url, reply)
-                return None
-            hello = handshake.verify(
-                reply,
-                challenge=challenge,
-                genesis_hash=self.node.genesis.hash,
-                network_key=self.network_key,
-                self_address=self.node.key.address,
-            )
+            hello = await self.transport.handshake(url)
         except (httpx.HTTPError, ValueError) as exc:
             log.debug("handshake with %s failed: %s", url, exc)
             return None
@@ -306,22 +286,16 @@ class Network(Sync, Gossip):
             return None  # the same node under another URL
         return Peer(url, hello.address, tuple(hello.roles), self.candidates.get(url, "inbound"))
 
-    def hello(self, challenge: str, from_url: Any, caller: str | None = None) -> dict[str, Any]:
-        """Answer a handshake; remember the caller as a candidate to handshake back. Only the
-        caller's own address is dialled back (at the port its URL names), at most
+    def hello(self, body: Any, caller: str | None = None) -> dict[str, Any]:
+        """Answer a handshake opening; remember the caller as a candidate to handshake back. Only
+        the caller's own address is dialled back (at the port its URL names), at most
         `MAX_INBOUND_PER_HOST` ports of one host per `INBOUND_WINDOW_S`, so handshakes naming
         other hosts or many ports cannot make this node open connections for someone else."""
-        reply = handshake.answer(
-            challenge,
-            self.node.key,
-            genesis_hash=self.node.genesis.hash,
-            roles=self.node.roles,
-            port=self.port,
-            network_key=self.network_key,
-        )
-        if isinstance(from_url, str):
+        opened = handshake.read_opening(body)
+        reply = self.members.answer(opened, roles=self.node.roles, port=self.port)
+        if opened.url is not None:
             try:
-                url = normalise_peer(from_url)
+                url = normalise_peer(opened.url)
                 if caller is not None:
                     url = normalise_peer(f"{_bracketed(caller)}:{httpx.URL(url).port}")
             except DNError:
@@ -331,6 +305,11 @@ class Network(Sync, Gossip):
                     self.candidates[url] = "inbound"
                     self._wake.set()
         return reply
+
+    def finish(self, body: Any) -> dict[str, Any]:
+        """The second half of a handshake we answered: the initiator proves itself and becomes a
+        member (`HandshakeError` otherwise)."""
+        return {"member": self.members.finish(body)}
 
     def _admit_inbound(self, host: str) -> bool:
         now = time.monotonic()

@@ -11,6 +11,9 @@ next source is tried. A source that cannot be reached, has no copy, or stops mid
 too, and keeps what it delivered for the next source to continue. Ctrl-C (KeyboardInterrupt)
 leaves the `.part` where it is, so the next pull resumes.
 
+A node with a network key serves its files only to members: pull from one with
+`transport=MemberTransport(member)` (dn.node.p2p.session), which handshakes and signs.
+
 Errors: ModelError `bad-hash` when every source sent the wrong bytes, `pull-failed` when no
 source delivered the file for any other reason (the message lists each source and why),
 `unwritable` when the store cannot be written (no point trying other sources then); InputError

@@ -157,10 +157,14 @@ def no_record() -> Ruling:
     return Ruling(faults, commitment([]), "neither miner showed the task's record")
 
 
-def http_fetch(url: str, task: str, body: dict[str, Any]) -> Any:
-    """A miner's record of `task` (None when it cannot or will not give it)."""
+def http_fetch(
+    url: str, task: str, body: dict[str, Any], transport: httpx.BaseTransport | None = None
+) -> Any:
+    """A miner's record of `task` (None when it cannot or will not give it); `transport` signs
+    the request on a keyed network (dn.node.p2p.session)."""
     try:
-        response = httpx.post(f"{url}/dn/v1/tasks/{task}/record", json=body, timeout=10.0)
+        with httpx.Client(timeout=10.0, transport=transport) as http:
+            response = http.post(f"{url}/dn/v1/tasks/{task}/record", json=body)
     except httpx.HTTPError as exc:
         log.info("task %s: %s did not answer: %s", task[:12], url, exc)
         return None

@@ -107,6 +107,16 @@ def _host_is_local(request: Request) -> bool:
     return is_local(host)
 
 
+def _signing(network: Network | None) -> httpx.AsyncBaseTransport | None:
+    """On a keyed network, a transport that signs as this node (another node's miner routes
+    answer only members); else None, httpx's own."""
+    if network is None or network.network_key is None:
+        return None
+    from dn.node.p2p.session import MemberTransport
+
+    return MemberTransport(network.member)
+
+
 def client_is_local(request: Request) -> bool:
     return is_local(request.client.host if request.client else None) and _host_is_local(request)
 
@@ -196,6 +206,7 @@ def add_dashboard_routes(
                 store=store,
                 vocabs=vocabs,
                 local_client=client_is_local(request),
+                transport=_signing(network),
             )
         except DNError as exc:
             return refused(request, exc)

@@ -83,10 +83,13 @@ def _valid_values(raw: Any) -> list[list[int]] | None:
     return raw
 
 
-async def fetch_values(url: str, task: str) -> tuple[list[list[int]] | None, str]:
-    """The checker's values from its node, or None and why not."""
+async def fetch_values(
+    url: str, task: str, transport: httpx.AsyncBaseTransport | None = None
+) -> tuple[list[list[int]] | None, str]:
+    """The checker's values from its node, or None and why not (`transport` signs the request
+    on a keyed network, dn/node/p2p/session.py)."""
     try:
-        async with httpx.AsyncClient(timeout=FETCH_TIMEOUT_S) as client:
+        async with httpx.AsyncClient(timeout=FETCH_TIMEOUT_S, transport=transport) as client:
             answer = await client.get(f"{url.rstrip('/')}/dn/v1/tasks/{task}/values")
     except httpx.HTTPError as exc:
         return None, f"the checker at {url} did not answer ({type(exc).__name__})"
@@ -113,6 +116,7 @@ async def task_view(
     store: ModelStore | None,
     vocabs: Vocabularies,
     local_client: bool,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> TaskPage:
     page = TaskPage(task=check_task_id(task))
     page.record = node.state.get(TASK + page.task)
@@ -138,7 +142,7 @@ async def task_view(
         checker = node.state.get(MINER + page.record["checker"]) or {}
         url = checker.get("url")
         if url:
-            values, where = await fetch_values(str(url), page.task)
+            values, where = await fetch_values(str(url), page.task, transport)
             if values is None:
                 page.missing.append(f"the checker's values: {where}")
             else:
