@@ -6,7 +6,17 @@ from pathlib import Path
 
 import typer
 
-from dn.cli.node import GENESIS, HOST, JOIN, MDNS, NAME, PASSWORD_FILE, PEER, PORT
+from dn.cli.node import (
+    GENESIS,
+    HOST,
+    JOIN,
+    MDNS,
+    NAME,
+    NETWORK_KEY,
+    PASSWORD_FILE,
+    PEER,
+    PORT,
+)
 from dn.cli.output import opts, progress, say, unlock
 
 
@@ -28,6 +38,7 @@ def mine(
     genesis: Path | None = GENESIS,
     join: str | None = JOIN,
     peer: list[str] = PEER,
+    network_key: str | None = NETWORK_KEY,
     mdns: bool = MDNS,
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="llama.cpp threads (default: the cores, up to 8)."
@@ -56,10 +67,19 @@ def mine(
 
     keypair = unlock(ctx, wallet, password_file)
     node, net = prepare_node(
-        ctx, name=name, host=host, genesis=genesis, join=join, peer=peer, mdns=mdns
+        ctx,
+        name=name,
+        host=host,
+        genesis=genesis,
+        join=join,
+        peer=peer,
+        mdns=mdns,
+        network_key=network_key,
     )
     models_store = ModelStore.default(home(opts(ctx).home))
-    chosen = models_to_serve(node, net.peers, models_store, model, bar=progress)
+    chosen = models_to_serve(
+        node, net.peers, models_store, model, bar=progress, network_key=net.network_key
+    )
     options = MinerOptions(
         wallet=keypair,
         models=tuple(chosen),

@@ -29,6 +29,12 @@ JOIN = typer.Option(
     None, "--join", help="Fetch and pin the genesis from a running node at URL; peer with it."
 )
 MDNS = typer.Option(True, "--mdns/--no-mdns", help="Find peers on the LAN with mDNS.")
+NETWORK_KEY = typer.Option(
+    None,
+    "--network-key",
+    envvar="DN_NETWORK_KEY",
+    help="A passphrase shared by your nodes: peers without it are refused.",
+)
 PEER = typer.Option(
     [], "--peer", help="A peer to connect to as HOST:PORT, where mDNS does not reach; repeat."
 )
@@ -48,12 +54,7 @@ def start(
     genesis: Path | None = GENESIS,
     join: str | None = JOIN,
     peer: list[str] = PEER,
-    network_key: str | None = typer.Option(
-        None,
-        "--network-key",
-        envvar="DN_NETWORK_KEY",
-        help="A passphrase shared by your nodes: peers without it are refused.",
-    ),
+    network_key: str | None = NETWORK_KEY,
     mdns: bool = MDNS,
     mdns_interface: list[str] = typer.Option(
         [],

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from dn.cli.node import GENESIS, HOST, JOIN, MDNS, NAME, PASSWORD_FILE, PEER, PORT
+from dn.cli.node import GENESIS, HOST, JOIN, MDNS, NAME, NETWORK_KEY, PASSWORD_FILE, PEER, PORT
 from dn.cli.output import opts, say, unlock
 
 
@@ -25,6 +25,7 @@ def validate(
     genesis: Path | None = GENESIS,
     join: str | None = JOIN,
     peer: list[str] = PEER,
+    network_key: str | None = NETWORK_KEY,
     mdns: bool = MDNS,
     powr_items: int = typer.Option(
         8, "--powr-items", min=1, max=1000, metavar="N", help="Benchmark items per model, epoch."
@@ -44,7 +45,15 @@ def validate(
 
     keypair = unlock(ctx, wallet, password_file)  # a missing wallet fails before the prompt
     node, net = prepare_node(
-        ctx, name=name, host=host, genesis=genesis, join=join, peer=peer, mdns=mdns, key=keypair
+        ctx,
+        name=name,
+        host=host,
+        genesis=genesis,
+        join=join,
+        peer=peer,
+        mdns=mdns,
+        network_key=network_key,
+        key=keypair,
     )
     amount = parse_dn(bond, what="bond") if bond else int(node.genesis.param("validator_min_bond"))
     models = ModelStore.default(home(opts(ctx).home))

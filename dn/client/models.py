@@ -274,13 +274,25 @@ def serving_sources(node: Node, sha: str, peers: list[str]) -> list[str]:
 
 
 def models_to_serve(
-    node: Node, peers: list[str], store: ModelStore, refs: list[str], *, bar: Bar | None = None
+    node: Node,
+    peers: list[str],
+    store: ModelStore,
+    refs: list[str],
+    *,
+    bar: Bar | None = None,
+    network_key: bytes | None = None,
 ) -> list[str]:
     """The sha256 of each model `refs` names (`resolve_on_node`) or, without `refs`, of every
     model on `node`'s chain that `store` holds; a ModelError when that is none. Those `store`
-    does not hold are pulled first (`serving_sources`)."""
+    does not hold are pulled first (`serving_sources`), as a member of the network when it has
+    a `network_key` (blobs are a peer-to-peer route)."""
     from dn.chain.ledger import MODEL
     from dn.node.p2p.pull import pull_model
+    from dn.node.p2p.session import Member, MemberTransport
+
+    transport = None
+    if network_key is not None:
+        transport = MemberTransport(Member(node.key, node.genesis.hash, network_key))
 
     chosen = [resolve_on_node(node, peers, ref) for ref in refs]
     if not refs:
@@ -294,5 +306,6 @@ def models_to_serve(
         )
     for sha in [s for s in chosen if not store.has(s)]:
         with (bar or no_bar)(f"pulling {sha[:12]}", None) as update:
-            pull_model(sha, serving_sources(node, sha, peers), store, progress=update)
+            sources = serving_sources(node, sha, peers)
+            pull_model(sha, sources, store, progress=update, transport=transport)
     return chosen

@@ -240,3 +240,28 @@ def test_without_a_network_key_the_routes_stay_open(
         check = http.post("/dn/v1/tasks/check", json={})
         assert check.status_code == 409 and check.json()["reason"] == "not-miner", check.text
         assert http.get(f"/dn/v1/tasks/{TASK}/values").json()["reason"] == "not-miner"
+
+
+def test_miners_with_the_key_serve_a_paid_query_on_a_keyed_network(
+    tmp_path: Path, smollm2_gguf: Path
+) -> None:
+    """`dn mine --network-key` and a gateway with the same key: the miners sync, register and
+    serve, and the gateway's task calls (signed as a member) end in a confirmed, settled query."""
+    from dn.client.query import chat_input, run_query
+    from tests.functional.market import running_market
+
+    keyed = ["--network-key", KEY]
+    with running_market(tmp_path, smollm2_gguf, gateway_args=keyed, miner_args=keyed) as market:
+        for miner in market.miners:  # an outsider still cannot use a miner's task routes
+            outsider = httpx.post(miner.url + "/dn/v1/tasks/generate", json={}, timeout=10)
+            assert outsider.status_code == 401, outsider.text
+        with market.client() as client:
+            result = run_query(
+                client,
+                market.wallets["consumer"],
+                "smollm2",
+                chat_input("Name three colours."),
+                max_tokens=8,
+            )
+    assert result["status"] == "confirmed", result
+    assert result["settlement"]["status"] == "included"
