@@ -53,6 +53,7 @@ bench: install binary
 	$(PY) bench/chain_ingest.py
 	$(PY) bench/sync.py
 	$(PY) bench/propagation.py
+	$(PY) bench/propagation.py --hostile
 	$(PY) bench/check.py
 	$(PY) bench/drift.py
 	$(PY) bench/query.py

@@ -21,7 +21,13 @@ of a shared machine.
 Target: median <= 2.5 s (on all nodes). Also printed: the 90th percentiles and the median as a
 share of the block time. Numbers are printed, never asserted.
 
-    .venv/bin/python bench/propagation.py [--txs N] [--nodes N] [--json] [--keep]
+With `--hostile`, the two devnets are both of `--nodes` nodes, and one of them has a hostile peer
+attached for the whole run (bench/_attacker.py: it claims a far heavier chain and trickles its
+block pages, re-handshakes under a fresh key every second, and replays the last blocks and their
+transactions to every node). `ratio = median under attack / median of the clean devnet`.
+Target (the network-hardening issue): ratio <= 1.5.
+
+    .venv/bin/python bench/propagation.py [--txs N] [--nodes N] [--hostile] [--json] [--keep]
 """
 
 from __future__ import annotations
@@ -48,6 +54,8 @@ from dn.chain.types import Tx
 from dn.wallet.keystore import Keystore
 
 TARGET_S = 2.5
+HOSTILE_TARGET = 1.5
+ATTACHED_S = 5.0  # the attacker's head start before the clock runs
 BLOCK_MS = 1000
 FEE = 1_000
 
@@ -160,9 +168,15 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=5)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temporary DN_HOMEs")
+    parser.add_argument(
+        "--hostile", action="store_true", help="against the same devnet with a hostile peer"
+    )
     args = parser.parse_args()
     if args.txs < 1 or args.nodes < 2:
         parser.error("--txs must be at least 1 and --nodes at least 2")
+    if args.hostile:
+        hostile_run(args)
+        return
     work = Path(tempfile.mkdtemp(prefix="dn-bench-prop-"))
     nets: list[Devnet] = []
     try:
@@ -206,6 +220,61 @@ def main() -> None:
             )
             print(f"target median <= {TARGET_S} s  {verdict}")
     finally:
+        for net in nets:
+            net.stop()
+        if args.keep:
+            say(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def hostile_run(args: argparse.Namespace) -> None:
+    from _attacker import Attacker  # bench/: the tests' hostile peer, in a loop
+
+    work = Path(tempfile.mkdtemp(prefix="dn-bench-prop-"))
+    nets: list[Devnet] = []
+    attacker = None
+    try:
+        nets.append(Devnet(work / "clean", args.nodes))
+        nets.append(Devnet(work / "attacked", args.nodes, taken=nets[0].ports))
+        clean, attacked = nets
+        with httpx.Client(timeout=10) as http:
+            for net in nets:
+                net.ready(http)
+        attacker = Attacker(attacked.urls)
+        attacker.start()
+        time.sleep(ATTACHED_S)
+        say(f"two devnets of {args.nodes} nodes up, one under attack; timing {args.txs} each")
+        with ThreadPoolExecutor(len(nets)) as pool:
+            for done in [pool.submit(net.transfers, args.txs) for net in nets]:
+                done.result()
+        attack = attacker.stop()
+        attacker = None
+        ratio = statistics.median(attacked.times) / statistics.median(clean.times)
+        result = {
+            "block_time_s": BLOCK_MS / 1000,
+            "clean": clean.summary(),
+            "attacked": attacked.summary(),
+            "attack": attack,
+            "ratio": round(ratio, 3),
+            "target": HOSTILE_TARGET,
+            "pass": ratio <= HOSTILE_TARGET,
+        }
+        if args.json:
+            print(json.dumps(result))
+            return
+        for key in ("clean", "attacked"):
+            r = result[key]
+            print(
+                f"in a block on all {args.nodes} nodes, {key:8}: median {r['median_s']:.3f} s, "
+                f"p90 {r['p90_s']:.3f} s"
+            )
+        print("the attacker: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in attack.items()))
+        verdict = "PASS" if result["pass"] else "MISS"
+        print(f"attacked / clean: {ratio:.3f} (target <= {HOSTILE_TARGET})  {verdict}")
+    finally:
+        if attacker is not None:
+            attacker.stop()
         for net in nets:
             net.stop()
         if args.keep:
