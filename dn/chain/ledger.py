@@ -16,6 +16,7 @@ ACCT = "acct:"
 SUPPLY = "supply"
 MODEL = "model:"
 MODEL_NAME = "model-name:"
+MODEL_NAME_KEY = "model-name-key:"  # a live model's name folded (models.name_key): names unique
 MINER = "miner:"
 UNLOCK = "unlock:"
 POOL = "pool:"

@@ -12,6 +12,8 @@ None deletes a key):
                              "tasks": confirmed tasks, "tokens": paid tokens,
                              "rejected": rejected tasks}
     model-name:<name>       the sha256 of the live (not retired) model holding that name
+    model-name-key:<key>    the same, under the name's key (models.name_key: no case, no extra
+                            spaces), which no two live models share
     miner:<address>         {"bond": units still bonded, "url", "models": [sha256, …] sorted,
                              "since": height of this registration, "exited": height | null,
                              "slashed": units lost to verdicts (once slashed)}

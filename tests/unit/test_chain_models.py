@@ -200,6 +200,43 @@ def test_a_retired_model_frees_its_name(chain: Chain) -> None:
     assert chain.state.get("model:" + SMOL)["retired"] is True
 
 
+# Names are compared by their key (`models.name_key`): runs of whitespace made one space, none at
+# the ends, A-Z read as a-z. So nobody can register a look-alike of a live model's name that a
+# user would take for it.
+@pytest.mark.parametrize(
+    "lookalike",
+    ["Smol LM2", "SMOL LM2", " smol lm2", "smol lm2\t", "smol   lm2", "smol\u00a0lm2", "sMoL\nLm2"],
+)
+def test_a_name_differing_only_in_case_or_spacing_is_taken(chain: Chain, lookalike: str) -> None:
+    chain.commit([chain.register_model(name="smol lm2")])
+    assert_rejected(chain, chain.register_model(OTHER, sha=GEMMA, name=lookalike), "name-taken")
+
+
+def test_the_first_spelling_of_a_name_is_kept_and_every_spelling_is_freed_on_retire(
+    chain: Chain,
+) -> None:
+    chain.commit([chain.register_model(name="SmolLM2  Instruct")])
+    assert chain.state.get("model:" + SMOL)["name"] == "SmolLM2  Instruct"  # shown as given
+    assert chain.state.get("model-name:SmolLM2  Instruct") == SMOL  # looked up as given
+    assert chain.state.get("model-name-key:smollm2 instruct") == SMOL
+    assert_rejected(
+        chain, chain.register_model(OTHER, sha=GEMMA, name="smollm2 instruct"), "name-taken"
+    )
+    chain.commit([chain.send(CREATOR, "model.retire", {"model": SMOL})])
+    assert chain.state.get("model-name:SmolLM2  Instruct") is None
+    assert chain.state.get("model-name-key:smollm2 instruct") is None
+    chain.commit([chain.register_model(OTHER, sha=GEMMA, name="smollm2 instruct")])
+    assert chain.state.get("model-name:smollm2 instruct") == GEMMA
+    assert chain.state.get("model-name-key:smollm2 instruct") == GEMMA
+
+
+@pytest.mark.parametrize("other", ["smol-lm2", "smollm2", "smol lm2 2", "smöl lm2"])
+def test_names_that_differ_otherwise_are_free(chain: Chain, other: str) -> None:
+    chain.commit([chain.register_model(name="smol lm2")])
+    chain.commit([chain.register_model(OTHER, sha=GEMMA, name=other)])
+    assert chain.state.get("model:" + GEMMA)["name"] == other
+
+
 def test_register_needs_the_fee(chain: Chain) -> None:
     broke = Keypair.from_seed(b"broke".ljust(32, b"."))
     assert_rejected(chain, chain.register_model(broke), "insufficient-funds")
