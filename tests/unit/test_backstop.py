@@ -177,7 +177,7 @@ def lan(tmp_path: Path) -> Iterator[Lan]:
 
 def backstop_for(lan: Lan, held: Held) -> tuple[Backstop, TaskRecords]:
     """The checker's backstop on its node, holding `held` at the node's tip."""
-    records = TaskRecords(lan.tmp_path / "miner_tasks.db")
+    records = TaskRecords.for_chain(lan.tmp_path / "miner_tasks.db", lan.genesis)
     backstop = Backstop(lan.miner, held.checker, records)
     p = held.payload
     backstop.hold(held.task, p["ticket"], p["generator"], p["checker"])
@@ -249,7 +249,7 @@ def test_held_settlements_survive_a_restart(lan: Lan) -> None:
     _, records = backstop_for(lan, held)
     records.close()
     lan.reopen_miner()
-    again = TaskRecords(lan.tmp_path / "miner_tasks.db")
+    again = TaskRecords.for_chain(lan.tmp_path / "miner_tasks.db", lan.genesis)
     (row,) = again.held()
     assert row["task"] == held.task and row["payload"] == held.payload
     assert (row["settle_at"], row["last_valid"], row["tries"]) == (6, 11, 0)

@@ -1,16 +1,15 @@
 """The referee's decision (dn/node/validator/referee.py `decide`), the drift comparison it rests on
-(dn/runner/check.py `consistent`) and the miner's task records (dn/node/market/records.py), as pure
-functions and a real SQLite file. The devnet test with cheating miners is
+(dn/runner/check.py `consistent`) and who may read a miner's task records
+(dn/node/market/records.py), as pure functions; the records themselves are in
+test_market_records.py. The devnet test with cheating miners is
 tests/functional/test_disputes.py."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from dn.chain import disputes
-from dn.node.market.records import TaskRecords, request_ok, sign_request
+from dn.node.market.records import request_ok, sign_request
 from dn.node.validator.referee import decide
 from dn.runner.check import Drift, Thresholds, TokenValue, Verdict, consistent, judge
 from dn.wallet.keys import Keypair
@@ -151,35 +150,6 @@ def test_values_survive_their_quantized_form() -> None:
     v = TokenValue(42, 3, 1.2346, -7.891)
     assert v.quantized() == [42, 3, 1235, -7891]
     assert TokenValue.from_quantized(v.quantized()) == TokenValue(42, 3, 1.235, -7.891)
-
-
-def test_records_are_kept_in_sqlite_newest_first_out_last(tmp_path: Path) -> None:
-    path = tmp_path / "miner_tasks.db"
-    records = TaskRecords(path, keep=3)
-    ticket = {"model": "ab" * 32}
-    for i in range(5):
-        task = f"{i:064x}"
-        records.put(
-            task,
-            "checker",
-            ticket=ticket,
-            task_input={"prompt": str(i)},
-            tokens=[i],
-            values=[[i, 0, 0, 1000]],
-        )
-    records.close()
-    again = TaskRecords(path, keep=3)  # what a restarted miner finds
-    assert again.count() == 3
-    assert again.get(f"{0:064x}") is None
-    assert again.get(f"{4:064x}") == {
-        "task": f"{4:064x}",
-        "role": "checker",
-        "ticket": ticket,
-        "input": {"prompt": "4"},
-        "tokens": [4],
-        "values": [[4, 0, 0, 1000]],
-    }
-    again.close()
 
 
 def test_only_a_validators_signed_request_reads_a_record() -> None:

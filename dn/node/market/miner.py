@@ -17,8 +17,9 @@ session idle for `idle_s` is closed.
 
 Every task is recorded (`dn.node.market.records`) before its attestation is returned: the ticket,
 the input, the tokens and, for a checker, the per-token values it committed to, so a validator can
-judge the task later (dn/node/validator/referee.py). A checker also holds the task's settlement and
-sends it itself if the gateway does not (dn/node/market/backstop.py).
+judge the task later (dn/node/validator/referee.py); the records are kept for the dispute window,
+and a task with no room left for its record is refused (`records-full`). A checker also holds
+the task's settlement and sends it itself if the gateway does not (dn/node/market/backstop.py).
 
 At each point where a dishonest miner would act otherwise, the miner asks its `behaviour`
 (`dn.node.market.behaviour`); the honest one changes nothing. Only the test harness installs
@@ -112,7 +113,7 @@ class Miner:
         self.behaviour: Behaviour = HONEST
         self._sessions: dict[str, _Session] = {}
         if records is None:
-            records = TaskRecords(node.home.path / RECORDS_FILE)
+            records = TaskRecords.for_chain(node.home.path / RECORDS_FILE, node.genesis)
         self.records = records
         self.backstop = Backstop(node, wallet, records)
 
@@ -231,6 +232,7 @@ class Miner:
             raise TaskError(f"this miner is not the task's {role}", reason="not-selected")
         if not self.store.has(model):
             raise TaskError(f"this miner does not hold model {model[:12]}…", reason="no-model")
+        self.records.room(ticket, task_input)  # records-full: no work it cannot answer for
         return _Job(task, ticket, task_input, self.store.path(model), chosen[0])
 
     def _attest(self, job: _Job, role: str, tokens: list[int], verdict: str, com: str) -> Any:
@@ -475,7 +477,9 @@ class Miner:
         return found
 
     async def reap(self) -> None:
-        """Close check sessions nobody has fed for `idle_s` (a gateway that went away)."""
+        """Close check sessions nobody has fed for `idle_s` (a gateway that went away), and
+        forget the task records whose dispute window has closed below the final height."""
+        await asyncio.to_thread(self.records.forget, self.node.final)
         now = time.monotonic()
         for task, current in list(self._sessions.items()):
             if now - current.touched > self.idle_s and not current.lock.locked():
