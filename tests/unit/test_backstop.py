@@ -26,6 +26,7 @@ from dn.chain import tasks
 from dn.chain.genesis import Genesis
 from dn.chain.ledger import TASK
 from dn.chain.types import Tx
+from dn.errors import TaskError
 from dn.node.market.backstop import SETTLE_TRIES, Backstop, last_valid_height, settle_height
 from dn.node.market.records import TaskRecords
 from dn.node.node import Node, NodeHome
@@ -180,6 +181,8 @@ def backstop_for(lan: Lan, held: Held) -> tuple[Backstop, TaskRecords]:
     records = TaskRecords.for_chain(lan.tmp_path / "miner_tasks.db", lan.genesis)
     backstop = Backstop(lan.miner, held.checker, records)
     p = held.payload
+    tokens = list(range(TOKENS))  # the checker keeps its record before it holds the settlement
+    records.put(held.task, tasks.CHECKER, ticket=p["ticket"], task_input={}, tokens=tokens)
     backstop.hold(held.task, p["ticket"], p["generator"], p["checker"])
     return backstop, records
 
@@ -191,6 +194,18 @@ def refusal(lan: Lan, held: Held) -> str:
     (result,) = lan.miner.submit([tx.to_json()])
     assert not result["accepted"], "the node took it: the case would prove nothing"
     return str(result["reason"])
+
+
+def test_a_settlement_is_held_only_for_a_task_whose_record_is_kept(lan: Lan) -> None:
+    """What bounds the table of held settlements: the records' budgets (records.py)."""
+    held = held_task(lan)
+    records = TaskRecords.for_chain(lan.tmp_path / "miner_tasks.db", lan.genesis)
+    backstop = Backstop(lan.miner, held.checker, records)
+    p = held.payload
+    with pytest.raises(TaskError) as caught:
+        backstop.hold(held.task, p["ticket"], p["generator"], p["checker"])
+    assert caught.value.reason == "no-record" and records.held_count() == 0
+    records.close()
 
 
 # --- the pure rules ---------------------------------------------------------------------------

@@ -29,7 +29,10 @@ can fill the store and make the miner refuse new tasks until their windows pass,
 remove a record a validator may still ask for.
 
 A checker also keeps what `task.settle` needs (table `unsettled`) until the chain shows the task
-settled, so it can settle it itself if the gateway does not (`dn.node.market.backstop`).
+settled, so it can settle it itself if the gateway does not (`dn.node.market.backstop`). It holds
+one only for a task whose record it keeps (`hold` refuses others), and lets it go at the
+ticket's last valid height at the latest, so the settlements held are bounded by the records'
+budgets (a few KB each against a record's bound) and in time.
 
 Only a validator may read a record, since it holds the consumer's prompt: the request carries the
 validator's address and its signature over `RECORD_DOMAIN`, the chain id and the task id
@@ -309,6 +312,9 @@ class TaskRecords:
             "tries": 0,
         }
         with self._lock, self._db.conn:
+            kept = self._db.conn.execute("SELECT 1 FROM records WHERE task = ?", (task,))
+            if kept.fetchone() is None:  # what bounds this table: see the module docstring
+                raise TaskError(f"no record of task {task[:12]}… to settle", reason="no-record")
             self._db.table("unsettled").upsert(row, pk="task")
 
     def held(self) -> list[dict[str, Any]]:
