@@ -85,14 +85,23 @@ FIRST_EPOCH="$(dn --json powr status | python3 -c 'import json,sys; print(json.l
 dn --json wallet list --balances > "$WORK/before.json"
 dn --json node status > "$WORK/status-before.json"
 
-step "bob asks four questions; tokens stream from one miner while the other checks them"
+step "bob's query escrow (funded at genesis on a devnet): miners serve a ticket only if it covers it, and answers are paid out of it"
+dn escrow show --wallet devnet-bob
+dn --json escrow show --wallet devnet-bob > "$WORK/escrow-before.json"
+
+step "bob asks SmolLM2 (a chat model) two questions and has Gemma (a base model) complete two texts; tokens stream from one miner while the other checks them"
 ask() { printf '\033[1m%s> %s\033[0m\n' "$1" "$2"; dn query "$1" "$2" --wallet devnet-bob --max-tokens 64; }
+# A base model has no chat template: it continues plain text (dn query --raw, /v1/completions),
+# and it stops only at max-tokens, so each text gets just enough for its sentence.
+complete() { printf '\033[1m%s> %s\033[0m' "$1" "$2"; dn query "$1" "$2" --raw --wallet devnet-bob --max-tokens "$3"; }
 ask smollm2 "What is the capital of France? Answer in one sentence."
-ask smollm2 "Give me two tips for sleeping well."
-ask gemma3 "Write a haiku about a lighthouse."
-ask gemma3 "Name three colours of the rainbow."
+ask smollm2 "Give me one tip for sleeping well, in one sentence."
+complete gemma3 "Here are three colours of the rainbow: red," 5
+complete gemma3 "Water boils at a temperature of" 7
 
 step "Who was paid what (the model's fee split: creator, generator, checker, validators, burn)"
+dn escrow show --wallet devnet-bob
+dn --json escrow show --wallet devnet-bob > "$WORK/escrow-after.json"
 dn --json wallet list --balances > "$WORK/after.json"
 dn --json node status > "$WORK/status-after.json"
 python3 - "$WORK" <<'PY'
@@ -107,12 +116,14 @@ def wallets(doc):
     rows = doc if isinstance(doc, list) else doc.get("wallets", doc)
     return {w["name"]: int(w["balance"]) for w in rows if w.get("balance") is not None}
 before, after = wallets(load("before")), wallets(load("after"))
-roles = {"devnet-alice": "creator of smollm2", "devnet-bob": "consumer (4 answers + fees)",
+roles = {"devnet-alice": "creator of smollm2", "devnet-bob": "consumer (its settlements' fees)",
          "devnet-miner1": "miner", "devnet-miner2": "miner", "devnet-carol": "creator of gemma3"}
 table = Table("wallet", "role", "change (DN)")
 for name in sorted(after):
     delta = after[name] - before.get(name, 0)
     table.add_row(name, roles.get(name, ""), f"{delta / 1e9:+.9f}")
+escrow = load("escrow-after")["amount"] - load("escrow-before")["amount"]
+table.add_row("devnet-bob's escrow", "consumer (4 answers)", f"{escrow / 1e9:+.9f}")
 s0, s1 = load("status-before")["supply"], load("status-after")["supply"]
 table.add_row("validator pool", "validators' share of query fees",
               f"{(s1.get('pools', 0) - s0.get('pools', 0)) / 1e9:+.9f}")

@@ -116,10 +116,14 @@ def dispute_window(genesis: Genesis) -> int:
     return min(genesis.param("dispute_window_blocks"), genesis.param("unbonding_blocks"))
 
 
-def spot_checked(task: str, genesis: Genesis) -> bool:
-    """Whether validators re-check confirmed task `task`: a `spot_check_bps` share of tasks,
-    chosen by the task id, so every validator agrees which without talking."""
-    draw = int.from_bytes(hashlib.sha256(b"dn-spot-check" + task.encode()).digest()[:8], "big")
+def spot_checked(task: str, block_hash: str, genesis: Genesis) -> bool:
+    """Whether validators re-check confirmed task `task`, settled in the block `block_hash`: a
+    `spot_check_bps` share of tasks, chosen by the task id and that block's hash, so every
+    validator agrees which without talking, and neither the consumer who picks the ticket's
+    nonce nor the miners who do the work know it beforehand (issue 11, attack 3: by the task id
+    alone, a consumer ground its own wash tasks out of the sample)."""
+    seed = b"dn-spot-check" + block_hash.encode() + task.encode()
+    draw = int.from_bytes(hashlib.sha256(seed).digest()[:8], "big")
     return draw % BPS < genesis.param("spot_check_bps")
 
 
@@ -353,5 +357,12 @@ def _apply(
         burn(state, result.burn)
     if result.unconfirm:
         unrecord_task(
-            state, genesis, height, task["height"], task["model"], task["generator"], task["tokens"]
+            state,
+            genesis,
+            height,
+            task["height"],
+            task["model"],
+            task["generator"],
+            task["tokens"],
+            task.get("burned", 0),
         )

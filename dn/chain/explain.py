@@ -8,20 +8,22 @@ re-derived from what caused them, reading the state just before each step:
 
     genesis         the allocation (height 0)
     begin_block     `unlock:<h>` payouts (a miner's bond after `miner.exit`, funds after
-                    `unstake`, with the height they were locked at), then the PoWR epoch close
+                    `unstake`, with the height they were locked at), escrow withdrawals that
+                    finished unlocking (escrow.py), then the PoWR epoch close
                     (the `credits` of `powr:<e>:result`: epoch, reason, model)
     each tx         the fee (sender) and the proposer's share of it; a transfer's amount; the
                     bond a `miner.register` locks (`bond` minus what the miner held); a `stake`;
-                    a `task.settle`'s price (the ticket's consumer) and its split (creator,
-                    generator, checker, backers: `split_fee` over the backers at that moment);
+                    an `escrow.deposit`; a `task.settle`'s split (creator, generator, checker,
+                    backers: `market.payout` at that moment; the consumer's price comes out of
+                    its escrow, not its balance: a `query-paid` entry of 0 names the task);
                     a `task.verdict`'s refund to the consumer of a bad answer
 
 `miner.exit`, `unstake` and a verdict that takes a miner out of service move nothing from the
 balance until the unlock height. Whatever part of a block's balance change the derived entries do
 not cover is reported as an `unexplained` entry; on a chain that follows these rules there is none.
 
-Locked funds (a live miner's bond, stakes, funds unbonding under `unlock:`) are not in the
-balance; `Explanation.locked` lists them as they stand at the tip.
+Locked funds (a live miner's bond, stakes, funds unbonding under `unlock:`, a query escrow) are
+not in the balance; `Explanation.locked` lists them as they stand at the tip.
 """
 
 from __future__ import annotations
@@ -30,13 +32,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dn.chain import disputes, powr_rules, staking, validators
-from dn.chain.economics import split_fee
+from dn.chain import disputes, escrow, powr_rules, staking, validators
 from dn.chain.epochs import Epoch
 from dn.chain.genesis import Genesis
 from dn.chain.ledger import MINER, MODEL, TASK, UNLOCK, DictState, Overlay, StateReader, account
+from dn.chain.market import payout
 from dn.chain.models import is_model
-from dn.chain.staking import backers_of
 from dn.chain.state import apply_block, apply_tx, begin_block, genesis_block, genesis_state
 from dn.chain.store import Store
 from dn.chain.tasks import CONFIRMED, price_of, task_id
@@ -187,6 +188,9 @@ class _Tracer:
                     target=lock.target,
                 )
         self.pending.pop(height, None)
+        back = escrow.releases(overlay, height).get(self.address)
+        if back:
+            add(None, "escrow-returned", f"escrow withdrawal unlocked at block {height}", back)
         begin_block(overlay, height, self.genesis)
         epoch = Epoch.closed_at(height, self.genesis.param("epoch_blocks"))
         if epoch is not None:
@@ -250,6 +254,8 @@ class _Tracer:
         elif tx.kind == "unstake" and tx.sender == me:
             due = height + self.genesis.param("unbonding_blocks")
             self.pending.setdefault(due, []).append(_Lock("stake", height, tx.id, p["target"]))
+        elif tx.kind == "escrow.deposit" and tx.sender == me:
+            out.append(("escrow-deposit", "deposited into the query escrow", -p["amount"], {}))
         elif tx.kind == "task.settle":
             out += self._settle_effects(state, tx)
         elif tx.kind == "task.verdict":
@@ -279,9 +285,11 @@ class _Tracer:
         about = {"task": task, "model": sha}
         what = f"task {task[:12]}… on {_name(state, sha)}"
         out: list[tuple[str, str, int, dict[str, Any]]] = []
-        if ticket["consumer"] == self.address and paid:
-            out.append(("query-paid", f"paid for {what}", -paid, about))
-        shares = split_fee(paid, self.genesis, backers_of(state, sha))
+        if ticket["consumer"] == self.address and paid:  # from the escrow: the balance stays
+            taken = format_dn(escrow.chargeable(state, self.address, paid))
+            cause = f"paid for {what} out of the query escrow ({taken} DN)"
+            out.append(("query-paid", cause, 0, about))
+        shares = payout(state, self.genesis, ticket["consumer"], paid, sha)
         for role, payee in (
             ("creator", model["creator"]),
             ("generator", gen["miner"]),
@@ -319,6 +327,8 @@ def locked_funds(state: DictState, address: str) -> list[dict[str, Any]]:
             item = {"kind": "stake", "amount": value["amount"], "target": target}
             model = state.get(MODEL + target) if is_model(target) else None
             out.append({**item, "name": model["name"]} if model else item)
+        elif key == escrow.ESCROW + address:
+            out.append({"kind": "escrow", **escrow.summary(state, address)})
         elif key.startswith(UNLOCK):
             due = int(key[len(UNLOCK) :])
             for entry in value:

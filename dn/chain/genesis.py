@@ -48,6 +48,9 @@ PARAMS: dict[str, tuple[int, int, int]] = {
     "miner_min_bond": (10 * UNITS_PER_DN, 1, MAX_AMOUNT),  # units
     "unbonding_blocks": (100, 1, 1_000_000),  # an exited miner's bond comes back after this
     "ticket_window_blocks": (100, 1, 100_000),  # how far a ticket's ref_height may lag its block
+    # An escrow withdrawal completes this many blocks after it (dn/chain/escrow.py), and never
+    # sooner than ticket_window_blocks + 1, so every ticket accepted before it can settle from it.
+    "escrow_unlock_blocks": (200, 2, 1_000_000),
     # Staking (backing a model, delegating to a validator); unstaked funds wait unbonding_blocks.
     "stake_min": (UNITS_PER_DN, 1, MAX_AMOUNT),  # units: the least stake, and the least left
     # PoWR (DESIGN.md section 8): epoch e is heights e*epoch_blocks+1 … (e+1)*epoch_blocks,
@@ -166,8 +169,12 @@ class Genesis:
         validators: list[str],
         allocations: dict[str, int],
         params: dict[str, int] | None = None,
+        escrows: dict[str, int] | None = None,
     ) -> Genesis:
-        doc = {
+        """`escrows`: units set aside at genesis in each address's query escrow
+        (dn/chain/escrow.py), on top of `allocations`; written only when there are some, so a
+        genesis without them keeps its hash."""
+        doc: dict[str, Any] = {
             "format": FORMAT,
             "network": network,
             "time": time_ms,
@@ -175,6 +182,8 @@ class Genesis:
             "allocations": dict(sorted(allocations.items())),
             "params": params if params is not None else default_params(),
         }
+        if escrows:
+            doc["escrows"] = dict(sorted(escrows.items()))
         return cls.from_json(doc)
 
     @classmethod
@@ -223,8 +232,13 @@ class Genesis:
         return dict(self.doc["allocations"])
 
     @property
+    def escrows(self) -> dict[str, int]:
+        """Query escrows funded at genesis (none in most files)."""
+        return dict(self.doc.get("escrows", {}))
+
+    @property
     def supply(self) -> int:
-        return sum(self.doc["allocations"].values())
+        return sum(self.doc["allocations"].values()) + sum(self.escrows.values())
 
     def param(self, name: str) -> int:
         """The value of parameter `name`: the file's, or the default where the file has none."""
@@ -244,8 +258,10 @@ def _validate(doc: Any) -> None:
     if not isinstance(doc, dict):
         raise GenesisError("genesis must be a JSON object")
     expected = {"format", "network", "time", "validators", "allocations", "params"}
-    if doc.keys() != expected:
-        raise GenesisError(f"genesis must have exactly the fields {sorted(expected)}")
+    if doc.keys() - {"escrows"} != expected:
+        raise GenesisError(
+            f"genesis must have exactly the fields {sorted(expected)} (and optionally escrows)"
+        )
     if doc["format"] != FORMAT:
         raise GenesisError(f"unsupported genesis format {doc['format']!r}")
     if not isinstance(doc["network"], str) or not _NETWORK_RE.match(doc["network"]):
@@ -268,7 +284,17 @@ def _validate(doc: Any) -> None:
     for address, amount in allocations.items():
         if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= MAX_AMOUNT:
             raise GenesisError(f"allocation for {address} must be a positive integer of units")
-    if sum(allocations.values()) > MAX_AMOUNT:
+    escrows = doc.get("escrows", {})
+    if not isinstance(escrows, dict):
+        raise GenesisError("escrows must map addresses to amounts")
+    for address, amount in escrows.items():
+        try:
+            pubkey_from_address(address)
+        except DNError as exc:
+            raise GenesisError(f"genesis escrows: {exc.message}") from None
+        if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= MAX_AMOUNT:
+            raise GenesisError(f"escrow for {address} must be a positive integer of units")
+    if sum(allocations.values()) + sum(escrows.values()) > MAX_AMOUNT:
         raise GenesisError("total allocations must stay below 2^63 units")
     params = doc["params"]
     if not isinstance(params, dict):

@@ -9,11 +9,18 @@ is registered (`unknown-model`) and, if retired, the ticket was made before it
 and it has not expired (`expired-ticket`); the task is not settled yet (`task-settled`); both
 attestations (`check_attestations`); the generator and checker are the two miners the
 reference height selects from those serving the model then (`wrong-miners`); the price is
-within the ticket's `max_price` (`over-max-price`); the consumer can pay it
-(`consumer-cannot-pay`).
+within the ticket's `max_price` (`over-max-price`); the consumer's escrow holds something to pay
+it with (`consumer-cannot-pay`).
 
-A confirmed answer is paid and split by `split_fee` (creator, generator, checker, validator
-pool, the model's backers by stake, burn); a rejected one pays nothing. Either way the task is
+A confirmed answer is paid out of the consumer's prepaid escrow (`escrow.charge`; never the
+balance, so a wallet emptied after the ticket stops nothing) and split by `split_fee` (creator,
+generator, checker, validator pool, the model's backers by stake, burn). An escrow that holds
+less than the price (the consumer signed tickets beyond it, which no honest miner accepts) pays
+all it holds, to the two miners only, in proportion to their shares (`miners_first`): they did
+the work; the task records what was paid and, under `owed`, what was not. A rejected answer pays
+nothing. The transaction's fee is its sender's, from its balance, as for any transaction: anyone
+may send a settlement (the checker does if the consumer does not: backstop.py), so an empty
+wallet cannot hold it up. Either way the task is
 recorded under `task:<id>` and counted in the epoch's PoWR statistics
 (`powr_rules.record_task`). Models and miners have their own rules (`models.py`, `miners.py`).
 """
@@ -22,9 +29,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from dn.chain import escrow
 from dn.chain.economics import split_fee
 from dn.chain.genesis import Genesis
-from dn.chain.ledger import MODEL, POOL_VALIDATORS, TASK, Overlay, burn, credit, debit
+from dn.chain.ledger import MODEL, POOL_VALIDATORS, TASK, Overlay, StateReader, burn, credit
 from dn.chain.powr_rules import record_task
 from dn.chain.staking import backers_of
 from dn.chain.tasks import (
@@ -85,20 +93,25 @@ def task_settle(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
             f"{ticket['max_price']}",
             reason="over-max-price",
         )
+    owed = burned = 0
     if confirmed:
-        debit(state, ticket["consumer"], paid, f"{paid} units", reason="consumer-cannot-pay")
-        _pay(
-            state,
-            model["creator"],
-            gen["miner"],
-            chk["miner"],
-            split_fee(paid, genesis, backers_of(state, sha)),
-        )
+        if paid and not escrow.chargeable(state, ticket["consumer"], paid):
+            raise InvalidTx(
+                f"the consumer's escrow holds nothing to pay {paid} units with",
+                reason="consumer-cannot-pay",
+            )
+        shares = payout(state, genesis, ticket["consumer"], paid, sha)
+        taken = escrow.charge(state, ticket["consumer"], paid)
+        owed, paid = paid - taken, taken
+        _pay(state, model["creator"], gen["miner"], chk["miner"], shares)
+        burned = shares["burn"]  # bounds the usage-tied emission (powr_rules.record_task)
         model.update(tasks=model["tasks"] + 1, tokens=model["tokens"] + tokens)
     else:
         model.update(rejected=model["rejected"] + 1)  # validators rule on it (a later issue)
     state.set(MODEL + sha, model)
-    record_task(state, genesis, height, sha, gen["miner"], tokens, confirmed=confirmed)
+    record_task(
+        state, genesis, height, sha, gen["miner"], tokens, confirmed=confirmed, burned=burned
+    )
     state.set(
         TASK + task,
         {
@@ -112,8 +125,30 @@ def task_settle(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
             "height": height,
             "output_hash": chk["output_hash"],
             "commitment": chk["commitment"],
+            "burned": burned,
+            **({"owed": owed} if owed else {}),
         },
     )
+
+
+def payout(
+    state: StateReader, genesis: Genesis, consumer: str, price: int, model: str
+) -> dict[str, Any]:
+    """How a confirmed task's `price` is paid out, read before the escrow is charged: the whole
+    `split_fee` when the escrow covers it, else `miners_first` of what it holds."""
+    taken = escrow.chargeable(state, consumer, price)
+    if taken == price:
+        return split_fee(price, genesis, backers_of(state, model))
+    return miners_first(taken, genesis)
+
+
+def miners_first(amount: int, genesis: Genesis) -> dict[str, Any]:
+    """A short settlement's split: all of `amount` to the generator and the checker, in the
+    ratio of their fee shares (the checker gets the unit rounding leaves)."""
+    gen, chk = genesis.param("fee_split_generator"), genesis.param("fee_split_checker")
+    to_gen = amount * gen // (gen + chk) if gen + chk else amount // 2
+    shares: dict[str, Any] = dict.fromkeys(("creator", "validators", "burn"), 0)
+    return {**shares, "generator": to_gen, "checker": amount - to_gen, "backers": {}}
 
 
 def _pay(

@@ -1,9 +1,9 @@
 """The model registry (DESIGN.md sections 4 and 7): the `model.register` and `model.retire`
 rules, and the checks other rules make on a model they name.
 
-    model:<sha256>      {"creator", "name", "domain", "price", "license", "size", "height",
-                         "retired": bool, "retired_at": height (once retired), "tasks",
-                         "tokens", "rejected"}
+    model:<sha256>      {"creator", "name", "domain", "price", "license", "size", "kind",
+                         "height", "retired": bool, "retired_at": height (once retired),
+                         "tasks", "tokens", "rejected"}
     model-name:<name>   the sha256 of the live (not retired) model holding that name, as it
                         was written (what lookups by name read)
     model-name-key:<key>  the same sha256 under the name's key (`name_key`): what makes names
@@ -11,12 +11,17 @@ rules, and the checks other rules make on a model they name.
 
 A model is registered once by its creator under a unique live name and retired by the creator
 only. Rules, checks in order:
-- `model.register` {model, name, domain, price, license, size}: `model:<model>` is absent
-  (`model-exists`); no live model holds a name with the same key (`name-taken`), so "SmolLM2",
-  "smollm2" and " smollm2 " are one name.
+- `model.register` {model, name, domain, price, license, size, kind?}: `kind`, when given, is
+  "chat" or "base" (`bad-kind`); `model:<model>` is absent (`model-exists`); no live model holds
+  a name with the same key (`name-taken`), so "SmolLM2", "smollm2" and " smollm2 " are one name.
 - `model.retire` {model}: the model is registered (`unknown-model`); the sender is its creator
   (`not-creator`); it is not retired (`already-retired`). Retiring frees the name (both keys) for
   a new model; miners' registrations and `serving:` are left as they are.
+
+A model's kind says how it is asked: a `chat` model answers messages through its chat template,
+a `base` model (a pretrained model with no instruct finetune and no template) only continues
+plain text. A payload without `kind` (every one before kinds existed) registers a chat model,
+which is how such models were served.
 
 A name's key (`name_key`): every run of whitespace (Unicode's White_Space characters, listed in
 `NAME_SPACE`) becomes one space, none is left at either end, and A-Z become a-z; every other
@@ -45,6 +50,15 @@ from dn.errors import InvalidTx
 NAME_SPACE = re.compile("[\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
+CHAT, BASE = "chat", "base"
+KINDS = (CHAT, BASE)
+DEFAULT_KIND = CHAT  # a register payload without `kind`, and a record written before kinds
+
+
+def kind_of(model: dict[str, Any]) -> str:
+    """A model record's kind ("chat" or "base")."""
+    return str(model.get("kind", DEFAULT_KIND))
+
 
 def name_key(name: str) -> str:
     """What two model names must differ in to be two names: runs of whitespace are one space,
@@ -68,6 +82,9 @@ def live_model(state: StateReader, sha: str, retired_reason: str) -> dict[str, A
 
 def model_register(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
     p = tx.payload
+    kind = p.get("kind", DEFAULT_KIND)
+    if kind not in KINDS:
+        raise InvalidTx(f"kind must be {CHAT!r} or {BASE!r}, not {kind!r}", reason="bad-kind")
     if state.get(MODEL + p["model"]) is not None:
         raise InvalidTx(f"model {p['model'][:12]}… is registered already", reason="model-exists")
     key = name_key(p["name"])
@@ -88,6 +105,7 @@ def model_register(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> Non
             "price": p["price"],
             "license": p["license"],
             "size": p["size"],
+            "kind": kind,
             "height": height,
             "retired": False,
             "tasks": 0,

@@ -8,9 +8,13 @@ after that block's unlocks and before its transactions (`state.begin_block`).
 
     powr:<e>:commit:<validator>  the commitment hash (deleted when the epoch closes)
     powr:<e>:reveal:<validator>  {model sha: quality in ppm}, as revealed
-    powr:<e>:stats:<model sha>   {"tasks", "confirmed", "tokens", "miners": {generator: tokens}}
+    powr:<e>:stats:<model sha>   {"tasks", "confirmed", "tokens", "miners": {generator: tokens},
+                                  "burned": {generator: units}}
                                  tasks settled in the epoch (`tokens`: paid tokens of confirmed
-                                 tasks; `miners`: confirmed tokens by generator)
+                                 tasks; `miners`: confirmed tokens by generator; `burned`: units
+                                 their fee split burned, by generator: what bounds the
+                                 usage-tied emission and weighs the miners in it,
+                                 `dn.powr.emission`)
     powr:<e>:settled             [model sha, …] sorted: the models with stats (deleted at close)
     powr:<e>:result              the epoch's outcome (`result_record`), written at close
 
@@ -152,8 +156,10 @@ def record_task(
     tokens: int,
     *,
     confirmed: bool,
+    burned: int = 0,
 ) -> None:
-    """Count one settled task of `model` in the epoch of block `height` (`task.settle`)."""
+    """Count one settled task of `model` in the epoch of block `height` (`task.settle`), whose
+    fee split `burned` units."""
     epoch = Epoch.at(height, genesis.param("epoch_blocks")).number
     key = stats_key(epoch, model)
     found = state.get(key)
@@ -161,9 +167,11 @@ def record_task(
         found = {"tasks": 0, "confirmed": 0, "tokens": 0, "miners": {}}
         settled = state.get(settled_key(epoch)) or []
         state.set(settled_key(epoch), sorted({*settled, model}))
-    miners = dict(found["miners"])
+    miners, weights = dict(found["miners"]), dict(found.get("burned", {}))
     if confirmed:
         miners[generator] = miners.get(generator, 0) + tokens
+        if burned:
+            weights[generator] = weights.get(generator, 0) + burned
     state.set(
         key,
         {
@@ -171,6 +179,7 @@ def record_task(
             "confirmed": found["confirmed"] + int(confirmed),
             "tokens": found["tokens"] + (tokens if confirmed else 0),
             "miners": dict(sorted(miners.items())),
+            "burned": dict(sorted(weights.items())),
         },
     )
 
@@ -183,10 +192,12 @@ def unrecord_task(
     model: str,
     generator: str,
     tokens: int,
+    burned: int = 0,
 ) -> None:
     """A verdict in block `height` found that a task confirmed in block `settled` was a bad
-    answer: if its epoch is still open, count it as not confirmed (its tokens earn the generator
-    no emission and no longer count as demand). A closed epoch is paid and stays as it was."""
+    answer: if its epoch is still open, count it as not confirmed (its tokens, and the units it
+    `burned`, earn the generator no emission and no longer count as usage). A closed epoch is
+    paid and stays as it was."""
     blocks = genesis.param("epoch_blocks")
     epoch = Epoch.at(settled, blocks).number
     if epoch != Epoch.at(height, blocks).number:
@@ -195,12 +206,13 @@ def unrecord_task(
     found = state.get(key)
     if found is None:
         return
-    miners = dict(found["miners"])
-    left = miners.get(generator, 0) - tokens
-    if left > 0:
-        miners[generator] = left
-    else:
-        miners.pop(generator, None)
+    miners, weights = dict(found["miners"]), dict(found.get("burned", {}))
+    for held, amount in ((miners, tokens), (weights, burned)):
+        left = held.get(generator, 0) - amount
+        if left > 0:
+            held[generator] = left
+        else:
+            held.pop(generator, None)
     state.set(
         key,
         {
@@ -208,6 +220,7 @@ def unrecord_task(
             "confirmed": max(0, found["confirmed"] - 1),
             "tokens": max(0, found["tokens"] - tokens),
             "miners": miners,
+            "burned": weights,
         },
     )
 
@@ -257,8 +270,7 @@ def epoch_inputs(state: StateReader, epoch: int, genesis: Genesis) -> EpochInput
             creator=record["creator"],
             tasks=stats.get("tasks", 0),
             confirmed=stats.get("confirmed", 0),
-            paid_tokens=stats.get("tokens", 0),
-            miners=stats.get("miners", {}),
+            miners=stats.get("burned", {}),
             backers=backers_of(state, sha),
         )
     scores = {
@@ -291,6 +303,7 @@ def result_record(result: EpochResult) -> dict[str, Any]:
                 "demand": m.demand_ppm,
                 "score": m.score_ppm,
                 "reward": m.reward,
+                "capped": m.capped,
             }
             for m in result.models
         },

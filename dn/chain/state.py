@@ -7,8 +7,9 @@ None deletes a key):
     supply                  {"genesis": units, "emitted": units, "burned": units}
     signers                 [address, …]  the latest proposers (only while the signing rule
                             counts two or more validators)
-    model:<sha256>          {"creator", "name", "domain", "price", "license", "size", "height",
-                             "retired": bool, "retired_at": height (once retired),
+    model:<sha256>          {"creator", "name", "domain", "price", "license", "size",
+                             "kind": "chat" | "base", "height", "retired": bool,
+                             "retired_at": height (once retired),
                              "tasks": confirmed tasks, "tokens": paid tokens,
                              "rejected": rejected tasks}
     model-name:<name>       the sha256 of the live (not retired) model holding that name
@@ -29,6 +30,8 @@ None deletes a key):
                             a validator (address); written by `stake` / `unstake` (staking.py)
     backers:<target>        [address, …] sorted: who holds a stake on the target; a model's
                             backers share its query fees pro rata to their stakes
+    escrow:<address>        {"amount", "unlocking", "unlock_at"}: a consumer's prepaid query
+                            escrow; escrow-due:<height> lists the unlocks due then (escrow.py)
     powr:<epoch>:…          commitments, reveals, per-model task statistics and the result of
                             each PoWR epoch (powr_rules.py)
 
@@ -42,16 +45,18 @@ differ anywhere disagree on it from that block on.
 
 The order of checks mirrors the spec: a block's header is checked against its parent (the proposer
 against the set and the signing rule, which counts the members off probation: validators.py),
-bonds that finish unbonding at its height are released, then every transaction is applied in
+bonds that finish unbonding at its height are released (and escrow withdrawals that finish
+unlocking: escrow.py), then every transaction is applied in
 order on an overlay, then the block's signer is recorded (and a missed turn: jailing.py), then
 the computed roots are compared with the header; any failure raises InvalidBlock and leaves
 nothing changed. A transaction pays its fee and bumps its sender's nonce, then its kind's
 rule (one function per kind, named in `RULES`: `transfer` here; `model.register` and
 `model.retire` in models.py; `miner.register` and `miner.exit` in miners.py; `task.settle` in
 market.py; `stake` and `unstake` in staking.py; `validator.bond` and `validator.unbond` in
-validators.py; `task.verdict` in disputes.py; `powr.commit` and `powr.reveal` in powr_rules.py)
-checks and applies the payload; any failure raises InvalidTx and leaves nothing changed. The keys
-and the account operations they share are in ledger.py. At the first block of each PoWR epoch
+validators.py; `escrow.deposit` and `escrow.withdraw` in escrow.py; `task.verdict` in
+disputes.py; `powr.commit` and `powr.reveal` in powr_rules.py) checks and applies the payload;
+any failure raises InvalidTx and leaves nothing changed. The keys and the account operations they
+share are in ledger.py. At the first block of each PoWR epoch
 (epochs.py), after the unlocks and before the transactions, the previous epoch is closed and its
 emission paid, members that missed too many turns are jailed (jailing.py), and the set changes
 for the new epoch are made (`begin_block`).
@@ -66,6 +71,7 @@ from typing import Any
 from dn.chain import (
     consensus,
     disputes,
+    escrow,
     jailing,
     market,
     miners,
@@ -104,6 +110,8 @@ def genesis_state(genesis: Genesis) -> dict[str, Any]:
         ACCT + address: {"balance": amount, "nonce": 0}
         for address, amount in genesis.allocations.items()
     }
+    for address, amount in genesis.escrows.items():
+        state[escrow.ESCROW + address] = {"amount": amount, "unlocking": 0, "unlock_at": None}
     state[SUPPLY] = {"genesis": genesis.supply, "emitted": 0, "burned": 0}
     return state
 
@@ -189,7 +197,8 @@ def _transfer(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
 
 def begin_block(state: Overlay, height: int, genesis: Genesis) -> None:
     """What happens at the start of block `height`, before its transactions: the bonds and
-    stakes whose unbonding ends there are paid out (only the entries due are read); then, at the
+    stakes whose unbonding ends there are paid out (only the entries due are read), and so are
+    the escrow withdrawals that finish unlocking there (`escrow.release_due`); then, at the
     first block of an epoch, the previous PoWR epoch is closed and its emission credited
     (`powr_rules.close`), the members over the downtime limit are jailed (`jailing.judge`), and
     the validator set changes scheduled for the new epoch are made (`validators.begin_epoch`)."""
@@ -198,6 +207,7 @@ def begin_block(state: Overlay, height: int, genesis: Genesis) -> None:
         for entry in due:
             credit(state, entry["address"], entry["amount"])
         state.set(UNLOCK + str(height), None)
+    escrow.release_due(state, height)
     epoch = Epoch.closed_at(height, genesis.param("epoch_blocks"))
     if epoch is not None:
         powr_rules.close(state, epoch, genesis)
@@ -216,6 +226,8 @@ RULES: dict[str, Rule] = {
     "validator.bond": validators.bond,
     "validator.unbond": validators.unbond,
     "task.settle": market.task_settle,
+    "escrow.deposit": escrow.deposit,
+    "escrow.withdraw": escrow.withdraw,
     "task.verdict": disputes.task_verdict,
     "powr.commit": powr_rules.commit,
     "powr.reveal": powr_rules.reveal,
@@ -372,7 +384,7 @@ def build_block(
 # --- invariants -----------------------------------------------------------------------------
 
 
-_HOLDINGS = ("balances", "bonds", "unbonding", "pools", "stakes")
+_HOLDINGS = ("balances", "bonds", "unbonding", "pools", "stakes", "escrows")
 
 
 def _holding(key: str, value: Any) -> tuple[str, int] | None:
@@ -389,6 +401,8 @@ def _holding(key: str, value: Any) -> tuple[str, int] | None:
         return "pools", value["balance"]
     if key.startswith(STAKE):
         return "stakes", value["amount"]
+    if key.startswith(escrow.ESCROW):
+        return "escrows", value["amount"]
     return None
 
 
@@ -428,8 +442,9 @@ def supply_report(items: Iterable[tuple[str, Any]]) -> dict[str, int]:
     """Sum the state's holdings and compare with what genesis and emission created.
 
     Every unit is in exactly one place: an account balance, a miner's or validator's bond, a bond
-    unbonding under `unlock:`, a pool (`pool:validators`), a stake, or burned. So the invariant is
-    balances + bonds + unbonding + pools + stakes + burned == genesis + emitted."""
+    unbonding under `unlock:`, a pool (`pool:validators`), a stake, a query escrow (unlocking
+    units included), or burned. So the invariant is
+    balances + bonds + unbonding + pools + stakes + escrows + burned == genesis + emitted."""
     return SupplyTally(items).report()
 
 

@@ -17,7 +17,15 @@ from functools import cached_property
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from dn.encoding import (
     MAX_AMOUNT,
@@ -104,6 +112,17 @@ class ModelRegister(Payload):
     price: Units  # units per 1,000 output tokens
     license: Annotated[str, Field(max_length=64)]
     size: Amount
+    # "chat" or "base", checked by the rule (`bad-kind`, dn/chain/models.py). Optional, and left
+    # out of the payload when absent, so a payload signed before kinds existed reads (and its
+    # signature verifies) exactly as it was signed.
+    kind: Annotated[str, Field(max_length=16)] = "chat"
+
+    @model_serializer(mode="wrap")
+    def _without_absent_kind(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if "kind" not in self.model_fields_set:
+            del data["kind"]
+        return data
 
 
 class ModelRetire(Payload):
@@ -126,6 +145,12 @@ class Empty(Payload):
 
 
 class ValidatorBond(Payload):
+    amount: Amount
+
+
+class EscrowAmount(Payload):
+    """`escrow.deposit` and `escrow.withdraw` (dn/chain/escrow.py)."""
+
     amount: Amount
 
 
@@ -198,6 +223,8 @@ PAYLOADS: dict[str, type[Payload]] = {
     "validator.bond": ValidatorBond,
     "validator.unbond": ValidatorBond,
     "task.settle": TaskSettle,
+    "escrow.deposit": EscrowAmount,
+    "escrow.withdraw": EscrowAmount,
     "task.verdict": TaskVerdict,
     "powr.commit": PowrCommit,
     "powr.reveal": PowrReveal,

@@ -464,6 +464,9 @@ def explain(
 
 
 def _locked(item: dict[str, Any]) -> str:
+    if item["kind"] == "escrow":
+        unlocking = item["unlocking"]
+        return "query escrow" + (f", {format_dn(unlocking)} DN unlocking" if unlocking else "")
     if item["kind"] == "bond":
         return "miner bond"
     if item["kind"] == "validator-bond":

@@ -8,7 +8,19 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from dn.cli import chain, devnet, mine, model, node, powr, query, stake, validate, wallet
+from dn.cli import (
+    chain,
+    devnet,
+    escrow,
+    mine,
+    model,
+    node,
+    powr,
+    query,
+    stake,
+    validate,
+    wallet,
+)
 from dn.cli.output import Options, stderr
 from dn.errors import DNError
 
@@ -42,6 +54,7 @@ app.add_typer(devnet.app, name="devnet")
 app.add_typer(model.app, name="model")
 app.add_typer(powr.app, name="powr")
 app.add_typer(stake.app, name="stake")
+app.add_typer(escrow.app, name="escrow")
 app.add_typer(validate.app, name="validator")
 app.command("mine")(mine.mine)
 app.command("validate")(validate.validate)

@@ -113,9 +113,16 @@ def catalog_(ctx: typer.Context) -> None:
         lambda out: out.print(
             table(
                 None,
-                ["name", "size", "license", "domain", "installed"],
+                ["name", "kind", "size", "license", "domain", "installed"],
                 [
-                    [r["name"], _mib(r["size"]), r["license"], r["domain"], _yes(r["installed"])]
+                    [
+                        r["name"],
+                        r["kind"],
+                        _mib(r["size"]),
+                        r["license"],
+                        r["domain"],
+                        _yes(r["installed"]),
+                    ]
                     for r in rows
                 ],
             )
@@ -125,6 +132,12 @@ def catalog_(ctx: typer.Context) -> None:
 
 def _yes(flag: bool) -> str:
     return "yes" if flag else "no"
+
+
+def _kind_text(kind: str) -> str:
+    if kind == "base":
+        return "base (continues plain text: dn query --raw, /v1/completions)"
+    return f"{kind} (answers messages through its chat template)"
 
 
 # --- the models on chain --------------------------------------------------------------------
@@ -142,6 +155,12 @@ def submit(
         ..., "--price", help="Price in DN per 1,000 output tokens (e.g. 0.5; 0 is free)."
     ),
     license_: str = typer.Option("", "--license", help="License text or SPDX id (64 chars max)."),
+    kind: str | None = typer.Option(
+        None,
+        "--kind",
+        help="chat (answers messages through its chat template) or base (continues plain "
+        "text). Default: what the file says (a chat template or an instruct finetune: chat).",
+    ),
     wallet: str = typer.Option(..., "--wallet", help="Wallet that registers (and owns) it."),
     fee: str | None = typer.Option(None, "--fee", help="Fee in DN (default: the chain minimum)."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until it is in a block."),
@@ -164,6 +183,7 @@ def submit(
             domain=domain,
             price=units,
             license_=license_,
+            kind=kind,
             fee=fee,
             wait=wait,
             bar=_lazy_progress,
@@ -172,8 +192,8 @@ def submit(
     def human(out: Console) -> None:
         where = f"in block {data['height']}" if "height" in data else "pending"
         out.print(
-            f"registered [bold]{name}[/] ({_mib(data['size'])}, {format_dn(units)} DN per 1k "
-            f"tokens), {where}: tx {data['tx']}"
+            f"registered [bold]{name}[/] ({data['kind']} model, {_mib(data['size'])}, "
+            f"{format_dn(units)} DN per 1k tokens), {where}: tx {data['tx']}"
         )
         out.print(data["model"])
 
@@ -197,6 +217,7 @@ def list_(ctx: typer.Context) -> None:
             [
                 m["name"] + (" (retired)" if m.get("retired") else ""),
                 m["id"][:12],
+                m.get("kind", "chat"),
                 m["domain"],
                 format_dn(m["price"]),
                 len(m.get("miners") or []),
@@ -208,7 +229,7 @@ def list_(ctx: typer.Context) -> None:
         out.print(
             table(
                 None,
-                ["name", "id", "domain", "DN / 1k tokens", "miners", "tasks", "creator"],
+                ["name", "id", "kind", "domain", "DN / 1k tokens", "miners", "tasks", "creator"],
                 rows,
             )
         )
@@ -233,6 +254,7 @@ def show(
             ("name", model["name"]),
             ("id", model["id"]),
             ("creator", model["creator"]),
+            ("kind", _kind_text(model.get("kind", "chat"))),
             ("domain", model["domain"]),
             ("price", f"{format_dn(model['price'])} DN per 1,000 output tokens"),
             ("license", model.get("license") or "-"),

@@ -115,13 +115,18 @@ def catalog(store: ModelStore) -> list[dict[str, Any]]:
 # --- on chain -------------------------------------------------------------------------------
 
 
-def check_registration(name: str, domain: str, price: int, license_: str) -> None:
-    """InputError naming the option for a name, domain, price or license the chain would refuse
-    in a `model.register` (checked before any hashing or password)."""
+def check_registration(
+    name: str, domain: str, price: int, license_: str, kind: str | None = None
+) -> None:
+    """InputError naming the option for a name, domain, price, license or kind the chain would
+    refuse in a `model.register` (checked before any hashing or password)."""
     from pydantic import ValidationError
 
+    from dn.chain.models import KINDS
     from dn.chain.types import ModelRegister
 
+    if kind is not None and kind not in KINDS:
+        raise InputError(f"--kind must be chat or base, not {kind!r}", reason="bad-kind")
     fields = {"model": "0" * 64, "name": name, "domain": domain, "price": price}
     try:
         ModelRegister.model_validate({**fields, "license": license_, "size": 1})
@@ -144,23 +149,25 @@ def submit_model(
     domain: str,
     price: int,
     license_: str = "",
+    kind: str | None = None,
     fee: int | str | None = None,
     wait: bool = True,
     bar: Bar | None = None,
 ) -> dict[str, Any]:
     """Register the GGUF `file` on chain as `name`, owned by `wallet`, at `price` units per
-    1,000 output tokens, and keep it in `store` by its hash.
+    1,000 output tokens, and keep it in `store` by its hash. `kind` ("chat" or "base") is what
+    the file says (`dn.runner.gguf.model_kind`) unless given.
 
     Cheapest checks first, so a mistake costs no wait and no password: the payload's fields,
     the file's GGUF header, the wallet, then that llama.cpp loads it; only then is the password
     asked, the file hashed into the store and `model.register` sent. Returns the payload
-    (`model`, `name`, `domain`, `price`, `license`, `size`) with `tx`, `status` and, once
-    included, `height`."""
+    (`model`, `name`, `domain`, `price`, `license`, `size`, `kind`) with `tx`, `status` and,
+    once included, `height`."""
     from dn.client.txs import send
     from dn.runner.gguf import check_loadable, read_header
 
-    check_registration(name, domain, price, license_)
-    read_header(file)  # not GGUF, truncated, corrupt: a clear ModelError in milliseconds
+    check_registration(name, domain, price, license_, kind)
+    info = read_header(file)  # not GGUF, truncated, corrupt: a clear ModelError in milliseconds
     wallet.address()
     check_loadable(file)
     keypair = wallet.unlock()
@@ -173,6 +180,7 @@ def submit_model(
         "price": price,
         "license": license_,
         "size": file.stat().st_size,
+        "kind": kind or info.kind,
     }
     sent = send(client, keypair, "model.register", payload, fee=fee, wait=wait)
     data = {**payload, "tx": sent["id"], "status": sent["status"]}

@@ -28,7 +28,7 @@ from dn.chain.types import Tx
 from dn.client.http import NodeClient, _error_from
 from dn.client.txs import sign_next, submit
 from dn.errors import NodeError, TaskError
-from dn.node.taskio import input_hash, normalize_input
+from dn.node.taskio import input_hash, normalize_input, require_kind
 from dn.wallet.keys import Keypair
 
 DEFAULT_EXPIRY_BLOCKS = 50
@@ -45,8 +45,10 @@ def make_ticket(
     expiry_blocks: int = DEFAULT_EXPIRY_BLOCKS,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Sign a ticket for `model_ref` (a name, id or id prefix); `max_price` defaults to what
-    `max_tokens` can cost at the model's price. Returns (ticket, model)."""
+    `max_tokens` can cost at the model's price; chat messages to a base model are InputError
+    `base-model` before anything is signed. Returns (ticket, model)."""
     model = client.model(model_ref)
+    require_kind(model, normalize_input(task_input))
     status = client.status()
     window = client.param("ticket_window_blocks")
     height = status["height"]

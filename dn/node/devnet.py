@@ -13,7 +13,9 @@ off, so nothing leaves loopback. The first K nodes are the validators. The node 
 nothing else (wallets are kept, so their addresses stay the same across restarts).
 
 Each validator's node key is funded too (VALIDATOR_FUNDS), so that with `--powr` it can pay the
-fees of its PoWR commits and reveals.
+fees of its PoWR commits and reveals. The three consumer wallets (alice, bob, carol) also start
+with ESCROW_FUNDS in their query escrow, set at genesis (`Genesis.escrows`), so `dn query`, the
+OpenAI routes and the dashboard playground work on a fresh devnet without a `dn escrow deposit`.
 
 The devnet wallets are sealed with the fast KDF and the published password `DEVNET_PASSWORD`:
 they are for trying things out and must never hold anything of value.
@@ -46,6 +48,7 @@ DEVNET_PASSWORD = "devnet"
 WALLETS = ("devnet-alice", "devnet-bob", "devnet-carol")
 FUNDS = 1_000_000 * UNITS_PER_DN  # each devnet wallet's allocation at genesis
 VALIDATOR_FUNDS = 1_000 * UNITS_PER_DN  # each validator node key's: the fees of its PoWR duty
+ESCROW_FUNDS = 10_000 * UNITS_PER_DN  # each devnet wallet's query escrow at genesis
 DEFAULT_PORT_BASE = 8780
 DEFAULT_NODES = 3
 DEFAULT_BLOCK_TIME_MS = 1000
@@ -334,10 +337,12 @@ def _problem(base: Path, record: Record, shape: Shape, wallets: dict[str, str]) 
             return f"{node_name(i)} is on another chain than the devnet record"
     if sorted(keys[: shape.validators]) != genesis.validators:
         return "the validators in its genesis are not its first nodes"
-    funded = genesis.allocations
+    funded, escrowed = genesis.allocations, genesis.escrows
     for name, address in wallets.items():
         if funded.get(address) != FUNDS:
             return f"wallet {name} is not the one its genesis funded"
+        if name in WALLETS and escrowed.get(address) != ESCROW_FUNDS:
+            return f"wallet {name} has no query escrow in its genesis"
     return None
 
 
@@ -375,6 +380,7 @@ def _create(base: Path, shape: Shape, wallets: dict[str, str]) -> Genesis:
             **{key.address: VALIDATOR_FUNDS for key in keys[: shape.validators]},
         },
         params=params,
+        escrows={wallets[name]: ESCROW_FUNDS for name in WALLETS},
     )
     for home in homes:
         genesis.save(home.genesis_file)

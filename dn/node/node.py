@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dn import PROTOCOL_VERSION, __version__
-from dn.chain import consensus, validators
+from dn.chain import consensus, escrow, validators
 from dn.chain.genesis import Genesis
 from dn.chain.ledger import ACCT, DictState, Overlay, account
 from dn.chain.mempool import Mempool
@@ -465,6 +465,7 @@ class Node:
             "nonce": acct["nonce"],
             "next_nonce": self.mempool.pending_nonce(address),
             "height": self.tip.height,
+            "escrow": escrow.summary(self.state, address),  # amount, available, unlocking
         }
 
     def accounts_count(self) -> int:

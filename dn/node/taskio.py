@@ -5,6 +5,9 @@ model's own chat template from the GGUF file, so both build the same prompt text
 `{"prompt": "…"}` (raw text, used as it is). The ticket names the input by `input_hash`: the
 SHA-256 of its canonical JSON, so a gateway cannot show the miners another question than the one
 the consumer paid for.
+
+A base model (`kind` "base" on chain) has no chat template: it is only ever asked with a prompt,
+and a chat input for it is refused before anyone works or pays (`require_kind`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from dn.chain import tasks
+from dn.chain.models import BASE, kind_of
 from dn.encoding import canonical
 from dn.errors import InputError
 from dn.runner.llama import LoadedModel
@@ -49,6 +53,17 @@ def normalize_input(raw: Any) -> dict[str, Any]:
     if total > MAX_INPUT_CHARS:
         raise InputError(f"the messages are longer than {MAX_INPUT_CHARS} characters")
     return {"messages": clean}
+
+
+def require_kind(model: dict[str, Any], task_input: dict[str, Any]) -> None:
+    """InputError `base-model` for chat messages to a base model (a model record from chain)."""
+    if "messages" in task_input and kind_of(model) == BASE:
+        raise InputError(
+            f"model {model['name']!r} is a base model: it continues plain text and has no chat "
+            "template, so it does not answer chat messages. Send it the start of a text to "
+            "complete instead: POST /v1/completions with a prompt, or 'dn query --raw'",
+            reason="base-model",
+        )
 
 
 def input_hash(task_input: dict[str, Any]) -> str:

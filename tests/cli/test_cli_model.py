@@ -99,8 +99,10 @@ def test_catalog_lists_the_known_models_and_what_is_installed(dn_home, smollm2_g
     assert rows["gemma3-270m"]["installed"] is False
     assert rows["gemma3-270m"]["license"] == "Gemma terms"
     assert rows["smollm2-135m"]["size"] == 98_362_432
+    assert rows["smollm2-135m"]["kind"] == "chat" and rows["gemma3-270m"]["kind"] == "base"
     out = said(dn("model", "catalog"))
     assert "smollm2-135m" in out and "Apache-2.0" in out and "241.4 MiB" in out
+    assert "kind" in out and "base" in out
 
 
 def test_model_help_lists_its_commands():

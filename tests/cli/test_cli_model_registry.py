@@ -142,18 +142,21 @@ def registered(
 def test_submit_registers_the_real_model_on_chain(registered: Registered):
     devnet, submitted = registered.devnet, registered.submitted
     assert submitted["model"] == SMOLLM2.sha256
-    assert {k: submitted[k] for k in ("name", "domain", "price", "license", "size", "status")} == {
+    keys = ("name", "domain", "price", "license", "size", "kind", "status")
+    assert {k: submitted[k] for k in keys} == {
         "name": NAME,
         "domain": "general",
         "price": PRICE_UNITS,
         "license": "Apache-2.0",
         "size": SMOLLM2.size,
+        "kind": "chat",  # read from the file: it has a chat template
         "status": "included",
     }
     tx = devnet.dn_json("chain", "tx", submitted["tx"])
     assert tx["status"] == "included" and tx["height"] == submitted["height"]
     assert tx["tx"]["kind"] == "model.register" and tx["tx"]["sender"] == devnet.alice
     assert tx["tx"]["payload"]["model"] == SMOLLM2.sha256
+    assert tx["tx"]["payload"]["kind"] == "chat"
     stored = devnet.home / "models" / f"{SMOLLM2.sha256}.gguf"
     assert sha256(stored) == SMOLLM2.sha256  # the submitter's store holds it by hash
     alice = devnet.dn_json("wallet", "balance", "alice")
@@ -173,6 +176,7 @@ def test_list_and_show_give_every_field(registered: Registered, tmp_path):
         "price": PRICE_UNITS,
         "license": "Apache-2.0",
         "size": SMOLLM2.size,
+        "kind": "chat",
         "height": submitted["height"],
         "retired": False,
         "tasks": 0,
@@ -191,10 +195,10 @@ def test_list_and_show_give_every_field(registered: Registered, tmp_path):
     assert elsewhere == {**model, "local": False, "path": None}
 
     table = said(devnet.dn("model", "list"))
-    for cell in (NAME, SMOLLM2.sha256[:12], "general", "0.5", devnet.alice):
+    for cell in (NAME, SMOLLM2.sha256[:12], "chat", "general", "0.5", devnet.alice):
         assert cell in table
     shown = said(devnet.dn("model", "show", NAME))
-    for text in (SMOLLM2.sha256, "0.5 DN per 1,000 output tokens", "93.8 MiB", local):
+    for text in (SMOLLM2.sha256, "0.5 DN per 1,000 output tokens", "93.8 MiB", local, "chat ("):
         assert text in shown
     assert "no miners serve it yet" in shown
 

@@ -262,9 +262,12 @@ def write_genesis(
     validators: list[str],
     allocations: dict[str, int],
     names: list[str],
+    *,
+    escrows: dict[str, int] | None = None,
     **params: int,
 ) -> Genesis:
-    """One genesis with these validators, pinned into the folder of every named node."""
+    """One genesis with these validators (and query `escrows`), pinned into the folder of every
+    named node."""
     from dn.chain.genesis import default_params
 
     genesis = Genesis.build(
@@ -273,6 +276,7 @@ def write_genesis(
         validators=validators,
         allocations=allocations,
         params=default_params(**params),
+        escrows=escrows,
     )
     for name in names:
         genesis.save(NodeHome.named(name, dn_home).genesis_file)

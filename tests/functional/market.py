@@ -1,5 +1,7 @@
 """A small market on real processes: a validator that is also the gateway, two `dn mine`
-processes serving the real SmolLM2 model, funded wallets, the model registered on chain."""
+processes serving the real SmolLM2 model, funded wallets, the model registered on chain. The
+consumer's query escrow holds ESCROW from genesis (dn/chain/escrow.py): miners serve only
+tickets an escrow covers; every other wallet has none."""
 
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ PASSWORD = "market-test"
 PRICE = 2_000_000  # units per 1,000 tokens
 DN = 10**9
 WALLETS = ("creator", "consumer", "poor", "m1", "m2", "m3")
+ESCROW = 100 * DN  # the consumer's query escrow at genesis
 
 
 @dataclass
@@ -127,6 +130,7 @@ def running_market(
         [validator.address],
         allocations,
         ["gw", *miners],
+        escrows={wallets["consumer"].address: ESCROW},
         block_time_ms=200,
         max_block_interval_ms=1000,
         **(params or {}),

@@ -82,8 +82,10 @@ def miner_bonds(market: Market) -> dict[str, tuple[int, int]]:
 
 
 def balance(market: Market, name: str) -> int:
+    """The wallet's balance plus its query escrow, which pays the price (dn/chain/escrow.py)."""
     with market.client() as client:
-        return int(client.account(market.wallets[name].address)["balance"])
+        found = client.account(market.wallets[name].address)
+        return int(found["balance"]) + int(found["escrow"]["amount"])
 
 
 @pytest.mark.parametrize(

@@ -160,6 +160,7 @@ def _setup(dn_home: Path, lan: Lan, model_file: Path, nodes: list[LanNode]) -> d
         [k.address for k in node_keys.values()],
         allocations,
         list(NAMES),
+        escrows={wallets["consumer"].address: 500 * DN},  # what pays its queries (escrow.py)
         block_time_ms=1000,
         max_block_interval_ms=1000,
         # Downtime jailing has its own tests (test_validator_jailing.py); here a validator that

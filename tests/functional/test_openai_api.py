@@ -42,8 +42,10 @@ def client(market: Market) -> Iterator[openai.OpenAI]:
 
 
 def balance(market: Market, name: str = "consumer") -> int:
+    """The wallet's balance plus its query escrow, which pays the price (dn/chain/escrow.py)."""
     with market.client() as node:
-        return int(node.account(market.wallets[name].address)["balance"])
+        found = node.account(market.wallets[name].address)
+        return int(found["balance"]) + int(found["escrow"]["amount"])
 
 
 def settled(market: Market, dn: dict[str, Any]) -> dict[str, Any]:

@@ -48,6 +48,11 @@ def balances(client: NodeClient, market: Market) -> dict[str, int]:
     return {n: client.account(w.address)["balance"] for n, w in market.wallets.items()}
 
 
+def escrowed(client: NodeClient, address: str) -> int:
+    """What the consumer's query escrow holds (it pays the price: dn/chain/escrow.py)."""
+    return int(client.account(address)["escrow"]["amount"])
+
+
 def test_miners_load_their_models_in_both_roles_before_the_first_task(market: Market) -> None:
     """First in this module: no task has run yet, so only the miner's warm-up can load them."""
     wanted = {(market.model, "generate"), (market.model, "check")}
@@ -69,6 +74,7 @@ def test_miners_load_their_models_in_both_roles_before_the_first_task(market: Ma
 def test_a_query_streams_is_checked_and_pays_the_split_exactly(market: Market) -> None:
     with market.client() as client:
         before = balances(client, market)
+        escrow_before = escrowed(client, market.wallets["consumer"].address)
         supply_before = client.status()["supply"]
     # The longest life a ticket may have, so the second settlement below meets a live ticket.
     ticket, events = ask(market, expiry_blocks=99)
@@ -96,6 +102,7 @@ def test_a_query_streams_is_checked_and_pays_the_split_exactly(market: Market) -
         client.submit(tx.to_json())
         client.wait_for_tx(tx.id, timeout=30)
         after = balances(client, market)
+        escrow_after = escrowed(client, consumer.address)
         status = client.status()
         # The same ticket cannot settle twice, even in a new transaction. The ticket is still
         # live (checked after the refusal), so its age cannot be the reason.
@@ -108,7 +115,8 @@ def test_a_query_streams_is_checked_and_pays_the_split_exactly(market: Market) -
     # 30% and, as the model has no backers, their 5% too (700 units), the generator 35% (700),
     # the checker 15% (300), the validator pool 10% (200) and 5% burned (100).
     by_address = {w.address: n for n, w in market.wallets.items()}
-    assert before["consumer"] - after["consumer"] == price + tx.fee
+    assert before["consumer"] - after["consumer"] == tx.fee  # the price: out of its escrow
+    assert escrow_before - escrow_after == price
     assert after["creator"] - before["creator"] == 700 * tokens
     gen, chk = by_address[start["generator"]], by_address[start["checker"]]
     assert after[gen] - before[gen] == 700 * tokens
@@ -177,6 +185,7 @@ def test_dn_query_streams_to_the_terminal_and_reports_the_payment(market: Market
 def test_bad_queries_fail_clearly_and_cost_nothing(market: Market) -> None:
     with market.client() as client:
         before = balances(client, market)
+        escrow_before = escrowed(client, market.wallets["consumer"].address)
         # An unknown model.
         with pytest.raises(NotFound):
             make_ticket(client, market.wallets["consumer"], "no-such-model", QUESTION, max_tokens=8)
@@ -187,11 +196,11 @@ def test_bad_queries_fail_clearly_and_cost_nothing(market: Market) -> None:
         with pytest.raises(TaskError) as low:
             list(stream_query(client, ticket, QUESTION))
         assert low.value.reason == "price-too-low"
-        # A consumer who cannot pay.
+        # A consumer whose escrow cannot pay (it has none).
         ticket, _ = make_ticket(client, market.wallets["poor"], "smollm2", QUESTION, max_tokens=64)
         with pytest.raises(TaskError) as poor:
             list(stream_query(client, ticket, QUESTION))
-        assert poor.value.reason == "cannot-pay"
+        assert poor.value.reason == "escrow-short"
         # An expired ticket.
         ticket, _ = make_ticket(
             client, market.wallets["consumer"], "smollm2", QUESTION, max_tokens=8, expiry_blocks=0
@@ -217,8 +226,9 @@ def test_bad_queries_fail_clearly_and_cost_nothing(market: Market) -> None:
             list(stream_query(client, ticket, QUESTION))
         assert replay.value.reason == "ticket-used"
         after = balances(client, market)
-    spent = before["consumer"] - after["consumer"]
-    assert spent == events[-1]["price_units"] + market.genesis.param("min_fee")  # only the one paid
+        escrow_after = escrowed(client, market.wallets["consumer"].address)
+    assert before["consumer"] - after["consumer"] == market.genesis.param("min_fee")
+    assert escrow_before - escrow_after == events[-1]["price_units"]  # only the one paid
 
 
 def test_a_consumer_who_never_settles_pays_all_the_same(market: Market) -> None:
@@ -244,14 +254,17 @@ def test_a_consumer_who_never_settles_pays_all_the_same(market: Market) -> None:
     assert "miner" in shown and checker in shown and "held to settle" in shown
     with market.client() as client:
         before = {a: client.account(a) for a in (consumer, checker)}
+        escrow_before = escrowed(client, consumer)
         with pytest.raises(NotFound):
             client.task(task)  # not settled by anyone yet
         wait_until(lambda: _settled(client, task), 60, what="the checker's settlement")
         record = client.task(task)
         after = {a: client.account(a) for a in (consumer, checker)}
+        escrow_after = escrowed(client, consumer)
     assert record["status"] == "confirmed" and record["checker"] == checker
     assert record["paid"] == done["price_units"] > 0
-    assert before[consumer]["balance"] - after[consumer]["balance"] == done["price_units"]
+    assert before[consumer]["balance"] == after[consumer]["balance"]  # paid from its escrow
+    assert escrow_before - escrow_after == done["price_units"]
     assert after[consumer]["nonce"] == before[consumer]["nonce"]  # it sent nothing
     assert after[checker]["nonce"] == before[checker]["nonce"] + 1  # the checker sent it
     assert done["price_units"] == 2_000 * done["tokens"]

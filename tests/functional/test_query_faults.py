@@ -48,8 +48,10 @@ def restart_m1(market: Market, faults: str) -> None:
 
 
 def consumer_balance(market: Market) -> int:
+    """The consumer's balance plus its query escrow, which pays the price (escrow.py)."""
     with market.client() as client:
-        return int(client.account(market.wallets["consumer"].address)["balance"])
+        found = client.account(market.wallets["consumer"].address)
+        return int(found["balance"]) + int(found["escrow"]["amount"])
 
 
 @pytest.mark.parametrize(

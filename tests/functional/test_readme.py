@@ -67,6 +67,13 @@ def _row(result: Result, first: str) -> list[str]:
     return rows[0]
 
 
+def _cell(result: Result, first: str, column: str) -> str:
+    """The cell under the header `column` in the row that starts with `first`."""
+    header = next(line for line in result.out.splitlines() if "┃" in line)
+    names = [c.strip() for c in header.split("┃")[1:-1]]
+    return _row(result, first)[names.index(column)]
+
+
 def _json(result: Result) -> Any:
     return json.loads(result.out)
 
@@ -100,7 +107,7 @@ CHECKS: dict[str, Callable[[Result], object]] = {
     # found in the store the test filled: `pip` would fail (no index), and says nothing
     f"dn model fetch {MODEL}": lambda r: r.out.startswith(f"already installed: {MODEL} "),
     "dn model submit": lambda r: r.out.startswith("registered smollm2 "),
-    "dn model list": lambda r: _row(r, "smollm2")[3] == "0.002",
+    "dn model list": lambda r: _cell(r, "smollm2", "DN / 1k tokens") == "0.002",
     "dn query smollm2": lambda r: r.out.strip() and "\nconfirmed: " in "\n" + r.err,
     "dn stake add smollm2 100 --wallet devnet-carol": lambda r: r.out.startswith("staked 100 DN"),
     "dn stake list": lambda r: _row(r, "model smollm2")[2] == "100",

@@ -238,11 +238,13 @@ def test_closing_a_working_model_returns_promptly_and_fails_its_callers(
     model = LoadedModel(smollm2_gguf, n_threads=2, n_ctx=512, slots=4)
     prompt = chat(model, PROMPTS[3])
     ended: list[str] = []
+    streaming = threading.Semaphore(0)
 
     def read() -> None:
         try:
-            for _ in model.generate(prompt, 400):
-                pass
+            for i, _ in enumerate(model.generate(prompt, 400)):
+                if i == 0:
+                    streaming.release()
             ended.append("finished")
         except TaskError as exc:
             ended.append(exc.reason)
@@ -251,7 +253,10 @@ def test_closing_a_working_model_returns_promptly_and_fails_its_callers(
     for reader in readers:
         reader.start()
     session = model.check(prompt, 400, LIMITS).__enter__()
-    time.sleep(1.0)
+    # Close while all three stream: at their first token, not after a fixed time (on a quiet
+    # machine an answer can end on its own within a second).
+    for _ in readers:
+        assert streaming.acquire(timeout=60), "a stream never started"
     start = time.monotonic()
     model.close()
     assert time.monotonic() - start < 5

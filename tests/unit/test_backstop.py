@@ -63,9 +63,9 @@ class Lan:
     """The validator's node and the checker's node on one genesis, the model registered and
     two miners serving it (in block 1)."""
 
-    def __init__(self, tmp_path: Path) -> None:
+    def __init__(self, tmp_path: Path, **params: int) -> None:
         self.tmp_path = tmp_path
-        self.genesis = make_genesis(ticket_window_blocks=WINDOW)
+        self.genesis = make_genesis(ticket_window_blocks=WINDOW, **params)
         self.validator = _node(tmp_path / "validator", self.genesis, V)
         self.miner_key = Keypair.generate()
         self.miner = _node(tmp_path / "miner", self.genesis, self.miner_key)
@@ -231,7 +231,7 @@ def test_it_sends_once_when_due_and_forgets_once_settled(lan: Lan) -> None:
     backstop, records = backstop_for(lan, held)
     (row,) = records.held()
     assert (row["settle_at"], row["last_valid"], row["tries"]) == (6, 11, 0)
-    consumer, checker = lan.balance(CONSUMER), lan.balance(held.checker)
+    consumer, checker = escrowed(lan), lan.balance(held.checker)
     lan.advance_to(5)
     assert backstop.step() == []  # the gateway's turn
     assert lan.miner.mempool.pending() == []
@@ -253,10 +253,15 @@ def test_it_sends_once_when_due_and_forgets_once_settled(lan: Lan) -> None:
     assert lan.miner.tx_status(sent)["status"] == "included"
     assert backstop.step() == []
     assert records.held() == [] and backstop.pending() == 0
-    # The consumer paid the price; the checker its fee, and it got its 15% share (1,500 bps).
-    assert consumer - lan.balance(CONSUMER) == 9_506
+    # The consumer paid the price from its escrow; the checker its fee, and it got its 15% share
+    # (1,500 bps).
+    assert consumer - escrowed(lan) == 9_506
     assert lan.balance(held.checker) - checker == 1_425 - FEE
     assert lan.nonce(held.checker) == REGISTERED + 1  # one settlement, ever
+
+
+def escrowed(lan: Lan) -> int:
+    return int(lan.miner.state.get("escrow:" + CONSUMER.address)["amount"])
 
 
 def test_held_settlements_survive_a_restart(lan: Lan) -> None:

@@ -113,6 +113,7 @@ def test_a_validator_that_was_the_consumer_cannot_slash_the_generator() -> None:
     """The measured attack: a validator that paid for an honest answer calls it invalid to get
     its price back and knock the generator out of service."""
     chain = new_market()
+    chain.commit([chain.send(V0, "escrow.deposit", {"amount": DN})])  # what pays its query
     task, gen, _ = settled(chain, "confirmed", consumer=V0)
     assert_rejected(chain, vote(chain, V0, task, {gen.address: disputes.INVALID_ANSWER}), "party")
     assert bond(chain, gen) == BOND and verdict_of(chain, task) is None

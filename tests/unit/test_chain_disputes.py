@@ -260,12 +260,18 @@ def test_the_window_never_outlasts_unbonding() -> None:
 
 def test_spot_checks_take_their_share_of_tasks() -> None:
     genesis = models_chain(spot_check_bps=2_500).genesis
-    picked = sum(disputes.spot_checked(f"{i:064x}", genesis) for i in range(4000))
+    block = "ab" * 32
+    picked = sum(disputes.spot_checked(f"{i:064x}", block, genesis) for i in range(4000))
     assert 850 < picked < 1150
     none = models_chain(spot_check_bps=0).genesis
     every = models_chain(spot_check_bps=10_000).genesis
-    assert not any(disputes.spot_checked(f"{i:064x}", none) for i in range(200))
-    assert all(disputes.spot_checked(f"{i:064x}", every) for i in range(200))
+    assert not any(disputes.spot_checked(f"{i:064x}", block, none) for i in range(200))
+    assert all(disputes.spot_checked(f"{i:064x}", block, every) for i in range(200))
+    # One task's fate is not fixed by its id: the block that settles it draws again, so a
+    # consumer cannot grind its tickets out of the sample, nor a miner know it when it works.
+    task = "cd" * 32
+    fates = {disputes.spot_checked(task, f"{i:064x}", genesis) for i in range(64)}
+    assert fates == {True, False}
 
 
 def test_when_neither_miner_shows_its_record_both_are_at_fault(chain: Recorded) -> None:

@@ -66,12 +66,13 @@ def tell() -> Story:
         c.commit_scores(V1, 0, scores),
     )
     # 2: ME and M1 mine SMOL (so ME is the generator or the checker of every SMOL task); ME
-    # backs SMOL with 5 DN and delegates 2 DN to V1
+    # backs SMOL with 5 DN, delegates 2 DN to V1 and puts 1 DN in its query escrow
     s.mine(
         c.register_miner(ME),
         c.register_miner(M1),
         c.send(ME, "stake", {"target": SMOL, "amount": 5 * DN}, nonce=4),
         c.send(ME, "stake", {"target": V1.address, "amount": 2 * DN}, nonce=5),
+        c.send(ME, "escrow.deposit", {"amount": DN}, nonce=6),
     )
     # 3 (proposed by ME): ME pays for a query, CONSUMER pays for another; ME reveals
     mine = ticket(c, consumer=ME)
@@ -142,9 +143,13 @@ def test_every_unit_of_the_balance_is_explained(story: Story) -> None:
 def test_a_paid_query_is_traced_to_its_task_and_model(story: Story) -> None:
     c = story.chain
     kinds = by_kind(explain_blocks(c.genesis, c.blocks, ME.address))
+    # ME's own query is paid out of its escrow (deposited at block 2), not its balance: the
+    # entry names the task and moves nothing
     paid = kinds["query-paid"]
-    want = [(3, -CHARGE, story.task, SMOL)]
+    want = [(3, 0, story.task, SMOL)]
     assert [(e.height, e.amount, e.task, e.model) for e in paid] == want
+    assert "out of the query escrow" in paid[0].cause
+    assert [(e.height, e.amount) for e in kinds["escrow-deposit"]] == [(2, -DN)]
     # ME is the creator and the only backer of SMOL, and one of its two miners: paid from both
     # tasks of block 3 (the same split, CONSUMER's and its own)
     shares = story.shares
@@ -198,10 +203,13 @@ def test_locked_funds_are_listed_apart(story: Story) -> None:
     c = story.chain
     got = explain_blocks(c.genesis, c.blocks, ME.address)
     smol = {"kind": "stake", "amount": 5 * DN, "target": SMOL, "name": "smollm2"}
-    assert got.locked == (smol,)
-    assert got.totals()["locked"] == 5 * DN
+    escrow = {"kind": "escrow", "amount": DN - CHARGE, "available": DN - CHARGE}
+    escrow |= {"unlocking": 0, "unlock_at": None}
+    assert got.locked == (escrow, smol)
+    assert got.totals()["locked"] == 5 * DN + DN - CHARGE
     before = explain_blocks(c.genesis, c.blocks[:5], ME.address)  # blocks 1-5: still unbonding
     assert before.locked == (
+        escrow,
         smol,
         {"kind": "unbonding", "amount": 10 * DN, "due": 7},
         {"kind": "unbonding", "amount": 2 * DN, "due": 7},

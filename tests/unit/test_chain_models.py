@@ -55,6 +55,9 @@ SMOL = model_sha("smollm2-135m")
 GEMMA = model_sha("gemma3-270m")
 
 
+ESCROWED = 100 * DN  # CONSUMER's query escrow at genesis
+
+
 def make_genesis(**params: int) -> Genesis:
     allocations = {kp.address: 100 * DN for kp in FUNDED}
     allocations[POOR.address] = DN
@@ -65,6 +68,7 @@ def make_genesis(**params: int) -> Genesis:
         validators=[V.address],
         allocations=allocations,
         params=checked_params(overrides),
+        escrows={CONSUMER.address: ESCROWED},  # what pays CONSUMER's queries (escrow.py)
     )
 
 
@@ -166,6 +170,7 @@ def test_register_a_model(chain: Chain) -> None:
         "price": 2500,
         "license": "",
         "size": 98_362_432,
+        "kind": "chat",  # a payload without `kind` registers a chat model
         "height": 1,
         "retired": False,
         "tasks": 0,

@@ -29,8 +29,10 @@ from dn.errors import GenesisError, InputError, InvalidTx
 from dn.powr.params import POWR_PARAMS
 from dn.wallet.keys import Keypair
 from tests.unit.test_chain_models import (
+    CONSUMER,
     CREATOR,
     DN,
+    ESCROWED,
     FUNDED,
     GATEWAY,
     GEMMA,
@@ -114,6 +116,7 @@ def make_genesis(**params: int) -> Genesis:
         validators=[kp.address for kp in VALS],
         allocations=allocations,
         params=checked_params(overrides),
+        escrows={CONSUMER.address: ESCROWED},  # what pays CONSUMER's queries (escrow.py)
     )
 
 
@@ -323,6 +326,9 @@ def test_settled_tasks_are_counted_per_epoch() -> None:
     assert (stats["tasks"], stats["confirmed"], stats["tokens"]) == (3, 2, 2 * 77)
     assert sum(stats["miners"].values()) == 2 * 77
     assert set(stats["miners"]) <= {M1.address, M2.address, M3.address}
+    # what the fee split of the two confirmed tasks (77 units each) burned, by generator (5 %,
+    # 3 units, and 4 of rounding, each): the bound on the usage-tied emission
+    assert sum(stats["burned"].values()) == 2 * 7 and set(stats["burned"]) == set(stats["miners"])
     gemma = chain.state.get(f"powr:1:stats:{GEMMA}")
     assert (gemma["tasks"], gemma["confirmed"], gemma["tokens"]) == (1, 1, 77)
     assert chain.state.get("powr:1:settled") == sorted([SMOL, GEMMA])
@@ -338,10 +344,15 @@ def test_a_full_epoch_pays_its_emission() -> None:
     pool_before = chain.state.get("pool:validators")["balance"]
     chain.commit([])  # height 9: epoch 1 closes
     record = chain.result(1)
-    assert record["emission"] == 50 * DN and record["unpaid"] == 0
+    models = record["models"]
+    capped = sum(m["capped"] for m in models.values())
+    assert record["emission"] == 50 * DN and record["unpaid"] == capped
     credits = record["credits"]
     assert sum(c["amount"] for c in credits) == record["paid"] == chain.emitted() - emitted
-    assert record["paid"] == 50 * DN  # all of it: validators agreed and both models scored
+    # all of it but the miners' parts over the usage cap: the tasks paid for 231 tokens, so
+    # their miners may take at most a third of what those burned
+    assert record["paid"] == 50 * DN - capped
+    assert capped > 19 * DN
     # The validator pool (the validators' share of the epoch's query fees) is paid out too, by
     # the same weights, and is not new emission.
     assert record["pool"]["paid"] == pool_before > 0
@@ -367,10 +378,12 @@ def test_a_full_epoch_pays_its_emission() -> None:
     assert own == [v0_reward - shared[0]["amount"]]
     assert validators[V1.address]["reward"] > 0
     assert validators[V0.address]["reward"] + validators[V1.address]["reward"] == 10 * DN
-    models = record["models"]
     assert models[SMOL]["quality"] > models[GEMMA]["quality"] > 0
     assert models[SMOL]["reward"] > models[GEMMA]["reward"] > 0
-    assert models[SMOL]["reward"] + models[GEMMA]["reward"] == 40 * DN
+    assert models[SMOL]["reward"] + models[GEMMA]["reward"] + capped == 40 * DN
+    mined = sum(c["amount"] for c in credits if c["reason"] == "miner")
+    # SMOL's tasks burned 14 units, GEMMA's 7: their miners' parts are capped at a third of that
+    assert mined == 14 * 3_333 // 10_000 + 7 * 3_333 // 10_000
     assert {c["reason"] for c in credits if c["model"] == SMOL} == {
         "creator",
         "miner",
@@ -419,7 +432,8 @@ def test_a_retired_model_gets_nothing() -> None:
     models = chain.result(1)["models"]
     assert models[GEMMA]["reward"] == 0 and models[GEMMA]["quality"] == 0
     assert models[GEMMA]["median"] is None
-    assert models[SMOL]["reward"] == 40 * DN
+    assert models[SMOL]["reward"] + models[SMOL]["capped"] == 40 * DN
+    assert models[SMOL]["capped"] == 40 * DN // 2  # no task paid: no miners' part is minted
 
 
 def test_emission_halves() -> None:
@@ -434,6 +448,8 @@ def test_emission_halves() -> None:
     chain.commit([])  # closes epoch 2
     one, two = chain.result(1), chain.result(2)
     assert (one["emission"], two["emission"]) == (25 * DN, 25 * DN // 2)
-    assert one["paid"] == one["emission"] and two["paid"] == two["emission"]
+    for result in (one, two):  # all of it but the miners' parts: no task was paid for
+        capped = sum(m["capped"] for m in result["models"].values())
+        assert result["paid"] + capped == result["emission"] == result["paid"] + result["unpaid"]
     assert chain.emitted() - before == two["paid"]
     assert chain.emitted() == one["paid"] + two["paid"]

@@ -77,7 +77,9 @@ def test_the_report_names_each_holding() -> None:
         UNLOCK + "u": [{"amount": 2}, {"amount": 3}],
         POOL + "validators": {"balance": 13},
         STAKE + "s": {"amount": 17},
-        SUPPLY: {"genesis": 40, "emitted": 23, "burned": 5},
+        "escrow:e": {"amount": 19, "unlocking": 4, "unlock_at": 9},
+        "escrow-due:9": ["e"],
+        SUPPLY: {"genesis": 59, "emitted": 23, "burned": 5},
     }
     assert supply_report(state.items()) == {
         "balances": 5,
@@ -85,7 +87,8 @@ def test_the_report_names_each_holding() -> None:
         "unbonding": 5,
         "pools": 13,
         "stakes": 17,
+        "escrows": 19,
         "burned": 5,
-        "held": 63,
-        "created": 63,
+        "held": 82,
+        "created": 82,
     }

@@ -43,6 +43,7 @@ from tests.unit.test_chain_models import (
     CONSUMER,
     CREATOR,
     DN,
+    ESCROWED,
     GATEWAY,
     M1,
     M2,
@@ -315,7 +316,8 @@ def test_a_confirmed_answer_is_paid_and_split_to_the_unit(market: Chain) -> None
     def delta(kp: Keypair) -> int:
         return market.balance(kp) - before[kp.address]
 
-    assert delta(CONSUMER) == -CHARGE
+    assert delta(CONSUMER) == 0  # the price comes out of its escrow, not its balance
+    assert market.state.get("escrow:" + CONSUMER.address)["amount"] == ESCROWED - CHARGE
     assert delta(CREATOR) == 2_851 + 475
     assert delta(MINERS[gen]) == 3_327 and delta(MINERS[chk]) == 1_425
     assert delta(GATEWAY) == -tx.fee  # the sender pays only the fee
@@ -335,6 +337,7 @@ def test_a_confirmed_answer_is_paid_and_split_to_the_unit(market: Chain) -> None
         "height": 3,
         "output_hash": output_hash(list(range(TOKENS))),
         "commitment": "c0ffee",
+        "burned": 478,  # what bounds the usage-tied emission (dn/powr/emission.py)
     }
     model = market.state.get("model:" + SMOL)
     assert (model["tasks"], model["tokens"], model["rejected"]) == (1, TOKENS, 0)

@@ -145,6 +145,7 @@ def test_the_models_page_shows_the_leaderboard_and_both_charts(c: Chain) -> None
     with c.client() as http:
         html = http.get("/models").text
     assert "PoWR leaderboard · epoch 1" in html
+    assert "<th>kind</th>" in html and "<td>chat</td>" in html  # registered without a kind
     board = html[html.index('id="leaderboard"') : html.index("</table>", html.index("leaderboard"))]
     assert "smol" in board and "0.82" in board  # quality of epoch 1
     chart = html[

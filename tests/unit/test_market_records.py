@@ -46,7 +46,7 @@ BUDGET = 64 * 1024  # bytes of one consumer's records in these tests
 
 @pytest.fixture
 def lan(tmp_path: Path) -> Iterator[Lan]:
-    made = Lan(tmp_path)
+    made = Lan(tmp_path, spot_check_bps=10_000)  # validators re-check every confirmed task
     yield made
     made.close()
 
@@ -124,10 +124,10 @@ class ScriptedRunner:
 
 
 def spot_checked_task(lan: Lan) -> tuple[dict[str, Any], str, str, str]:
-    """A ticket of CONSUMER for INPUT whose confirmed answer validators re-check (spot_checked),
-    and (ticket, task, generator, checker)."""
+    """A ticket of CONSUMER for INPUT whose confirmed answer validators re-check (every one, at
+    this `lan`'s spot_check_bps), and (ticket, task, generator, checker)."""
     chain_id, ref = lan.genesis.chain_id, lan.miner.tip.height
-    for nonce in range(1000):
+    for nonce in range(1):
         ticket = tasks.sign_ticket(
             chain_id,
             CONSUMER,
@@ -141,7 +141,7 @@ def spot_checked_task(lan: Lan) -> tuple[dict[str, Any], str, str, str]:
             expiry=ref + 10,
         )
         task = tasks.task_id(chain_id, ticket)
-        if disputes.spot_checked(task, lan.genesis):
+        if disputes.spot_checked(task, "00" * 32, lan.genesis):  # any block: every task
             eligible = tasks.eligible_miners(lan.miner.state, SMOL, ref)
             generator, checker = tasks.select_miners(eligible, task)
             return ticket, task, generator, checker

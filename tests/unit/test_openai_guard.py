@@ -40,6 +40,10 @@ class Rig:
         self.node = Node(home, genesis)
         self.register("cheap", 2_000)  # 0.000002 DN a token
         self.register("gpt-4o", 500 * DN * 1000)  # 500 DN a token
+        # the escrow that pays its queries (dn/chain/escrow.py), so a request gets to the miners
+        deposit = self.node.own_tx(self.wallet, "escrow.deposit", {"amount": 10 * DN})
+        assert self.node.submit([deposit.to_json()])[0]["accepted"]
+        self.node.produce()
         app = create_app(
             self.node,
             gateway=Gateway(self.node),

@@ -35,7 +35,6 @@ from dn.powr.emission import (
     REASON_BACKER,
     REASON_CREATOR,
     REASON_CREATOR_BACKERS,
-    REASON_CREATOR_MINERS,
     REASON_DELEGATOR,
     REASON_MINER,
     REASON_POOL,
@@ -76,9 +75,12 @@ def test_success_and_demand_examples() -> None:
     assert success_ppm(1, 1) == 666_666
     assert success_ppm(8, 10) == 750_000
     assert success_ppm(1000, 1000) == 999_001
+    # demand: paid-for usage against the models' pot, so it moves at most that usage
     assert demand_ppm(0, 0) == 0
-    assert demand_ppm(1, 3) == 333_333
-    assert demand_ppm(5, 5) == PPM
+    assert demand_ppm(7, 0) == 0  # no pot to move
+    assert demand_ppm(1, 3) == 666_666  # 1 * 5,000 * PPM // (3 * 2,500)
+    assert demand_ppm(250, 1_000) == 500_000
+    assert demand_ppm(5_000, 1_000) == PPM  # capped
 
 
 @pytest.mark.parametrize(
@@ -91,7 +93,8 @@ def test_success_and_demand_examples() -> None:
         lambda: powr_score(True, 0, 0),
         lambda: success_ppm(3, 2),
         lambda: success_ppm(-1, 2),
-        lambda: demand_ppm(4, 3),
+        lambda: demand_ppm(-1, 3),
+        lambda: demand_ppm(1, -3),
     ],
 )
 def test_score_inputs_out_of_range_are_refused(call: Callable[[], int]) -> None:
@@ -418,8 +421,7 @@ EXAMPLE_MODELS = {
         creator="K1",
         tasks=10,
         confirmed=8,
-        paid_tokens=3000,
-        miners={"X": 2000, "Y": 1000},
+        miners={"X": 400_000, "Y": 200_000},  # units their tasks burned, 600,000 in all
         backers={"P": 1},
     ),
     "m2": ModelEpoch(creator="K2"),  # no tasks, no miners served, no backers
@@ -432,16 +434,19 @@ def test_close_epoch_example() -> None:
         EpochParams(epoch_emission=1_000_000),
     )
     assert result.emission == 1_000_000
-    assert result.unpaid == 0
-    assert result.paid == 1_000_000
+    # the miners' parts over the usage cap (below): m1's 39,703 and all of m2's 160,317
+    assert result.unpaid == 200_020
+    assert result.paid == 799_980
     assert result.missing == ("D",)
     m1, m2 = result.models
-    # m1: q 760,000; s = 9/12; d = 1 -> 760,000 * 0.9375
+    # m1: q 760,000; its tasks burned 600,000, so usage U = 600,000 * 3,333 // 10,000 = 199,980
+    # of a models' pot of 800,000: d = U * 5,000 * PPM // (800,000 * 2,500) = 499,950, and s =
+    # 9/12 capped at the neutral 1/2 -> 760,000 * 0.7499875
     assert (m1.quality_ppm, m1.success_ppm, m1.demand_ppm, m1.score_ppm) == (
         760_000,
-        750_000,
-        PPM,
-        712_500,
+        500_000,
+        499_950,
+        569_990,
     )
     # m2: q 610,000; no tasks: s = 1/2, d = 0 -> 610,000 * 0.625
     assert (m2.quality_ppm, m2.success_ppm, m2.demand_ppm, m2.score_ppm) == (
@@ -450,8 +455,10 @@ def test_close_epoch_example() -> None:
         0,
         381_250,
     )
-    # 800,000 for models: 521,142.86 and 278,857.14; the leftover unit to m1
-    assert (m1.reward, m2.reward) == (521_143, 278_857)
+    # 800,000 for models: 479,366.3 and 320,633.7 (the leftover unit to m2), of which the
+    # miners' parts over the usage cap are not minted
+    assert (m1.reward + m1.capped, m2.reward + m2.capped) == (479_366, 320_634)
+    assert (m1.reward, m1.capped, m2.reward, m2.capped) == (439_663, 39_703, 160_317, 160_317)
     assert [(v.address, v.agreement_ppm, v.reward) for v in result.validators] == [
         # 200,000 by stake x agreement 3,000,000 : 750,000 : 375,000 (floors 145,454, 36,363,
         # 18,181; the two leftover units to the largest remainders, C's .82 and B's .64)
@@ -464,16 +471,17 @@ def test_close_epoch_example() -> None:
         Credit("A", 145_454, REASON_VALIDATOR),
         Credit("B", 36_364, REASON_VALIDATOR),
         Credit("C", 18_182, REASON_VALIDATOR),
-        # 521,143: creator 156,342.9, miners 260,571.5, backers 104,228.6 -> +1 creator, backers
-        Credit("K1", 156_343, REASON_CREATOR, "m1"),
-        Credit("X", 173_714, REASON_MINER, "m1"),
-        Credit("Y", 86_857, REASON_MINER, "m1"),
-        Credit("P", 104_229, REASON_BACKER, "m1"),
-        # 278,857: creator 83,657.1, miners 139,428.5, backers 55,771.4 -> +1 miners; the
-        # miners' and backers' parts go to the creator, who stands behind the model alone
-        Credit("K2", 83_657, REASON_CREATOR, "m2"),
-        Credit("K2", 139_429, REASON_CREATOR_MINERS, "m2"),
-        Credit("K2", 55_771, REASON_CREATOR_BACKERS, "m2"),
+        # 479,366: creator 143,809.8, miners 239,683, backers 95,873.2 -> +1 creator; the
+        # miners' 239,683 capped at U = 199,980, shared 2:1 by the units their tasks burned
+        Credit("K1", 143_810, REASON_CREATOR, "m1"),
+        Credit("X", 133_320, REASON_MINER, "m1"),
+        Credit("Y", 66_660, REASON_MINER, "m1"),
+        Credit("P", 95_873, REASON_BACKER, "m1"),
+        # 320,634: creator 96,190.2, miners 160,317, backers 64,126.8 -> +1 backers; nothing
+        # burned for m2's tasks, so its miners' part is capped at 0; the backers' part goes to
+        # the creator, who stands behind the model alone
+        Credit("K2", 96_190, REASON_CREATOR, "m2"),
+        Credit("K2", 64_127, REASON_CREATOR_BACKERS, "m2"),
     )
     doc = result.to_json()
     assert doc["missing"] == ["D"]
@@ -485,7 +493,7 @@ def test_close_epoch_example() -> None:
     }
     assert doc["credits"][-1] == {
         "address": "K2",
-        "amount": 55_771,
+        "amount": 64_127,
         "reason": REASON_CREATOR_BACKERS,
         "model": "m2",
     }
@@ -527,7 +535,7 @@ def test_emission_halves_at_the_halving_epoch() -> None:
         for e in (3, 4)
     ]
     assert [r.emission for r in run] == [1_000, 500]
-    assert [r.paid for r in run] == [1_000, 500]
+    assert [r.paid + r.unpaid for r in run] == [1_000, 500]
 
 
 def test_params_are_checked_and_read_from_genesis_names() -> None:
@@ -559,9 +567,8 @@ def epochs(draw: st.DrawFn) -> tuple[EpochInputs, EpochParams]:
             creator=draw(st.sampled_from(PEOPLE)),
             tasks=tasks,
             confirmed=draw(st.integers(0, tasks)),
-            paid_tokens=draw(st.integers(0, 10**6)),
             miners=draw(
-                st.dictionaries(st.sampled_from(PEOPLE), st.integers(0, 10**6), max_size=4)
+                st.dictionaries(st.sampled_from(PEOPLE), st.integers(0, 10**12), max_size=4)
             ),
             backers=draw(
                 st.dictionaries(st.sampled_from(PEOPLE), st.integers(0, 10**12), max_size=4)
@@ -582,6 +589,7 @@ def epochs(draw: st.DrawFn) -> tuple[EpochInputs, EpochParams]:
         backer_share_bps=BPS - creator - miners,
         clip_band_ppm=draw(ppms),
         agreement_span_ppm=draw(st.integers(1, PPM)),
+        usage_cap_bps=draw(st.integers(0, POWR_PARAMS["powr_usage_cap_bps"][2])),
     )
     return EpochInputs(draw(st.integers(0, 200)), scores, stakes, models), params
 
@@ -627,10 +635,20 @@ def test_the_rewards_of_an_epoch_sum_exactly_to_its_emission(
     validator_pot = result.emission * params.validator_share_bps // BPS
     if any(v.stake * v.agreement_ppm for v in result.validators):
         assert sum(v.reward for v in result.validators) == validator_pot
+    capped = sum(m.capped for m in result.models)
     if any(m.score_ppm for m in result.models):
-        assert sum(m.reward for m in result.models) == result.emission - validator_pot
+        assert sum(m.reward for m in result.models) + capped == result.emission - validator_pot
     else:
         assert result.unpaid >= result.emission - validator_pot
+    # the usage-tied part is bounded by what was burned: each model's miners get at most
+    # usage_bound(burned), each within a unit of usage_bound of what its own tasks burned
+    for m in result.models:
+        info = inputs.models[m.model]
+        bound = info.burned * params.usage_cap_bps // BPS
+        mined = [c for c in result.credits if c.model == m.model and c.reason == REASON_MINER]
+        assert sum(c.amount for c in mined) <= bound
+        for c in mined:
+            assert c.amount <= info.miners[c.address] * params.usage_cap_bps // BPS + 1
 
 
 @settings(max_examples=200, deadline=None)
@@ -646,7 +664,6 @@ def test_scaling_every_stake_by_one_factor_changes_nothing(
             m: dataclasses.replace(
                 info,
                 backers={b: s * factor for b, s in info.backers.items()},
-                miners={a: t * factor for a, t in info.miners.items()},
             )
             for m, info in inputs.models.items()
         },
@@ -675,16 +692,33 @@ def test_the_order_of_the_mappings_does_not_matter(case: tuple[EpochInputs, Epoc
     assert close_epoch(flipped, params) == close_epoch(inputs, params)
 
 
-def test_split_emission_gives_a_share_without_holders_to_the_creator() -> None:
+def test_split_emission_gives_the_backers_share_without_backers_to_the_creator() -> None:
     params = EpochParams(creator_share_bps=5_000, miner_share_bps=3_000, backer_share_bps=2_000)
     models = {"m": ModelEpoch(creator="K", miners={"X": 0}, backers={"B": 0})}
     split = split_emission(1_000, {}, {"m": 1}, models, params)
-    assert split.unpaid == 200  # the validator pot: no validator earned
+    # the validator pot (no validator earned), and the miners' 240: nobody paid for a task
+    assert split.unpaid == 200 + 240
+    assert split.capped == {"m": 240}
     assert split.credits == (
         Credit("K", 400, REASON_CREATOR, "m"),
-        Credit("K", 240, REASON_CREATOR_MINERS, "m"),
         Credit("K", 160, REASON_CREATOR_BACKERS, "m"),
     )
+
+
+def test_the_miners_share_is_capped_by_what_usage_burned() -> None:
+    """Washed tokens are worth what was burned for them: X's tasks burned 270 units and Y's 30,
+    whatever tokens either claimed, so the miners' part of 1,000 is capped at 300 * 3,333 //
+    10,000 = 99 (shared 9:1); the rest is not minted."""
+    params = EpochParams(validator_share_bps=0)
+    models = {"m": ModelEpoch(creator="K", miners={"X": 270, "Y": 30})}
+    split = split_emission(2_000, {}, {"m": 1}, models, params)
+    assert split.capped == {"m": 901} and split.unpaid == 901
+    assert [(c.address, c.amount, c.reason) for c in split.credits] == [
+        ("K", 600, REASON_CREATOR),
+        ("X", 89, REASON_MINER),
+        ("Y", 10, REASON_MINER),
+        ("K", 400, REASON_CREATOR_BACKERS),
+    ]
 
 
 def test_scores_out_of_range_are_refused_even_without_stake() -> None:
@@ -718,7 +752,8 @@ def test_a_validators_reward_is_shared_with_its_delegators_pro_rata() -> None:
     assert parts["P1"] == Credit("P1", parts["P1"].amount, REASON_DELEGATOR, validator="A")
     for address, share in (("A", 1 / 3), ("P1", 1 / 2), ("P2", 1 / 6)):
         assert abs(parts[address].amount - reward * share) < 1
-    assert shared.paid == plain.paid == 10**6
+    assert shared.paid + shared.unpaid == plain.paid + plain.unpaid == 10**6
+    assert shared.unpaid == plain.unpaid
 
 
 def test_the_validator_pool_is_paid_by_the_validators_weights() -> None:

@@ -9,8 +9,12 @@ calendar, dn/chain/powr_rules.py `close`, dn/powr/consensus.py and emission.py).
    voices and the band come from the documented rule and genesis values (docs/protocol.md), not
    from the code under test.
 2. Every unit of an epoch's emission is accounted for: the credits sum to what is minted, what
-   is not minted is exactly the pot nobody could take, the validator pool pays out exactly what
-   it loses, every balance grows by exactly its credits, and the supply invariant holds after.
+   is not minted is exactly the pot nobody could take and the miners' parts over the usage cap,
+   the validator pool pays out exactly what it loses, every balance grows by exactly its
+   credits, and the supply invariant holds after.
+3. The usage-tied emission is no larger than what was paid for: a model's miners take at most
+   `powr_usage_cap_bps` of what its tasks burned, each miner within a unit of that share of
+   what its own tasks burned (issue 11, attack 3).
 
 The pure pieces (weighted median, clip, apportion) have their own properties in
 test_powr_consensus.py; these go through the state machine with delegations, voices and the
@@ -34,7 +38,7 @@ from dn.chain.staking import BACKERS, STAKE
 from dn.chain.state import begin_block, genesis_state, supply_holds
 from dn.chain.validators import VALIDATOR, VALIDATORS
 from dn.encoding import BPS, UNITS_PER_DN
-from dn.powr.emission import epoch_emission
+from dn.powr.emission import apportion, epoch_emission
 from dn.wallet.keys import Keypair
 
 # Documented values (docs/protocol.md, genesis parameters and their defaults).
@@ -43,6 +47,9 @@ MIN_BOND = 100 * UNITS_PER_DN  # validator_min_bond: a genesis validator's voice
 BASE_WEIGHT = UNITS_PER_DN  # validator_base_weight: a genesis validator's own weight
 PPM = 1_000_000
 EPOCH_BLOCKS = 10
+USAGE_CAP_MAX_BPS = (
+    5_000  # powr_usage_cap_bps at most: a self-dealer gets back no more than it burns
+)
 
 KEYS = [Keypair.from_seed(hashlib.sha256(b"validator %d" % i).digest()) for i in range(9)]
 VALIDATOR_ADDRESSES = [k.address for k in KEYS]
@@ -137,6 +144,7 @@ def chain_state(case: EpochCase) -> tuple[Genesis, DictState]:
                 "confirmed": m["confirmed"],
                 "tokens": m["tokens"],
                 "miners": dict(sorted(m["miners"].items())),
+                "burned": dict(sorted(m["burned"].items())),
             }
     settled = sorted(sha for sha, m in case.models.items() if m["tasks"])
     if settled:
@@ -172,12 +180,15 @@ def model_stats(draw: st.DrawFn) -> dict[str, Any]:
     tasks = draw(st.integers(0, 40))
     confirmed = draw(st.integers(0, tasks))
     miners = draw(st.dictionaries(st.sampled_from(PEOPLE), st.integers(1, 10**6), max_size=3))
+    # what the fee split of each generator's tasks burned (at most 10^4 units a token)
+    burned = {a: tokens * draw(st.integers(0, 10**4)) for a, tokens in miners.items()}
     return {
         "creator": draw(st.sampled_from(PEOPLE)),
         "tasks": tasks,
         "confirmed": confirmed,
         "tokens": sum(miners.values()) if confirmed else 0,
         "miners": miners if confirmed else {},
+        "burned": {a: units for a, units in burned.items() if units} if confirmed else {},
         "backers": draw(st.dictionaries(st.sampled_from(PEOPLE), amounts, max_size=3)),
     }
 
@@ -281,6 +292,7 @@ def any_epochs(draw: st.DrawFn) -> EpochCase:
         "powr_clip_band_ppm": draw(ppms),
         "powr_agreement_span_ppm": draw(st.integers(1, PPM)),
         "powr_quorum_bps": draw(st.integers(1, BPS)),
+        "powr_usage_cap_bps": draw(st.integers(0, USAGE_CAP_MAX_BPS)),
     }
     pool = draw(st.integers(0, 10**12))
     epoch = draw(st.integers(0, 60))
@@ -307,12 +319,34 @@ def test_an_epochs_emission_is_accounted_for_to_the_unit(case: EpochCase) -> Non
     assert result["paid"] + result["unpaid"] == emission
     assert sum(c["amount"] for c in credits) == result["paid"]
     assert all(c["amount"] > 0 for c in [*credits, *pool_credits])
-    # Only a pot nobody can take goes unminted.
+    # Only a pot nobody can take, and the miners' parts over the usage cap, go unminted.
     validator_pot = emission * p["powr_validator_share_bps"] // BPS
     takers = any(v["stake"] * v["agreement"] for v in result["validators"].values())
     scored = any(m["score"] for m in result["models"].values())
-    assert result["unpaid"] == (0 if takers else validator_pot) + (
-        0 if scored else emission - validator_pot
+    capped = 0
+    for sha, m in result["models"].items():
+        part = m["reward"] + m["capped"]
+        roles = apportion(
+            part,
+            {
+                "creator": p["powr_creator_share_bps"],
+                "miners": p["powr_miner_share_bps"],
+                "backers": p["powr_backer_share_bps"],
+            },
+        )
+        burned = case.models[sha]["burned"]
+        bound = sum(burned.values()) * p["powr_usage_cap_bps"] // BPS
+        mined = min(roles.get("miners", 0), bound)
+        assert m["capped"] == roles.get("miners", 0) - mined, sha
+        capped += m["capped"]
+        # 3. what the miners take is paid for, each by what its own tasks burned
+        to_miners = [c for c in credits if c["model"] == sha and c["reason"] == "miner"]
+        assert sum(c["amount"] for c in to_miners) == mined <= bound
+        for c in to_miners:
+            assert c["amount"] <= burned[c["address"]] * p["powr_usage_cap_bps"] // BPS + 1
+    assert (
+        result["unpaid"]
+        == (0 if takers else validator_pot) + (0 if scored else emission - validator_pot) + capped
     )
     # The validator pool pays out exactly what it loses, and only when someone can take it.
     pool_paid = sum(c["amount"] for c in pool_credits)

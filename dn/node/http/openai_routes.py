@@ -1,13 +1,15 @@
 """OpenAI-compatible routes, so any OpenAI client can use the market through this node.
 
-    GET  /v1/models              live models on chain (`id` is the model's name)
+    GET  /v1/models              live models on chain (`id` is the model's name; `dn.kind`)
     POST /v1/chat/completions    `messages` → a `chat.completion`, or SSE chunks with `stream`
+                                 (a chat model only: a base model is 400 `base-model`)
     POST /v1/completions         `prompt` (raw text, no chat template) → a `text_completion`
 
 A completion is one paid query (DESIGN.md section 7) run by this node on behalf of its own
 **gateway wallet** (`dn node start --gateway-wallet NAME`): the node signs the ticket with that
 wallet, runs it on the two miners the chain selects, then signs and submits `task.settle`, so the
-wallet pays `price × tokens / 1000` plus the fee for every confirmed answer. A rejected answer is
+wallet pays `price × tokens / 1000` (out of its query escrow: `dn escrow deposit`; without
+enough there, 402 `escrow-short`) plus the fee for every confirmed answer. A rejected answer is
 still returned (`dn.status` says so) and costs only the settlement fee. Every response carries a
 `dn` field: the task id, the status, the units paid, the settlement transaction and both miners.
 
@@ -46,6 +48,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from dn.chain import tasks
 from dn.chain.ledger import MODEL
+from dn.chain.models import kind_of
 from dn.encoding import UNITS_PER_DN
 from dn.errors import DNError, Forbidden, InputError, TaskError
 from dn.node.http.bodies import json_object
@@ -67,6 +70,7 @@ DONE = b"data: [DONE]\n\n"
 # Statuses for reasons whose DNError class alone would give the wrong one.
 _STATUS_BY_REASON = {
     "cannot-pay": 402,
+    "escrow-short": 402,  # the gateway wallet's query escrow (`dn escrow deposit`)
     "over-price-cap": 402,
     "not-json": 415,
     "unknown-model": 404,
@@ -422,6 +426,7 @@ def add_openai_routes(
                         "sha256": sha,
                         "price": record["price"],
                         "domain": record["domain"],
+                        "kind": kind_of(record),
                         "miners": len(tasks.eligible_miners(node.state, sha, height)),
                     },
                 }

@@ -32,6 +32,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from dn.chain import tasks
 from dn.chain.ledger import MINER, MODEL, MODEL_NAME, TASK
+from dn.chain.models import kind_of
 from dn.chain.staking import backers_of
 from dn.errors import InputError, NotFound, TaskError
 from dn.node.http.bodies import json_object
@@ -57,6 +58,7 @@ def model_view(node: Node, sha: str, record: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": sha,
         **record,
+        "kind": kind_of(record),  # records written before kinds existed have none: chat
         "miners": [_miner_view(node, m) for m in serving],
         "backers": [
             {"address": a, "amount": amount}

@@ -4,9 +4,11 @@ Every node is a gateway for the queries its own user signs. Given a signed ticke
 it names, the gateway
 
 1. checks what it can before anyone works: the ticket's signature and input, the model exists
-   and is live, `max_price` covers `max_tokens` at the model's price, the consumer can pay that,
-   the ticket is fresh and unused, and two miners serve the model (`select_miners` at the
-   ticket's reference height: the same rule the chain re-checks, so the gateway cannot choose);
+   and is live (and takes a chat input only if it is a chat model: `base-model`), `max_price`
+   covers `max_tokens` at the model's price, the consumer's escrow covers `max_price` besides
+   its queries running here (`escrow-short`, as the miners check), the ticket is fresh and
+   unused, and two miners serve the model (`select_miners` at the ticket's reference height:
+   the same rule the chain re-checks, so the gateway cannot choose);
 2. opens a check session on the checker (it prefills the prompt while the generator starts);
 3. streams the generator's tokens to the caller as they come and forwards them to the checker in
    chunks (`chunk_size`), from a separate task, so the caller never waits on the checker;
@@ -36,11 +38,11 @@ from typing import Any
 
 import httpx
 
-from dn.chain import tasks
-from dn.chain.ledger import MINER, MODEL, TASK, account
+from dn.chain import escrow, tasks
+from dn.chain.ledger import MINER, MODEL, TASK
 from dn.errors import Busy, DNError, InvalidTx, TaskError
 from dn.node.node import Node
-from dn.node.taskio import input_hash, normalize_input
+from dn.node.taskio import input_hash, normalize_input, require_kind
 
 log = logging.getLogger("dn.gateway")
 TASKS = "/dn/v1/tasks"
@@ -119,7 +121,7 @@ class Gateway:
         self.stall_s = stall_s or default_timeout()
         self.check_timeout_s = check_timeout_s or 2 * self.stall_s
         self.transport = transport
-        self._running: set[str] = set()
+        self._running: dict[str, dict[str, Any]] = {}  # task -> its ticket, while it runs
         self._http: httpx.AsyncClient | None = None
 
     def _client(self) -> httpx.AsyncClient:
@@ -159,6 +161,7 @@ class Gateway:
             raise _fail(f"no model {sha[:12]}… on this chain", "unknown-model")
         if model["retired"]:
             raise _fail(f"model {model['name']!r} is retired", "model-retired")
+        require_kind(model, task_input)  # chat messages to a base model: InputError base-model
         height = self.node.tip.height
         if ticket["expiry"] <= height:
             raise _fail(f"the ticket expired at height {ticket['expiry']}", "expired-ticket")
@@ -172,19 +175,18 @@ class Gateway:
         if self.node.state.get(TASK + task) is not None or task in self._running:
             raise _fail(f"this ticket was used already (task {task[:12]}…)", "ticket-used")
         max_cost = tasks.price_of(model["price"], ticket["max_tokens"])
-        if max_cost > ticket["max_price"]:
+        max_price = ticket["max_price"]
+        if max_cost > max_price:
             raise _fail(
                 f"max_price {ticket['max_price']} units is below the {max_cost} units that "
                 f"{ticket['max_tokens']} tokens of {model['name']!r} can cost",
                 "price-too-low",
             )
-        fee = self.node.genesis.param("min_fee")
-        balance = account(self.node.state, ticket["consumer"])["balance"]
-        if balance < max_cost + fee:
-            raise _fail(
-                f"the consumer holds {balance} units; this query can cost {max_cost} + fee {fee}",
-                "cannot-pay",
-            )
+        consumer = ticket["consumer"]  # the miners check the same (exposure.py): fail early
+        running = sum(t["max_price"] for t in self._running.values() if t["consumer"] == consumer)
+        why = escrow.short_of(escrow.available(self.node.state, consumer), max_price, running)
+        if why is not None:
+            raise _fail(why, "escrow-short")
         generator, checker = tasks.select_miners(
             tasks.eligible_miners(self.node.state, sha, ticket["ref_height"]), task
         )
@@ -202,7 +204,7 @@ class Gateway:
         """Plan now (errors before anything is streamed), then stream the query's events:
         `start`, `token`…, `done` (with `status` confirmed or rejected and both attestations)."""
         plan = self.plan(ticket, raw_input)
-        self._running.add(plan.task)
+        self._running[plan.task] = plan.ticket
         return self._run(plan)
 
     async def _run(self, plan: Plan) -> AsyncIterator[dict[str, Any]]:
@@ -296,7 +298,7 @@ class Gateway:
                     with contextlib.suppress(Exception):
                         await http.post(f"{plan.checker_url}{TASKS}/check/{plan.task}/abort")
         finally:
-            self._running.discard(plan.task)
+            self._running.pop(plan.task, None)
 
     async def _call(self, http: httpx.AsyncClient, url: str, body: Any, who: str) -> Any:
         try:

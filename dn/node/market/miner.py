@@ -3,9 +3,9 @@ attestation (DESIGN.md section 7).
 
 Both roles first accept the task the same way: the ticket is signed by its consumer on this
 chain, names the input it is shown, has not expired or been settled, names a model this miner
-holds, and the selection rule at the ticket's reference height picks this miner for the role.
-A miner never works for a task it was not chosen for, so nobody can make it burn its CPU for free
-or collect attestations for a task the chain would refuse.
+holds, the selection rule at the ticket's reference height picks this miner for the role, and the
+consumer's escrow covers it besides its other unsettled tickets here (`exposure`: `escrow-short`).
+A miner never works unchosen or unbacked, so nobody can make it work for free or for nothing.
 
 llama.cpp work runs in each model's engine (`dn.runner.engine`), which batches every stream and
 check session of that model into one pass per step; the node's event loop only moves messages,
@@ -43,6 +43,7 @@ from dn.chain.types import Tx
 from dn.errors import InvalidTx, TaskError
 from dn.node.market.backstop import Backstop
 from dn.node.market.behaviour import HONEST, Behaviour, Check
+from dn.node.market.exposure import Exposure
 from dn.node.market.records import TaskRecords, request_ok
 from dn.node.node import Node
 from dn.node.taskio import input_hash, normalize_input, render
@@ -116,6 +117,7 @@ class Miner:
             records = TaskRecords.for_chain(node.home.path / RECORDS_FILE, node.genesis)
         self.records = records
         self.backstop = Backstop(node, wallet, records)
+        self.exposure = Exposure(node.genesis.param("ticket_window_blocks"))
 
     @property
     def address(self) -> str:
@@ -233,6 +235,7 @@ class Miner:
         if not self.store.has(model):
             raise TaskError(f"this miner does not hold model {model[:12]}…", reason="no-model")
         self.records.room(ticket, task_input)  # records-full: no work it cannot answer for
+        self.exposure.admit(self.node.state, height, task, ticket)  # escrow-short: nobody pays
         return _Job(task, ticket, task_input, self.store.path(model), chosen[0])
 
     def _attest(self, job: _Job, role: str, tokens: list[int], verdict: str, com: str) -> Any:

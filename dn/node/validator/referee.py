@@ -1,11 +1,12 @@
 """The validator's referee duty (DESIGN.md section 7): judge settled tasks and vote `task.verdict`.
 
 Which tasks. Every rejected task, and the confirmed tasks `disputes.spot_checked` picks (a
-`spot_check_bps` share, by task id), of the models this validator holds, while their dispute
-window is open, unless this validator is a party to the task (its consumer, generator or
-checker: the chain refuses its vote) or has voted on it already. Every active validator judges
-every such task and votes: a ruling applies only once validators holding a quorum of the voice
-agree (dn/chain/disputes.py), so no validator's word is enough and none waits for another's.
+`spot_check_bps` share, by task id and the hash of the block that settled it), of the models
+this validator holds, while their dispute window is open, unless this validator is a party to
+the task (its consumer, generator or checker: the chain refuses its vote) or has voted on it
+already. Every active validator judges every such task and votes: a ruling applies only once
+validators holding a quorum of the voice agree (dn/chain/disputes.py), so no validator's word
+is enough and none waits for another's.
 The work is bounded per block: each block is scanned once (the last few again, for a
 reorganisation), the open cases are those of one dispute window, one case is judged at a time,
 the oldest first, and a case whose miners did not answer is tried again only after `RETRY_S`.
@@ -251,7 +252,8 @@ class Referee:
                 ticket, chk = tx.payload["ticket"], tx.payload["checker"]
                 task = tasks.task_id(genesis.chain_id, ticket)
                 confirmed = chk["verdict"] == tasks.CONFIRMED
-                if task in self.cases or (confirmed and not disputes.spot_checked(task, genesis)):
+                picked = disputes.spot_checked(task, block.hash, genesis)
+                if task in self.cases or (confirmed and not picked):
                     continue
                 involved = {ticket["consumer"], tx.payload["generator"]["miner"], chk["miner"]}
                 if self.address in involved:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from dn.chain import tasks, validators
 from dn.chain.consensus import in_turn
 from dn.chain.ledger import MODEL
+from dn.chain.models import kind_of
 from dn.chain.powr_rules import result_key
 from dn.chain.staking import backers_of
 from dn.node.http.dashboard.charts import Bar, BarGroup, Series, bar_chart, line_chart
@@ -98,6 +99,7 @@ def model_rows(node: Node) -> list[dict[str, Any]]:
                 "name": record["name"],
                 "creator": record["creator"],
                 "domain": record["domain"],
+                "kind": kind_of(record),
                 "price": record["price"],
                 "license": record.get("license", ""),
                 "retired": record["retired"],

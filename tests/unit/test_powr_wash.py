@@ -1,0 +1,268 @@
+"""Wash tasks (issue 11, attack 3), played on the pure state machine with the three-validator
+chain of test_chain_powr.py (epochs of 4 blocks).
+
+The consumer picks the ticket nonce, and the task id picks the generator and checker, so an
+attacker who runs two miners grinds nonces offline until both roles are its own, signs both
+attestations for 65,536 tokens it never generated, and settles the task from its own consumer
+wallet. Before: the miners' share of a model's emission went by confirmed tokens, so the washed
+tokens took nearly all of SMOL's (the attacker's net over the epoch, every fee counted: +15.08
+DN, for 262,144 units of prices of which it got half back as generator and checker). Now the
+usage-tied emission is bounded by what was burned (`powr_usage_cap_bps` of the burned share of
+task prices, each miner weighted by what its own tasks burned): the attacker's net, every fee,
+bond, escrow and credit counted over the epoch, is below zero (-133,704 units), and the honest
+miners earn what they earned without it. The chain ends verified from genesis (`dn chain
+verify`) with the supply invariant holding. A property then checks the bound behind it on
+arbitrary epochs: washing never earns more than twice the capped burn.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dn.chain import escrow
+from dn.chain.ledger import MINER, DictState, account
+from dn.chain.state import apply_block, genesis_block, genesis_state, supply_holds
+from dn.chain.store import Store
+from dn.chain.tasks import eligible_miners, output_hash, select_miners, sign_attestation, task_id
+from dn.chain.types import Tx
+from dn.chain.verify import verify_store
+from dn.encoding import BPS
+from dn.powr.consensus import EpochInputs, close_epoch
+from dn.powr.emission import ModelEpoch
+from dn.powr.params import EpochParams
+from dn.wallet.keys import Keypair
+from tests.unit.test_chain_models import (
+    CONSUMER,
+    CREATOR,
+    DN,
+    GATEWAY,
+    GEMMA,
+    M1,
+    M2,
+    M3,
+    OTHER,
+    SMOL,
+)
+from tests.unit.test_chain_powr import V0, V1, V2, E, PowrChain, market
+from tests.unit.test_chain_tasks import attest, settle, ticket
+
+HONEST = {
+    V0: {SMOL: 800_000, GEMMA: 400_000},
+    V1: {SMOL: 820_000, GEMMA: 380_000},
+    V2: {SMOL: 790_000, GEMMA: 410_000},
+}
+WASHER = Keypair.from_seed(b"washer".ljust(32, b"."))  # the attacker's consumer wallet
+A1 = Keypair.from_seed(b"wash-miner-1".ljust(32, b"."))
+A2 = Keypair.from_seed(b"wash-miner-2".ljust(32, b"."))
+ATTACKER = (WASHER, A1, A2)
+OURS = {kp.address for kp in ATTACKER}
+WASHED_TOKENS = 65_536  # the most a ticket may ask for
+HONEST_TOKENS = 500
+
+
+def holdings(chain: PowrChain, kp: Keypair) -> int:
+    """What `kp` owns: its balance, its miner bond and its query escrow."""
+    bond = (chain.state.get(MINER + kp.address) or {}).get("bond", 0)
+    escrowed = escrow.held(chain.state, kp.address)["amount"]
+    return int(account(chain.state, kp.address)["balance"]) + int(bond) + int(escrowed)
+
+
+def ground_ticket(chain: PowrChain, first_nonce: int) -> tuple[dict[str, Any], int]:
+    """The attacker's ticket for SMOL whose task selects A1 and A2 (in either role), found by
+    trying nonces from `first_nonce`: (the ticket, how many it tried)."""
+    ours = {A1.address, A2.address}
+    eligible = eligible_miners(chain.state, SMOL, chain.tip.height)
+    for tries, nonce in enumerate(range(first_nonce, first_nonce + 10_000), start=1):
+        t = ticket(chain, WASHER, nonce=nonce, max_tokens=WASHED_TOKENS, max_price=DN)
+        if set(select_miners(eligible, task_id(chain.genesis.chain_id, t))) == ours:
+            return t, tries
+    raise AssertionError("no nonce gave both roles to the attacker")
+
+
+def washed(chain: PowrChain, t: dict[str, Any], nonce: int) -> Tx:
+    """`task.settle` of `t` with both attestations signed by the attacker's own miners for
+    WASHED_TOKENS tokens nobody generated."""
+    chain_id = chain.genesis.chain_id
+    tid = task_id(chain_id, t)
+    gen_addr, _ = select_miners(eligible_miners(chain.state, SMOL, t["ref_height"]), tid)
+    gen, chk = (A1, A2) if gen_addr == A1.address else (A2, A1)
+    common = {"task": tid, "output_hash": output_hash([0] * WASHED_TOKENS)}
+    common["tokens"] = WASHED_TOKENS
+    g = sign_attestation(
+        chain_id, gen, **common, role="generator", verdict="generated", commitment=""
+    )
+    c = sign_attestation(
+        chain_id, chk, **common, role="checker", verdict="confirmed", commitment="c0ffee"
+    )
+    return settle(chain, t, (g, c), sender=WASHER, nonce=nonce)
+
+
+def honest_settle(chain: PowrChain, nonce: int, sender_nonce: int) -> Tx | None:
+    """A real consumer's task, served by whichever two miners the chain picks; None when the
+    pick falls on the attacker's miners (they would not serve it honestly in this story)."""
+    t = ticket(chain, CONSUMER, nonce=nonce, max_tokens=HONEST_TOKENS)
+    picked = select_miners(
+        eligible_miners(chain.state, SMOL, t["ref_height"]), task_id(chain.genesis.chain_id, t)
+    )
+    keys = {kp.address: kp for kp in (M1, M2, M3)}
+    if not set(picked) <= keys.keys():
+        return None
+    atts = attest(chain, t, tokens=HONEST_TOKENS, miners=(keys[picked[0]], keys[picked[1]]))
+    return settle(chain, t, atts, nonce=sender_nonce)
+
+
+def play(attack: bool) -> tuple[PowrChain, int, int]:
+    """Epoch 1 (heights 5-8) of a `market`, closed at 9: the validators score SMOL and GEMMA,
+    honest consumers pay for a few SMOL tasks, and with `attack` the attacker washes four
+    tickets through its two miners. (the chain, the attacker's net in units, nonces tried)."""
+    chain = market()  # tip: height 4
+    chain.commit(
+        [
+            chain.send(CREATOR, "transfer", {"to": WASHER.address, "amount": 20 * DN}),
+            chain.send(OTHER, "transfer", {"to": A1.address, "amount": 20 * DN}),
+            chain.send(M3, "transfer", {"to": A2.address, "amount": 20 * DN}),
+        ]
+        + [chain.commit_scores(kp, 1, s) for kp, s in HONEST.items()]
+    )  # block 5
+    before = sum(holdings(chain, kp) for kp in ATTACKER)
+    txs: list[Tx] = []
+    if attack:
+        txs = [chain.register_miner(kp, models=[SMOL]) for kp in (A1, A2)]
+        txs.append(chain.send(WASHER, "escrow.deposit", {"amount": 10 * DN}))
+    chain.commit(txs)  # block 6: the attacker's miners serve SMOL from here
+    tried = 0
+    wash: list[Tx] = []
+    honest: list[Tx] = []
+    nonce = 0
+    for _ in range(2):  # blocks 7 and 8
+        block_txs = []
+        for i in range(2):
+            found = None
+            while found is None:
+                found = honest_settle(chain, 1_000 + nonce, chain.nonce(GATEWAY) + i)
+                nonce += 1
+            block_txs.append(found)
+        honest += block_txs
+        if attack:
+            for i in range(2):
+                t, n = ground_ticket(chain, 10_000 * (len(wash) + 1))
+                tried += n
+                wash.append(washed(chain, t, chain.nonce(WASHER) + i))
+            block_txs += wash[-2:]
+        if chain.tip.height + 1 == E + 3:  # the first reveal height of epoch 1
+            block_txs += [chain.reveal(kp, 1, s) for kp, s in HONEST.items()]
+        chain.commit(block_txs)
+    chain.advance_to(2 * E + 1)  # epoch 1 closes at the start of block 9
+    after = sum(holdings(chain, kp) for kp in ATTACKER)
+    return chain, after - before, tried
+
+
+def honest_emission(chain: PowrChain) -> int:
+    honest = (M1.address, M2.address, M3.address)
+    credits = chain.result(1)["credits"]
+    return sum(c["amount"] for c in credits if c["address"] in honest and c["reason"] == "miner")
+
+
+def verified(chain: PowrChain, tmp_path: Path) -> None:
+    """Every block replayed into a store from genesis, then `dn chain verify` on it."""
+    store = Store.create(tmp_path / "chain.db", chain.genesis)
+    state = DictState(genesis_state(chain.genesis))
+    parent = genesis_block(chain.genesis)
+    for block in chain.blocks:
+        applied = apply_block(state, parent.header, parent.hash, block, chain.genesis)
+        state.update(applied.changes)
+        store.commit_block(block, applied.changes)
+        parent = block
+    assert state.data == chain.state.data
+    assert supply_holds(chain.state.items())
+    report = verify_store(store, genesis=chain.genesis)
+    assert report["ok"], report["problems"]
+    store.close()
+
+
+def test_wash_tasks_through_the_attackers_own_miners_lose_money(tmp_path: Path) -> None:
+    clean, _, _ = play(attack=False)
+    chain, net, tried = play(attack=True)
+    verified(chain, tmp_path)
+    washed_tasks = [
+        t
+        for t in chain.state.items()
+        if t[0].startswith("task:") and t[1]["consumer"] == WASHER.address
+    ]
+    assert len(washed_tasks) == 4 and all(t[1]["tokens"] == WASHED_TOKENS for t in washed_tasks)
+    assert tried >= 4
+    print(f"attacker's net over the epoch: {net} units ({net / DN:+.6f} DN), {tried} nonces")
+    assert net <= 0, f"wash trading earned the attacker {net / DN:.4f} DN"
+    # What the emission gave its miners is at most a third of what its tasks burned.
+    burned = sum(t[1]["burned"] for t in washed_tasks)
+    taken = sum(c["amount"] for c in chain.result(1)["credits"] if c["address"] in OURS)
+    assert 0 < taken <= burned * 3_333 // 10_000
+    # The honest miners earn what they earned without the attack, to a unit of rounding.
+    assert abs(honest_emission(chain) - honest_emission(clean)) <= 2
+    assert honest_emission(clean) > 0
+
+
+# --- whatever the epoch: the bound behind it ----------------------------------------------------
+
+ATK = "attacker"
+QUALITY = st.integers(100_000, 1_000_000)  # a model worth washing has some quality
+
+
+@st.composite
+def washes(draw: st.DrawFn) -> tuple[EpochInputs, EpochParams, int, int]:
+    """An epoch where ATK is the creator and sole backer of model "m" (with honest miners and
+    other models beside it, scored by one validator), and a wash: n tasks confirmed by ATK's own
+    miners whose fee split burned `extra` units. (inputs, params, n, extra)."""
+    tasks = draw(st.integers(0, 40))
+    confirmed = draw(st.integers((tasks + 1) // 2, tasks))  # success at or above neutral
+    honest = draw(st.dictionaries(st.sampled_from(["h1", "h2"]), st.integers(1, 10**9)))
+    models = {"m": ModelEpoch(ATK, tasks, confirmed, honest, {ATK: 1})}
+    scores = {"m": draw(QUALITY)}
+    for other in draw(st.lists(st.sampled_from(["o1", "o2", "o3"]), unique=True)):
+        burned = draw(st.dictionaries(st.sampled_from(["h1", "h3"]), st.integers(1, 10**12)))
+        models[other] = ModelEpoch("someone", 1, 1, burned)
+        scores[other] = draw(QUALITY)
+    creator = draw(st.integers(0, BPS))
+    miners = draw(st.integers(0, BPS - creator))
+    params = EpochParams(
+        epoch_emission=draw(st.integers(10**6, 10**15)),
+        validator_share_bps=draw(st.integers(0, BPS - 1)),
+        creator_share_bps=creator,
+        miner_share_bps=miners,
+        backer_share_bps=BPS - creator - miners,
+        usage_cap_bps=draw(st.integers(0, 5_000)),
+    )
+    inputs = EpochInputs(0, {"V": scores}, {"V": 1}, models)
+    return inputs, params, draw(st.integers(1, 100)), draw(st.integers(0, 10**12))
+
+
+def taken_by(inputs: EpochInputs, params: EpochParams, address: str) -> int:
+    return sum(c.amount for c in close_epoch(inputs, params).credits if c.address == address)
+
+
+@settings(max_examples=300, deadline=None)
+@given(washes())
+def test_washing_earns_at_most_twice_the_capped_burn(
+    case: tuple[EpochInputs, EpochParams, int, int],
+) -> None:
+    """Consumer, both miners, creator and sole backer at once, the attacker's washed tasks earn
+    it at most 2 * `powr_usage_cap_bps` of what they burned (its miners' part, and what demand
+    moves to its model), up to the ppm steps of demand and score (each worth at most a
+    millionth of the models' pot against the model's score share): so it loses money at
+    every allowed value, a third of the burn at the default."""
+    inputs, params, n, extra = case
+    m = inputs.models["m"]
+    washed = ModelEpoch(
+        m.creator, m.tasks + n, m.confirmed + n, {**m.miners, ATK: extra}, m.backers
+    )
+    after = dataclasses.replace(inputs, models={**inputs.models, "m": washed})
+    gain = taken_by(after, params, ATK) - taken_by(inputs, params, ATK)
+    emission = params.epoch_emission
+    pot = emission - emission * params.validator_share_bps // BPS
+    steps = 40 * pot // 1_000_000 + 4
+    assert gain <= 2 * (extra * params.usage_cap_bps // BPS + 1) + steps
