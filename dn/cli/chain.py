@@ -327,9 +327,12 @@ def task(
     ctx: typer.Context, task_id: str = typer.Argument(..., help="Task id (hex), as dn query says.")
 ) -> None:
     """Show a settled task: who generated and checked it, what it cost, and the validators'
-    verdict on it once a quorum of them agreed (who was at fault and what they lost)."""
+    verdict on it once a quorum of them agreed (who was at fault and what they lost), or, while
+    it is contested, each vote so far and until which block votes are taken."""
+    from dn.client.tasks import show_task
+
     with opts(ctx).client() as client:
-        data = client.task(task_id.lower())
+        data = show_task(client, task_id.lower())
 
     def human(out: Any) -> None:
         out.print(f"task {data['task']}: {data['status']} in block {data['height']}")
@@ -337,6 +340,18 @@ def task(
         rows.append(["paid", f"{format_dn(data['paid'])} DN"])
         out.print(table(None, ["", ""], rows))
         verdict = data.get("verdict")
+        contest = data.get("contest")
+        if verdict is None and contest is not None:
+            when = "open until" if contest["open"] else "closed at"
+            out.print(
+                f"contested, no ruling yet: {len(contest['votes'])} vote(s); a ruling needs "
+                f"{contest['quorum_bps'] / 100:g} % of the voice; votes {when} block "
+                f"{contest['open_until']}"
+            )
+            for voter, faults in contest["votes"].items():
+                said = ", ".join(f"{a} {r}" for a, r in faults.items()) or "nobody at fault"
+                out.print(f"  {voter}: {said}")
+            return
         if verdict is None:
             out.print("no verdict (yet): validators judge rejected and spot-checked tasks")
             return
