@@ -22,7 +22,9 @@
     ├── Forbidden                a request refused from this sender (banned, link cut,  HTTP 403
     │   │                        not a member of a keyed network)
     │   ├── Unauthenticated      a peer-to-peer request no member signed                HTTP 401
-    │   └── RateLimited          too many unauthenticated requests from one address     HTTP 429
+    │   ├── KeyRefused           an API key unknown, malformed, revoked or expired      HTTP 401
+    │   ├── RateLimited          too many unauthenticated requests from one address     HTTP 429
+    │   └── QuotaExhausted       an API key whose budget cannot cover the query         HTTP 429
     ├── HandshakeError           a peer handshake reply we refuse; carries a `reason`   HTTP 403
     ├── ModelError               a model file that is missing, not GGUF, damaged or     exit 6
     │                            does not match its hash; carries a `reason`            HTTP 422
@@ -186,6 +188,21 @@ class Unauthenticated(Forbidden):
 
     http_status = 401
     reason = "unauthenticated"
+
+
+class KeyRefused(Forbidden):
+    """An API key (`dn apikey create`) that this node does not know, or that was revoked or has
+    expired; the same answer for each, so a guess learns nothing."""
+
+    http_status = 401
+    reason = "invalid_api_key"  # OpenAI's code for the same refusal
+
+
+class QuotaExhausted(Forbidden):
+    """An API key whose budget left cannot cover the most this query may cost."""
+
+    http_status = 429
+    reason = "insufficient_quota"  # OpenAI's code for an account out of credit
 
 
 class RateLimited(Forbidden):

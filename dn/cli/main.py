@@ -9,6 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from dn.cli import (
+    apikey,
     chain,
     devnet,
     escrow,
@@ -55,6 +56,7 @@ app.add_typer(model.app, name="model")
 app.add_typer(powr.app, name="powr")
 app.add_typer(stake.app, name="stake")
 app.add_typer(escrow.app, name="escrow")
+app.add_typer(apikey.app, name="apikey")
 app.add_typer(validate.app, name="validator")
 app.command("mine")(mine.mine)
 app.command("validate")(validate.validate)

@@ -72,7 +72,7 @@ def start(
         None,
         "--gateway-wallet",
         help="Wallet that signs and pays for queries sent to the OpenAI-compatible API "
-        "(/v1/...); only clients on this machine may use it.",
+        "(/v1/...): clients on this machine, and others with a key from 'dn apikey create'.",
     ),
     password_file: Path | None = typer.Option(
         None,
@@ -137,7 +137,7 @@ def start(
         say(
             f"OpenAI-compatible API at http://{host}:{port}/v1, paid by {gateway_wallet} "
             f"({wallet.address}) up to {max_price} DN per 1,000 tokens; it answers clients on "
-            "this machine only"
+            "this machine, and others with an API key (dn apikey create)"
         )
     if validate:
         say(

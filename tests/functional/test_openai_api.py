@@ -148,6 +148,50 @@ def test_completions_take_raw_text_both_ways(market: Market, client: openai.Open
     settled(market, final)
 
 
+def test_usage_counts_the_prompt_as_the_models_tokenizer_does(
+    market: Market, client: openai.OpenAI, smollm2_gguf: Path
+) -> None:
+    """`usage` in both endpoints, streamed (with `include_usage`) and not: the prompt's tokens as
+    SmolLM2's tokenizer counts the prompt the miners ran (the chat template applied), the
+    tokens generated, and their sum."""
+    from dn.node.taskio import normalize_input, render
+    from dn.runner.llama import LoadedModel
+
+    model = LoadedModel(smollm2_gguf, n_threads=1, n_ctx=512)
+    try:
+        chat_prompt = len(model.tokenize(render(model, normalize_input({"messages": MESSAGES}))))
+        text = "The capital of France is"
+        text_prompt = len(model.tokenize(render(model, normalize_input({"prompt": text}))))
+    finally:
+        model.llm.close()
+    assert chat_prompt > text_prompt > 0
+
+    def exact(usage: Any, prompt: int, completion: int) -> None:
+        assert usage is not None
+        assert (usage.prompt_tokens, usage.completion_tokens) == (prompt, completion)
+        assert usage.total_tokens == prompt + completion
+
+    chat = client.chat.completions.create(model="smollm2", messages=MESSAGES, max_tokens=6)
+    exact(chat.usage, chat_prompt, (chat.model_extra or {})["dn"]["price_units"] * 1000 // PRICE)
+    completion = client.completions.create(model="smollm2", prompt=text, max_tokens=6)
+    assert completion.usage is not None
+    exact(completion.usage, text_prompt, completion.usage.completion_tokens)
+    assert completion.usage.completion_tokens == 6  # greedy: the same six every time
+    streamed = list(
+        client.chat.completions.create(
+            model="smollm2",
+            messages=MESSAGES,
+            max_tokens=6,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    final = [c for c in streamed if c.usage is not None]
+    assert len(final) == 1 and final[0].choices == [] and streamed[-1] is final[0]
+    assert chat.usage is not None
+    exact(final[0].usage, chat_prompt, chat.usage.completion_tokens)
+
+
 def test_errors_have_openais_shape_and_our_reason(market: Market, client: openai.OpenAI) -> None:
     before = balance(market)
     with pytest.raises(openai.NotFoundError) as unknown:

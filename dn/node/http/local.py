@@ -1,6 +1,6 @@
-"""Who may spend a node's gateway wallet through its HTTP routes: clients on this machine only,
-and not a web page in the user's browser (which is on this machine too). See the safety
-paragraph of dn/node/http/openai_routes.py."""
+"""Who may spend a node's gateway wallet through its HTTP routes: clients on this machine, but
+not a web page in the user's browser (which is on this machine too), and clients anywhere that
+present an API key. See the safety paragraph of dn/node/http/openai_routes.py."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import httpx
 from fastapi import Request
 
 from dn.errors import Forbidden, InputError
+from dn.node.market.apikeys import PREFIX as KEY_PREFIX
 
 
 def is_local(host: str | None) -> bool:
@@ -34,11 +35,23 @@ def _loopback_host(value: str) -> bool:
     return is_local(host)
 
 
-def refuse_browser_requests(request: Request) -> None:
-    """What only a web page in the user's browser sends (see the module docstring)."""
+def bearer_key(request: Request) -> str | None:
+    """The API key in `Authorization: Bearer dn-key-…`, or None; any other bearer value (the
+    `openai` client always sends one) is not a key and is ignored."""
+    scheme, _, value = request.headers.get("authorization", "").strip().partition(" ")
+    value = value.strip()
+    return value if scheme.lower() == "bearer" and value.startswith(KEY_PREFIX) else None
+
+
+def refuse_browser_requests(request: Request, *, keyed: bool = False) -> None:
+    """What only a web page in the user's browser sends (see the module docstring). A `keyed`
+    request is checked for its body only: the `Origin` and `Host` checks guard the ambient
+    credential of being on this machine, not a key that only its holder can send."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json":
         raise InputError("these routes take only an application/json body", reason="not-json")
+    if keyed:
+        return
     origin = request.headers.get("origin")
     if origin is not None:
         scheme, _, rest = origin.partition("://")

@@ -13,24 +13,38 @@ enough there, 402 `escrow-short`) plus the fee for every confirmed answer. A rej
 still returned (`dn.status` says so) and costs only the settlement fee. Every response carries a
 `dn` field: the task id, the status, the units paid, the settlement transaction and both miners.
 
-Safety: these POST routes spend the gateway wallet's money, so they answer only clients on this
-machine (a loopback address: 127.0.0.0/8 or ::1). A node listening on 0.0.0.0 still refuses
-(403) anyone on the LAN. A reverse proxy on the same machine would make every client it forwards
-look local: do not put one in front of a node that has a gateway wallet. Without a gateway
-wallet the POST routes answer 503. A web page in the user's browser is on this machine too, so
-the routes also refuse what only a browser sends: a body that is not `application/json` (415
-`not-json`: a cross-site form can post text/plain without asking first), an `Origin` that is not
-a loopback URL (403 `cross-origin`), and a `Host` that is not a loopback name or address (403
-`bad-host`: DNS rebinding). And the wallet pays at most `max_price` units per 1,000 tokens
-(`dn node start --max-price`, default `DEFAULT_MAX_PRICE`; a request may lower it with the extra
-field `dn_max_price`, never raise it): a dearer model is 402 `over-price-cap`, before anything
-is signed.
+Safety: these POST routes spend the gateway wallet's money, so without an API key they answer only
+clients on this machine (a loopback address: 127.0.0.0/8 or ::1). A node listening on 0.0.0.0 still
+refuses (403 `not-local`) anyone on the LAN who has no key. A reverse proxy on the same machine
+would make every client it forwards look local: do not put one in front of a node that has a
+gateway wallet. Without a gateway wallet the POST routes answer 503. A web page in the user's
+browser is on this machine too, so the routes also refuse what only a browser sends: a body that is
+not `application/json` (415 `not-json`: a cross-site form can post text/plain without asking
+first), an `Origin` that is not a loopback URL (403 `cross-origin`), and a `Host` that is not a
+loopback name or address (403 `bad-host`: DNS rebinding). And the wallet pays at most `max_price`
+units per 1,000 tokens (`dn node start --max-price`, default `DEFAULT_MAX_PRICE`; a request may
+lower it with the extra field `dn_max_price`, never raise it): a dearer model is 402
+`over-price-cap`, before anything is signed.
+
+API keys (`dn apikey create`, dn/node/market/apikeys.py) let LAN clients in: a request with
+`Authorization: Bearer dn-key-…` is served from any address, paid by the gateway wallet (a key
+made for another wallet is 403 `key-wallet`), and counted against the key's budget: the most the
+query may cost (`price × max_tokens / 1000` plus the settlement fee) is reserved before the
+ticket is signed, and what was not paid is given back when it ends. A key that is unknown,
+revoked or expired is 401 `invalid_api_key`; a budget that cannot cover the reservation is 429
+`insufficient_quota` (OpenAI's answer for an account out of credit, sent with `x-should-retry:
+false` so clients do not retry it). A keyed request skips the `Origin` and `Host` checks: they
+guard an ambient credential (being on this machine), which a web page gets for free; a key is
+sent only by whoever holds it, and a browser sends it cross-site only after a CORS preflight
+that this node never approves. A bearer value that is not a `dn-key-` (the `openai` client
+always sends one) changes nothing.
 
 Answers are greedy (the checker verifies greedy decoding), so sampling options such as
-`temperature`, `top_p`, `seed` or `stop` are accepted and ignored; `n` must be 1. Errors have
-OpenAI's shape, `{"error": {"message", "type", "code"}}`, with our reason as `code`; an error
-after streaming began is an SSE `data: {"error": …}` line followed by `data: [DONE]`.
-"""
+`temperature`, `top_p`, `seed` or `stop` are accepted (if of the right type) and ignored; `n` must
+be 1 (dn/node/http/openai_requests.py checks each field). Errors have OpenAI's shape, `{"error":
+{"message", "type", "param", "code"}}`, with our reason as `code`; an error after streaming began
+is an SSE `data: {"error": …}` line followed by `data: [DONE]`. `usage` counts the prompt as the
+checker's tokenizer read it and the tokens generated."""
 
 from __future__ import annotations
 
@@ -44,7 +58,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
 from dn.chain import tasks
 from dn.chain.ledger import MODEL
@@ -52,181 +66,45 @@ from dn.chain.models import kind_of
 from dn.encoding import UNITS_PER_DN
 from dn.errors import DNError, Forbidden, InputError, TaskError
 from dn.node.http.bodies import json_object
-from dn.node.http.local import is_local, refuse_browser_requests
+from dn.node.http.local import bearer_key, is_local, refuse_browser_requests
+from dn.node.http.openai_requests import (
+    CHAT,
+    TEXT,
+    Ask,
+    Shape,
+    error_body,
+    error_response,
+    parse_ask,
+)
 from dn.node.http.task_routes import all_model_keys, find_model
+from dn.node.market.apikeys import ApiKey, KeyStore
 from dn.node.market.gateway import Gateway
 from dn.node.node import Node
-from dn.node.taskio import input_hash, normalize_input
+from dn.node.taskio import input_hash
 from dn.wallet.keys import Keypair
 
 log = logging.getLogger("dn.openai")
 DEFAULT_MAX_PRICE = UNITS_PER_DN  # units per 1,000 tokens the gateway wallet pays at most
-DEFAULT_MAX_TOKENS = 256
-MAX_TOKENS = 65536  # the ticket's limit; the model's context is usually the tighter one
 EXPIRY_BLOCKS = 50
 SSE = "text/event-stream"
 DONE = b"data: [DONE]\n\n"
 
-# Statuses for reasons whose DNError class alone would give the wrong one.
-_STATUS_BY_REASON = {
-    "cannot-pay": 402,
-    "escrow-short": 402,  # the gateway wallet's query escrow (`dn escrow deposit`)
-    "over-price-cap": 402,
-    "not-json": 415,
-    "unknown-model": 404,
-    "model-retired": 404,
-    "no-miner": 503,
-    "one-miner": 503,
-    "no-gateway-wallet": 503,
-}
 
+@dataclass
+class Charge:
+    """What one keyed query reserved of its key's budget, and what it paid; `close` gives the
+    rest back, once (dn/node/market/apikeys.py)."""
 
-def _status(exc: DNError) -> int:
-    if exc.reason in _STATUS_BY_REASON:
-        return _STATUS_BY_REASON[exc.reason]
-    if exc.reason.startswith("miner-"):
-        return 503  # the miners failed us, not the caller
-    return exc.http_status
+    keys: KeyStore
+    key: str
+    reserved: int
+    paid: int = 0
+    closed: bool = False
 
-
-def _error_type(status: int) -> str:
-    if status == 402:
-        return "insufficient_funds"
-    if status == 403:
-        return "permission_error"
-    if status == 404:
-        return "not_found_error"
-    if status == 503:
-        return "service_unavailable"
-    return "invalid_request_error" if status < 500 else "server_error"
-
-
-def _error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
-    if isinstance(exc, DNError):
-        status, message, code = _status(exc), exc.message, exc.reason
-    else:
-        log.exception("OpenAI-style request failed", exc_info=exc)
-        status, message, code = 500, str(exc) or type(exc).__name__, "internal"
-    return status, {"error": {"message": message, "type": _error_type(status), "code": code}}
-
-
-def error_response(exc: BaseException) -> JSONResponse:
-    status, body = _error_body(exc)
-    return JSONResponse(body, status_code=status)
-
-
-# --- requests -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Shape:
-    """How one endpoint's objects look: chat (`message`/`delta`) or text (`text`)."""
-
-    chat: bool
-
-    @property
-    def prefix(self) -> str:
-        return "chatcmpl" if self.chat else "cmpl"
-
-    @property
-    def object(self) -> str:
-        return "chat.completion" if self.chat else "text_completion"
-
-    @property
-    def chunk_object(self) -> str:
-        return "chat.completion.chunk" if self.chat else "text_completion"
-
-    def choice(self, text: str, finish: str | None) -> dict[str, Any]:
-        if self.chat:
-            message = {"role": "assistant", "content": text}
-            return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-
-    def delta(self, text: str | None, finish: str | None, *, first: bool = False) -> dict[str, Any]:
-        if not self.chat:
-            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
-        delta: dict[str, Any] = {"role": "assistant"} if first else {}
-        if text is not None:
-            delta["content"] = text
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-
-
-CHAT, TEXT = Shape(chat=True), Shape(chat=False)
-
-
-@dataclass(frozen=True)
-class Ask:
-    """One OpenAI-style request, checked: what to run and how to answer."""
-
-    model: str
-    task_input: dict[str, Any]
-    max_tokens: int
-    stream: bool
-    include_usage: bool
-    max_price: int | None = None  # units per 1,000 tokens: only ever lowers the node's cap
-
-
-def _content(i: int, content: Any) -> Any:
-    """A message's content as text: a string, or the text of a list of `text` parts."""
-    if not isinstance(content, list):
-        return content
-    texts: list[str] = []
-    for part in content:
-        text = part.get("text") if isinstance(part, dict) and part.get("type") == "text" else None
-        if not isinstance(text, str):
-            raise InputError(f"message {i}: only text content is supported", reason="bad-request")
-        texts.append(text)
-    return "\n".join(texts)
-
-
-def parse_ask(body: dict[str, Any], shape: Shape) -> Ask:
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise InputError("model must be a model name or id", reason="bad-request")
-    limit = body.get("max_completion_tokens", body.get("max_tokens"))
-    max_tokens = DEFAULT_MAX_TOKENS if limit is None else limit
-    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool):
-        raise InputError("max_tokens must be an integer", reason="bad-request")
-    if not 1 <= max_tokens <= MAX_TOKENS:
-        raise InputError(f"max_tokens must be between 1 and {MAX_TOKENS}", reason="bad-request")
-    stream = body.get("stream", False)
-    if not isinstance(stream, bool):
-        raise InputError("stream must be true or false", reason="bad-request")
-    if body.get("n", 1) not in (1, None):
-        raise InputError("n must be 1: each answer is one paid task", reason="bad-request")
-    options = body.get("stream_options")
-    include_usage = isinstance(options, dict) and options.get("include_usage") is True
-    max_price = body.get("dn_max_price")
-    if max_price is not None and (
-        not isinstance(max_price, int) or isinstance(max_price, bool) or max_price < 0
-    ):
-        raise InputError(
-            "dn_max_price must be a whole number of units per 1,000 tokens", reason="bad-request"
-        )
-    if shape.chat:
-        messages = body.get("messages")
-        if not isinstance(messages, list):
-            raise InputError("messages must be a list", reason="bad-request")
-        clean = []
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict):
-                raise InputError(f"message {i} is not an object", reason="bad-request")
-            role = message.get("role")
-            clean.append(
-                {
-                    "role": "system" if role == "developer" else role,
-                    "content": _content(i, message.get("content")),
-                }
-            )
-        task_input = normalize_input({"messages": clean})
-    else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise InputError("prompt must be one string", reason="bad-request")
-        task_input = normalize_input({"prompt": prompt})
-    return Ask(model.strip(), task_input, max_tokens, stream, include_usage, max_price)
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.keys.settle(self.key, self.reserved, self.paid)
 
 
 # --- running one ----------------------------------------------------------------------------
@@ -288,20 +166,40 @@ class OpenAIGateway:
         before = tasks.eligible_miners(state, sha, height - 1)
         return height - 1 if before == tasks.eligible_miners(state, sha, height) else height
 
-    def start(self, ask: Ask) -> tuple[str, dict[str, Any], AsyncIterator[dict[str, Any]]]:
-        """Sign and plan the query (errors here come before any work): the task id, the model
-        and the gateway's events."""
+    def start(
+        self, ask: Ask, key: ApiKey | None = None, keys: KeyStore | None = None
+    ) -> tuple[str, dict[str, Any], AsyncIterator[dict[str, Any]], Charge | None]:
+        """Sign and plan the query (errors here come before any work): the task id, the model,
+        the gateway's events, and what it reserved of `key`'s budget."""
         sha, model = find_model(self.node, ask.model)
         self.cap(ask, ask.model, model)
-        ticket = self.ticket(sha, model, ask)
-        events = self.gateway.run(ticket, ask.task_input)
-        return tasks.task_id(self.node.genesis.chain_id, ticket), model, events
+        charge = None
+        if key is not None and keys is not None:
+            most = tasks.price_of(model["price"], ask.max_tokens) + self.fee
+            keys.reserve(key.id, most)
+            charge = Charge(keys, key.id, most)
+        try:
+            ticket = self.ticket(sha, model, ask)
+            events = self.gateway.run(ticket, ask.task_input)
+        except BaseException:
+            if charge is not None:
+                charge.close()
+            raise
+        return tasks.task_id(self.node.genesis.chain_id, ticket), model, events, charge
 
-    def settle(self, done: dict[str, Any]) -> dict[str, Any]:
-        """Sign and submit `task.settle` for a finished query; the `dn` field of the answer."""
+    @property
+    def fee(self) -> int:
+        return int(self.node.genesis.param("min_fee"))  # what `own_tx` pays for task.settle
+
+    def settle(self, done: dict[str, Any], charge: Charge | None = None) -> dict[str, Any]:
+        """Sign and submit `task.settle` for a finished query; the `dn` field of the answer.
+        A keyed query's charge is what the wallet pays: the price (owed to the miners, who
+        settle it themselves if we do not), and the fee if our settlement was taken."""
         payload = {k: done[k] for k in ("ticket", "generator", "checker")}
         tx = self.node.own_tx(self.wallet, "task.settle", payload)
         result = self.node.submit([tx.to_json()])[0]
+        if charge is not None:
+            charge.paid = done["price_units"] + (tx.fee if result["accepted"] else 0)
         dn: dict[str, Any] = {
             "task": done["task"],
             "status": done["status"],
@@ -316,18 +214,29 @@ class OpenAIGateway:
         return dn
 
     async def complete(
-        self, shape: Shape, ask: Ask, task: str, model: dict[str, Any], events: Any
+        self,
+        shape: Shape,
+        ask: Ask,
+        task: str,
+        model: dict[str, Any],
+        events: Any,
+        charge: Charge | None = None,
     ) -> dict[str, Any]:
         pieces: list[str] = []
         done: dict[str, Any] | None = None
-        async with _closing(events):
-            async for event in events:
-                if event["event"] == "token":
-                    pieces.append(event["text"])
-                elif event["event"] == "done":
-                    done = event
-        if done is None:
-            raise TaskError("the query ended without an answer", reason="miner-failed")
+        try:
+            async with _closing(events):
+                async for event in events:
+                    if event["event"] == "token":
+                        pieces.append(event["text"])
+                    elif event["event"] == "done":
+                        done = event
+            if done is None:
+                raise TaskError("the query ended without an answer", reason="miner-failed")
+            dn = self.settle(done, charge)
+        finally:
+            if charge is not None:
+                charge.close()
         return {
             "id": f"{shape.prefix}-{task}",
             "object": shape.object,
@@ -335,11 +244,17 @@ class OpenAIGateway:
             "model": model["name"],
             "choices": [shape.choice("".join(pieces), _finish(done, ask))],
             "usage": _usage(done),
-            "dn": self.settle(done),
+            "dn": dn,
         }
 
     async def stream(
-        self, shape: Shape, ask: Ask, task: str, model: dict[str, Any], events: Any
+        self,
+        shape: Shape,
+        ask: Ask,
+        task: str,
+        model: dict[str, Any],
+        events: Any,
+        charge: Charge | None = None,
     ) -> AsyncIterator[bytes]:
         created = int(time.time())
 
@@ -355,7 +270,7 @@ class OpenAIGateway:
             return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
         try:
-            async with _closing(events):
+            async with _closing(events, charge):
                 async for event in events:
                     kind = event["event"]
                     if kind == "start" and shape.chat:
@@ -364,11 +279,11 @@ class OpenAIGateway:
                         yield chunk([shape.delta(event["text"], None)])
                     elif kind == "done":
                         final = shape.delta(None, _finish(event, ask))
-                        yield chunk([final], dn=self.settle(event))
+                        yield chunk([final], dn=self.settle(event, charge))
                         if ask.include_usage:
                             yield chunk([], usage=_usage(event))
         except Exception as exc:  # noqa: BLE001 - reported to the reader as an SSE error
-            _, body = _error_body(exc)
+            _, body = error_body(exc)
             yield b"data: " + json.dumps(body).encode() + b"\n\n"
         yield DONE
 
@@ -378,20 +293,30 @@ def _finish(done: dict[str, Any], ask: Ask) -> str:
 
 
 def _usage(done: dict[str, Any]) -> dict[str, int]:
-    # The gateway never tokenizes the prompt (the miners do), so prompt tokens are not known.
-    return {"prompt_tokens": 0, "completion_tokens": done["tokens"], "total_tokens": done["tokens"]}
+    # The prompt as the checker's tokenizer counted it (the gateway never tokenizes).
+    prompt, completion = int(done.get("prompt_tokens", 0)), int(done["tokens"])
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
 
 
 @contextlib.asynccontextmanager
-async def _closing(events: Any) -> AsyncIterator[None]:
+async def _closing(events: Any, charge: Charge | None = None) -> AsyncIterator[None]:
     """Close the gateway's stream when we stop early (a client that went away, an error), so it
-    releases the task and its checker forwarder at once."""
+    releases the task and its checker forwarder at once; give back what a keyed query reserved
+    and did not pay."""
     try:
         yield
     finally:
-        close = getattr(events, "aclose", None)
-        if close is not None:
-            await close()
+        try:
+            close = getattr(events, "aclose", None)
+            if close is not None:
+                await close()
+        finally:
+            if charge is not None:
+                charge.close()
 
 
 # --- routes ---------------------------------------------------------------------------------
@@ -405,6 +330,7 @@ def add_openai_routes(
     max_price: int = DEFAULT_MAX_PRICE,
 ) -> None:
     payer = OpenAIGateway(node, gateway, wallet, max_price) if wallet is not None else None
+    keys = KeyStore.in_folder(node.home.path) if wallet is not None else None
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -433,33 +359,55 @@ def add_openai_routes(
             )
         return {"object": "list", "data": data}
 
+    def authorize(request: Request) -> ApiKey | None:
+        """The request's API key, checked; or None for a client on this machine with none (see
+        the module docstring for the rule)."""
+        presented = bearer_key(request)
+        if presented is not None:
+            if keys is None:
+                raise TaskError(
+                    "this node has no gateway wallet, so it takes no API keys",
+                    reason="no-gateway-wallet",
+                )
+            key = keys.check(presented)
+            refuse_browser_requests(request, keyed=True)
+            return key
+        if not is_local(request.client.host if request.client else None):
+            raise Forbidden(
+                "the OpenAI API spends this node's gateway wallet, so without an API key "
+                "(dn apikey create) it answers only clients on the same machine (loopback)",
+                reason="not-local",
+            )
+        refuse_browser_requests(request)
+        return None
+
     async def run(request: Request, shape: Shape) -> Any:
         try:
-            if not is_local(request.client.host if request.client else None):
-                raise Forbidden(
-                    "the OpenAI API spends this node's gateway wallet, so it answers only "
-                    "clients on the same machine (loopback)",
-                    reason="not-local",
-                )
-            refuse_browser_requests(request)
+            key = authorize(request)
             if payer is None:
                 raise TaskError(
                     "this node has no gateway wallet to pay for queries: start it with "
                     "'dn node start --gateway-wallet NAME'",
                     reason="no-gateway-wallet",
                 )
+            if key is not None and key.wallet != payer.wallet.address:
+                raise Forbidden(
+                    f"API key {key.id} spends wallet {key.wallet}, but this node pays with its "
+                    f"gateway wallet {payer.wallet.address}",
+                    reason="key-wallet",
+                )
             ask = parse_ask(await json_object(request), shape)
-            task, model, events = payer.start(ask)
+            task, model, events, charge = payer.start(ask, key, keys)
         except DNError as exc:
             return error_response(exc)
         if ask.stream:
             return StreamingResponse(
-                payer.stream(shape, ask, task, model, events),
+                payer.stream(shape, ask, task, model, events, charge),
                 media_type=SSE,
                 headers={"Cache-Control": "no-cache"},
             )
         try:
-            return await payer.complete(shape, ask, task, model, events)
+            return await payer.complete(shape, ask, task, model, events, charge)
         except Exception as exc:  # noqa: BLE001 - every failure gets OpenAI's error shape
             return error_response(exc)
 

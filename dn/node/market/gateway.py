@@ -285,6 +285,7 @@ class Gateway:
                     "task": plan.task,
                     "status": "confirmed" if confirmed else "rejected",
                     "tokens": len(tokens),
+                    "prompt_tokens": _prompt_tokens(opening),
                     "price_units": tasks.price_of(plan.model["price"], len(tokens))
                     if confirmed
                     else 0,
@@ -403,6 +404,15 @@ class Gateway:
             raise _fail(f"the {role}'s attestation is not signed by the chosen miner", "miner-lied")
         if att["output_hash"] != tasks.output_hash(tokens) or att["tokens"] != len(tokens):
             raise _fail(f"the {role} attested to other tokens than it sent", "miner-lied")
+
+
+def _prompt_tokens(opening: asyncio.Task[Any]) -> int:
+    """The prompt's length in tokens as the checker's tokenizer counted it when it opened its
+    session (the generator does not say); 0 when it did not say."""
+    finished = opening.done() and not opening.cancelled() and opening.exception() is None
+    reply = opening.result() if finished else None
+    count = reply.get("prompt_tokens") if isinstance(reply, dict) else None
+    return count if isinstance(count, int) and not isinstance(count, bool) and count >= 0 else 0
 
 
 def error_event(exc: BaseException) -> dict[str, Any]:
