@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from dn.cli.options import AMOUNT_HELP, Fee, PasswordFile, Wait
 from dn.cli.output import emit, locked_wallet, opts, table
 
 if TYPE_CHECKING:
@@ -22,15 +23,7 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-AMOUNT_HELP = "Amount in DN, up to 9 decimals (e.g. 2.5)."
 Wallet = typer.Option(..., "--wallet", help="Wallet whose escrow it is (it signs).")
-Fee = typer.Option(None, "--fee", help="Fee in DN (default: the chain minimum).")
-Wait = typer.Option(True, "--wait/--no-wait", help="Wait until it is in a block.")
-PasswordFile = typer.Option(
-    None,
-    "--password-file",
-    help="Read the password from this file (else $DN_PASSWORD or a prompt).",
-)
 
 
 def _describe(data: dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from dn.cli.options import AMOUNT_HELP, Fee, PasswordFile, Wait
 from dn.cli.output import emit, locked_wallet, opts, table
 
 if TYPE_CHECKING:
@@ -22,15 +23,7 @@ app = typer.Typer(
 )
 
 TARGET_HELP = "A model (name, SHA-256 or 8+ digit prefix) or a validator's dn1… address."
-AMOUNT_HELP = "Amount in DN, up to 9 decimals (e.g. 2.5)."
 Wallet = typer.Option(..., "--wallet", help="Wallet that stakes and signs.")
-Fee = typer.Option(None, "--fee", help="Fee in DN (default: the chain minimum).")
-Wait = typer.Option(True, "--wait/--no-wait", help="Wait until it is in a block.")
-PasswordFile = typer.Option(
-    None,
-    "--password-file",
-    help="Read the password from this file (else $DN_PASSWORD or a prompt).",
-)
 
 
 def _label(target: dict[str, Any]) -> str:

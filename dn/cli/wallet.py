@@ -8,17 +8,12 @@ from typing import Any
 
 import typer
 
+from dn.cli.options import PasswordFile
 from dn.cli.output import emit, opts, read_password, table, unlock
 from dn.errors import InputError, KeystoreCorrupt
 
 app = typer.Typer(
     help="Wallets: keys sealed with your password, and what they hold.", no_args_is_help=True
-)
-
-PasswordFile = typer.Option(
-    None,
-    "--password-file",
-    help="Read the password from this file (else $DN_PASSWORD or a prompt).",
 )
 
 
