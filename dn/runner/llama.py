@@ -81,7 +81,13 @@ def auto_gpu_layers(override: int | None = None) -> int:
 
 
 def default_threads() -> int:
-    return max(1, min(8, os.cpu_count() or 1))
+    """The cores this process may run on (its CPU affinity: a container's cpuset or `taskset`),
+    up to 8; more llama.cpp threads than that only wait on each other."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
 
 
 @dataclass(frozen=True)

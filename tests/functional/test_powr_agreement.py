@@ -13,6 +13,7 @@ score, and each validator's agreement ≥ 0.9 (DESIGN.md: agreement in [0, 1]). 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,21 @@ def closed(dn_home: Path, first: int) -> list[dict[str, Any]]:
     return out
 
 
+def pin(node: NodeProcess, core: int) -> None:
+    """Each validator on its own core, as on its own machine: two llama.cpp evaluations with
+    two threads each on the same two cores slowed each other down many times over (a sample
+    of long answers then outlasted even a minute of commit phase). Every thread of the process
+    is pinned before the first model loads; llama.cpp then sizes its threads to that core."""
+    if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+        return  # unpinned: slower, as two validators on one small machine are
+    assert node.proc is not None
+    subprocess.run(
+        ["taskset", "-a", "-p", "-c", str(core), str(node.proc.pid)],
+        check=True,
+        capture_output=True,
+    )
+
+
 def test_two_honest_validators_agree_for_three_epochs(dn_home: Path, smollm2_gguf: Path) -> None:
     keys = make_keys(dn_home, NAMES)
     creator = Keypair.generate()
@@ -80,6 +96,8 @@ def test_two_honest_validators_agree_for_three_epochs(dn_home: Path, smollm2_ggu
     try:
         first.start()
         second.start()
+        pin(first, 0)
+        pin(second, 1)
         register_model(first, creator, genesis.chain_id, sha, smollm2_gguf.stat().st_size)
         # The model is live from the epoch after the one it was registered in.
         start = first.status()["height"] // EPOCH + 1
