@@ -303,6 +303,11 @@ class LanNode:
         argv = [sys.executable, "-m", "dn", "node", "start", "--name", self.name]
         argv += ["--host", self.host, "--port", str(self.port), *self.args]
         self.proc = self.lan.popen(self.i, argv, env=env, log=self.log)
+        return self._up(timeout, every=0.3)
+
+    def _up(self, timeout: float, every: float) -> Any:
+        """Wait until the started process answers `/status` on its URL; it must not exit."""
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -310,7 +315,7 @@ class LanNode:
             answer = self.lan.http(self.i, [{"url": self.url + "/dn/v1/status", "timeout": 2}])
             if answer[0].get("status") == 200:
                 return self
-            time.sleep(0.3)
+            time.sleep(every)
         raise AssertionError(f"{self.name} not up after {timeout} s:\n{self.tail()}")
 
     def get(self, path: str) -> Any:
@@ -403,12 +408,4 @@ class LanMiner(LanNode):
         argv += ["--name", self.name, "--host", self.host, "--port", str(self.port), *self.args]
         env = node_env(self.dn_home, {"DN_PASSWORD": self.password})
         self.proc = self.lan.popen(self.i, argv, env=env, log=self.log)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited early:\n{self.tail()}")
-            answer = self.lan.http(self.i, [{"url": self.url + "/dn/v1/status", "timeout": 2}])
-            if answer[0].get("status") == 200:
-                return self
-            time.sleep(0.5)
-        raise AssertionError(f"{self.name} not up after {timeout} s:\n{self.tail()}")
+        return self._up(timeout, every=0.5)
