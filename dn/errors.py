@@ -207,7 +207,11 @@ class QuotaExhausted(Forbidden):
 
 class RateLimited(Forbidden):
     """Too many requests that no peer signed, from one address, in a short time: they cost no
-    one standing, so they are rationed instead. Retry after `retry_after` seconds."""
+    one standing, so they are rationed instead. Retry after `retry_after` seconds.
+
+    Also, per address: handshake openings past their ration (`rate-limited`,
+    dn/node/p2p/members.py), and API keys after too many refused ones (`rate_limited`, OpenAI's
+    spelling, dn/node/market/apikeys.py)."""
 
     http_status = 429
     reason = "rate-limited"

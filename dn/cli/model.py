@@ -299,12 +299,23 @@ def pull(
     source: str | None = typer.Option(
         None, "--from", help="Try this node URL first (then the model's miners, then --node)."
     ),
+    network_key: str | None = typer.Option(
+        None,
+        "--network-key",
+        envvar="DN_NETWORK_KEY",
+        help="The passphrase of a keyed network (its nodes' --network-key): they serve model "
+        "files only to a node that proves it.",
+    ),
 ) -> None:
     """Download a model's GGUF file from peers by hash: resumable, verified by SHA-256."""
     from dn.client.models import pull as pull_model
+    from dn.node.p2p.handshake import network_key_from_text
 
+    key = None if network_key is None else network_key_from_text(network_key)
     with opts(ctx).client() as client:
-        data = pull_model(client, _store(ctx), ref, first=source, bar=progress, notify=say)
+        data = pull_model(
+            client, _store(ctx), ref, first=source, bar=progress, notify=say, network_key=key
+        )
 
     def human(out: Console) -> None:
         if not data["pulled"]:

@@ -213,11 +213,16 @@ def pull(
     first: str | None = None,
     bar: Bar | None = None,
     notify: Callable[[str], None] | None = None,
+    network_key: bytes | None = None,
 ) -> dict[str, Any]:
     """Fetch the file of model `ref` (a name, hash or prefix the node knows) into `store` from
     `pull_sources`, resumable and checked by SHA-256 (`pull_model`); nothing is fetched when
     `store` has it. Returns `pull_model`'s result with the model's `name`. Ctrl-C keeps what
-    arrived, and `notify` is told where before the KeyboardInterrupt goes on."""
+    arrived, and `notify` is told where before the KeyboardInterrupt goes on.
+
+    With a `network_key` the pull runs as a member of that network (blobs are a peer-to-peer
+    route, which a keyed node answers only to members): under a fresh, throwaway node key it
+    handshakes with each source, proving the key, on the chain of the node `client` asks."""
     from dn.node.p2p.pull import pull_model
 
     model = client.model(ref)
@@ -226,10 +231,23 @@ def pull(
     if store.has(sha):
         data = pull_model(sha, sources, store)  # a no-op that reports where it is
     else:
+        transport = None
+        if network_key is not None:
+            from dn.node.p2p.session import Member, MemberTransport
+            from dn.wallet.keys import Keypair
+
+            genesis_hash = str(client.status()["genesis_hash"])
+            transport = MemberTransport(Member(Keypair.generate(), genesis_hash, network_key))
         try:
             with (bar or no_bar)(f"pulling {model['name']}", model["size"]) as update:
                 data = pull_model(
-                    sha, sources, store, size=model["size"], name=model["name"], progress=update
+                    sha,
+                    sources,
+                    store,
+                    size=model["size"],
+                    name=model["name"],
+                    progress=update,
+                    transport=transport,
                 )
         except KeyboardInterrupt:
             kept = store.partial_path(sha)

@@ -28,7 +28,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from dn.errors import DNError, InputError
+from dn.errors import DNError, InputError, RateLimited
 from dn.node.taskio import normalize_input
 
 log = logging.getLogger("dn.openai")
@@ -85,8 +85,12 @@ def error_body(exc: BaseException) -> tuple[int, dict[str, Any]]:
 
 def error_response(exc: BaseException) -> JSONResponse:
     status, body = error_body(exc)
-    # OpenAI's clients retry a 429 unless told not to: an exhausted budget stays exhausted.
-    headers = {"x-should-retry": "false"} if status == 429 else None
+    headers: dict[str, str] | None = None
+    if isinstance(exc, RateLimited):  # too many refused keys: worth trying again later
+        headers = {"Retry-After": str(max(1, int(exc.retry_after)))}
+    elif status == 429:
+        # OpenAI's clients retry a 429 unless told not to: an exhausted budget stays exhausted.
+        headers = {"x-should-retry": "false"}
     return JSONResponse(body, status_code=status, headers=headers)
 
 

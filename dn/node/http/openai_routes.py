@@ -369,7 +369,7 @@ def add_openai_routes(
                     "this node has no gateway wallet, so it takes no API keys",
                     reason="no-gateway-wallet",
                 )
-            key = keys.check(presented)
+            key = keys.check(presented, source=request.client.host if request.client else None)
             refuse_browser_requests(request, keyed=True)
             return key
         if not is_local(request.client.host if request.client else None):

@@ -21,6 +21,15 @@ A node killed mid-query keeps the whole reservation counted as spent: the budget
 of the wallet.
 
     check(key)          the key's row, or KeyRefused (unknown, malformed, revoked, expired)
+
+Guessing is rationed by the client's address (`check(key, source=ADDRESS)`): after
+`MAX_FAILED_CHECKS` refused keys from one address within `FAILED_CHECKS_WINDOW_S` seconds, every
+key that address presents, the right one too, is refused with RateLimited `rate_limited` (429)
+before anything is looked up, until the oldest of those failures is a window old. A secret of 256
+bits cannot be guessed anyway; the ration keeps a guesser from turning the look-ups into load,
+and a client whose key was revoked from retrying without end. Other addresses are not touched:
+their keys go on working. The count is kept in memory, per process (`MAX_SOURCES` addresses at
+most, the least recently refused forgotten first); a check with no `source` is not counted.
 """
 
 from __future__ import annotations
@@ -30,16 +39,22 @@ import hmac
 import os
 import secrets
 import sqlite3
+import threading
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dn.errors import InputError, KeyRefused, NotFound, QuotaExhausted
+from dn.errors import InputError, KeyRefused, NotFound, QuotaExhausted, RateLimited
 
 PREFIX = "dn-key-"
 FILE_NAME = "apikeys.sqlite"
+MAX_FAILED_CHECKS = 10  # refused keys one address may present within ...
+FAILED_CHECKS_WINDOW_S = 60.0  # ... this many seconds, before it is cut off (see the docstring)
+MAX_SOURCES = 4_096  # addresses whose failures are remembered
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS keys (
     id TEXT PRIMARY KEY,
@@ -87,10 +102,14 @@ def _digest(secret: str) -> bytes:
 
 
 class KeyStore:
-    """The API keys of one node folder (see the module docstring)."""
+    """The API keys of one node folder (see the module docstring). `clock` (seconds, default
+    `time.monotonic`) times the ration of failed checks; tests move it by hand."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
+        self.clock = clock
+        self._failures: dict[str, deque[float]] = {}  # address -> its latest refusals (times)
+        self._failures_lock = threading.Lock()
         fresh = not path.exists()
         if fresh:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,8 +166,46 @@ class KeyStore:
             raise NotFound(f"no API key {key_id}")
         return self.get(key_id)
 
-    def check(self, key: str, now_ms: int | None = None) -> ApiKey:
-        """The record of a presented key, or KeyRefused."""
+    def check(self, key: str, now_ms: int | None = None, *, source: str | None = None) -> ApiKey:
+        """The record of a presented key, or KeyRefused; RateLimited, without a look-up, for a
+        `source` (the client's address) that presented too many refused keys lately."""
+        if source is None:
+            return self._check(key, now_ms)
+        self._ration(source)
+        try:
+            return self._check(key, now_ms)
+        except KeyRefused:
+            self._failed(source)
+            raise
+
+    def _ration(self, source: str) -> None:
+        with self._failures_lock:
+            recent = self._failures.get(source)
+            if recent is None:
+                return
+            now = self.clock()
+            while recent and now - recent[0] >= FAILED_CHECKS_WINDOW_S:
+                recent.popleft()
+            if not recent:
+                del self._failures[source]
+            elif len(recent) >= MAX_FAILED_CHECKS:
+                wait = FAILED_CHECKS_WINDOW_S - (now - recent[0])
+                limited = RateLimited(
+                    f"too many invalid API keys from this address; try again in {wait:.0f} s",
+                    reason="rate_limited",
+                )
+                limited.retry_after = max(1, int(wait + 0.999))
+                raise limited
+
+    def _failed(self, source: str) -> None:
+        with self._failures_lock:
+            recent = self._failures.pop(source, None) or deque(maxlen=MAX_FAILED_CHECKS)
+            recent.append(self.clock())
+            self._failures[source] = recent  # re-inserted last: the least recent go first
+            while len(self._failures) > MAX_SOURCES:
+                self._failures.pop(next(iter(self._failures)))
+
+    def _check(self, key: str, now_ms: int | None) -> ApiKey:
         refused = KeyRefused("the API key is not valid on this node (unknown, revoked or expired)")
         if not key.startswith(PREFIX):
             raise refused

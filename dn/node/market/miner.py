@@ -117,7 +117,7 @@ class Miner:
             records = TaskRecords.for_chain(node.home.path / RECORDS_FILE, node.genesis)
         self.records = records
         self.backstop = Backstop(node, wallet, records)
-        self.exposure = Exposure(node.genesis.param("ticket_window_blocks"))
+        self.exposure = Exposure.for_chain(node.home.path, node.genesis)
 
     @property
     def address(self) -> str:
@@ -433,6 +433,7 @@ class Miner:
                 self.backstop.hold(task, current.job.ticket, generator_attestation, att)
             return {"task": task, "verdict": result, "attestation": att}
 
+        self.exposure.close()
         try:
             return await self._checking(finish)
         finally:

@@ -37,8 +37,9 @@ both addresses and both challenges. Why that much:
 shape and our own values is looked at before the signature checks out.
 
 Pure: no I/O. The routes are in `dn/node/http/app.py`; the responder's memory of the counters
-it issued and of its members is `dn/node/p2p/members.py`; the initiator's side, which sends the
-two requests, is `dn/node/p2p/session.py`.
+it issued and of its members is `dn/node/p2p/members.py`, which also rations openings by source
+address (so one address cannot crowd other peers' counters out); the initiator's side, which
+sends the two requests, is `dn/node/p2p/session.py`.
 """
 
 from __future__ import annotations

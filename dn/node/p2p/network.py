@@ -292,7 +292,7 @@ class Network(Sync, Gossip):
         `MAX_INBOUND_PER_HOST` ports of one host per `INBOUND_WINDOW_S`, so handshakes naming
         other hosts or many ports cannot make this node open connections for someone else."""
         opened = handshake.read_opening(body)
-        reply = self.members.answer(opened, roles=self.node.roles, port=self.port)
+        reply = self.members.answer(opened, roles=self.node.roles, port=self.port, source=caller)
         if opened.url is not None:
             try:
                 url = normalise_peer(opened.url)

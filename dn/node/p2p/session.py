@@ -10,7 +10,8 @@ A session is the node address proved at an origin (`http://host:port`) in a hand
 (`dn.node.p2p.handshake`); each request to that origin is signed naming that address as its
 receiver (`dn.node.p2p.auth`), so nobody can turn it on another node. A handshake that fails is
 answered, in place of the request, by a local 403 with the handshake's reason, so callers see one
-kind of refusal. Streamed answers stay streamed: only the handshake's own answers are read here.
+kind of refusal (429 `rate-limited` when the node rations our openings: dn/node/p2p/members.py).
+Streamed answers stay streamed: only the handshake's own answers are read here.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from dn.errors import DNError, HandshakeError
+from dn.errors import DNError, HandshakeError, RateLimited
 from dn.node.p2p import auth, handshake
 from dn.node.p2p.handshake import PeerHello
 from dn.wallet.keys import Keypair
@@ -112,6 +113,8 @@ def _answer(response: httpx.Response, what: str) -> Any:
     if response.status_code != 200:
         found = body if isinstance(body, dict) else {}
         message = found.get("message") or f"HTTP {response.status_code}"
+        if response.status_code == 429:  # the node rations openings: not now, rather than no
+            raise RateLimited(f"the {what} was refused: {message}", reason="rate-limited")
         raise HandshakeError(
             f"the {what} was refused: {message}", reason=str(found.get("reason") or "handshake")
         )
