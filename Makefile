@@ -60,10 +60,11 @@ bench: install binary
 	$(PY) bench/concurrency.py
 	$(PY) bench/powr.py
 	$(PY) bench/epoch.py
+	$(PY) bench/powr_rank.py
 	$(PY) bench/startup.py
 
 lint: install
-	$(VENV)/bin/ruff check dn tests bench
+	$(VENV)/bin/ruff check dn tests bench tools
 	$(VENV)/bin/mypy
 
 clean:

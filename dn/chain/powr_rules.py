@@ -8,6 +8,8 @@ after that block's unlocks and before its transactions (`state.begin_block`).
 
     powr:<e>:commit:<validator>  the commitment hash (deleted when the epoch closes)
     powr:<e>:reveal:<validator>  {model sha: quality in ppm}, as revealed
+    powr:<e>:errors:<validator>  {model sha: standard error of that quality in ppm}, as revealed
+                                 (only for a reveal that carries `errors`)
     powr:<e>:stats:<model sha>   {"tasks", "confirmed", "tokens", "miners": {generator: tokens},
                                   "burned": {generator: units}}
                                  tasks settled in the epoch (`tokens`: paid tokens of confirmed
@@ -24,12 +26,21 @@ Rules, checks in order:
   boundaries; `not-validator`); the block is in the commit phase of `epoch` (`wrong-phase`,
   also for any other epoch); the sender has not committed this epoch (`already-committed`); no
   other active validator committed the same hash this epoch (`copied-commitment`).
-- `powr.reveal` {epoch, scores, salt}: the sender is an active validator (`not-validator`);
-  the block is in the reveal phase of `epoch` (`wrong-phase`); the sender committed this epoch
-  (`no-commitment`) and has not revealed (`already-revealed`); `powr_commitment(epoch, sender,
-  scores, salt)` equals the commitment (`reveal-mismatch`); every scored model is registered
-  (`unknown-model`). The commitment binds the validator's own address, so a copied commitment
-  can never be revealed by the copier.
+- `powr.reveal` {epoch, scores, salt, errors?}: the sender is an active validator
+  (`not-validator`); the block is in the reveal phase of `epoch` (`wrong-phase`); the sender
+  committed this epoch (`no-commitment`) and has not revealed (`already-revealed`); `errors`,
+  when given, is an object whose models are exactly those of `scores` (`bad-errors`);
+  `powr_commitment(epoch, sender, scores, salt, errors)` equals the commitment
+  (`reveal-mismatch`); every scored model is registered (`unknown-model`). The commitment binds
+  the validator's own address, so a copied commitment can never be revealed by the copier, and
+  binds the errors too when there are any.
+
+Standard errors. A reveal may carry, per model, the standard error of the quality it reveals
+(the sample standard deviation of the item grades over sqrt(n), in ppm; `dn.powr.grading`).
+At the close, a model's `error` in the result record is the voice-weighted lower median of the
+errors revealed for it (`consensus.weighted_median`, the same voices as the quality's median),
+present only when some validator revealed one: a result of an epoch without errors is exactly as
+before. Errors move no reward; they say which differences in the leaderboard mean something.
 
 Scores are quality q in ppm only: success and demand are what the chain itself saw
 (`dn.powr.consensus` explains why). A validator's stake in the close (`validator_stakes`) is
@@ -51,7 +62,7 @@ from dn.chain.types import Tx
 from dn.chain.validators import active, own_weight
 from dn.encoding import MAX_AMOUNT, hash_hex
 from dn.errors import InvalidTx
-from dn.powr.consensus import EpochInputs, EpochResult, close_epoch
+from dn.powr.consensus import EpochInputs, EpochResult, close_epoch, weighted_median
 from dn.powr.emission import Credit, ModelEpoch, share_pool
 from dn.powr.params import EpochParams
 
@@ -78,9 +89,24 @@ def result_key(epoch: int) -> str:
     return f"{POWR}{epoch}:result"
 
 
-def powr_commitment(epoch: int, validator: str, scores: dict[str, int], salt: str) -> str:
-    """The hash a validator commits to before revealing `scores` with `salt` (hex)."""
-    return hash_hex({"epoch": epoch, "validator": validator, "scores": scores, "salt": salt})
+def errors_key(epoch: int, validator: str) -> str:
+    return f"{POWR}{epoch}:errors:{validator}"
+
+
+def powr_commitment(
+    epoch: int,
+    validator: str,
+    scores: dict[str, int],
+    salt: str,
+    errors: dict[str, int] | None = None,
+) -> str:
+    """The hash a validator commits to before revealing `scores` (and their standard `errors`,
+    when it reveals any) with `salt` (hex). Without errors it is the hash commitments always
+    had."""
+    doc: dict[str, Any] = {"epoch": epoch, "validator": validator, "scores": scores, "salt": salt}
+    if errors is not None:
+        doc["errors"] = errors
+    return hash_hex(doc)
 
 
 # --- rules ------------------------------------------------------------------------------------
@@ -133,7 +159,13 @@ def reveal(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
             f"the sender has revealed for epoch {epoch} already", reason="already-revealed"
         )
     scores, salt = dict(tx.payload["scores"]), tx.payload["salt"]
-    if powr_commitment(epoch, tx.sender, scores, salt) != committed:
+    errors = tx.payload.get("errors")
+    if "errors" in tx.payload and (errors is None or set(errors) != set(scores)):
+        raise InvalidTx(
+            "errors, when given, must give one standard error for each scored model",
+            reason="bad-errors",
+        )
+    if powr_commitment(epoch, tx.sender, scores, salt, errors) != committed:
         raise InvalidTx(
             "these scores and salt do not hash to the sender's commitment",
             reason="reveal-mismatch",
@@ -142,6 +174,8 @@ def reveal(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
         if state.get(MODEL + sha) is None:
             raise InvalidTx(f"no model {sha[:12]}… is registered", reason="unknown-model")
     state.set(reveal_key(epoch, tx.sender), dict(sorted(scores.items())))
+    if errors is not None:
+        state.set(errors_key(epoch, tx.sender), dict(sorted(errors.items())))
 
 
 # --- task statistics --------------------------------------------------------------------------
@@ -289,6 +323,22 @@ def epoch_inputs(state: StateReader, epoch: int, genesis: Genesis) -> EpochInput
     )
 
 
+def model_errors(state: StateReader, epoch: int, inputs: EpochInputs) -> dict[str, int]:
+    """Per model with a revealed standard error: the voice-weighted lower median of the errors
+    revealed for it, by the validators whose scores count in `inputs` (a retired model's are
+    dropped with its scores)."""
+    voices = inputs.voices if inputs.voices is not None else inputs.validator_stakes
+    by_model: dict[str, list[tuple[int, int]]] = {}
+    for validator in sorted(inputs.scores):
+        revealed = state.get(errors_key(epoch, validator)) or {}
+        for sha, error in sorted(revealed.items()):
+            if sha in inputs.scores[validator]:
+                by_model.setdefault(sha, []).append((error, voices.get(validator, 0)))
+    return {
+        sha: weighted_median(pairs) for sha, pairs in by_model.items() if any(w for _, w in pairs)
+    }
+
+
 def result_record(result: EpochResult) -> dict[str, Any]:
     """The compact form of an epoch's outcome kept under `powr:<e>:result`."""
     return {
@@ -348,6 +398,9 @@ def close(state: Overlay, epoch: int, genesis: Genesis) -> EpochResult:
         supply = state.get(SUPPLY)
         state.set(SUPPLY, {**supply, "emitted": supply["emitted"] + result.paid})
     record = result_record(result)
+    for sha, error in model_errors(state, epoch, inputs).items():
+        if sha in record["models"]:
+            record["models"][sha]["error"] = error
     pool = state.get(POOL_VALIDATORS)
     shared = share_pool(pool["balance"], result, inputs.delegations) if pool else ()
     if shared:

@@ -210,6 +210,19 @@ class PowrReveal(Payload):
     epoch: Height
     scores: Annotated[dict[Hash, Annotated[int, Field(ge=0, le=1_000_000)]], Field(max_length=1024)]
     salt: Hex
+    # The standard error of each score, in ppm (dn/chain/powr_rules.py). Optional, and left out
+    # of the payload when absent, so a reveal signed before errors existed reads as it was signed.
+    errors: (
+        Annotated[dict[Hash, Annotated[int, Field(ge=0, le=1_000_000)]], Field(max_length=1024)]
+        | None
+    ) = None
+
+    @model_serializer(mode="wrap")
+    def _without_absent_errors(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if "errors" not in self.model_fields_set:
+            del data["errors"]
+        return data
 
 
 PAYLOADS: dict[str, type[Payload]] = {

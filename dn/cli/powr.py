@@ -64,12 +64,20 @@ def eval_(
     threads: int | None = typer.Option(
         None, "--threads", min=1, help="llama.cpp threads (default: the cores, up to 8)."
     ),
+    kind: str | None = typer.Option(
+        None,
+        "--kind",
+        help="Ask the model as a chat or a base model (default: what its file says: chat when "
+        "it has a chat template).",
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print everything as JSON."),
 ) -> None:
     """Run a benchmark suite on a local model and grade every answer (the quality score q).
 
-    Exact, contains and numeric items are graded on greedy answers to the model's chat prompt,
-    choice items by the log-probability of each choice, as a validator does every epoch."""
+    Exact, contains and numeric items are graded on greedy answers to the model's chat prompt
+    (--kind chat) or to a completion prompt "Question: …\\nAnswer:" cut at the first newline
+    (--kind base), choice items by the log-probability of each choice, as a validator does every
+    epoch. The quality is shown with its standard error."""
     from dn.client.powr import evaluate_local
     from dn.config import home
     from dn.runner.modelstore import ModelStore
@@ -85,6 +93,7 @@ def eval_(
         seed=seed,
         max_tokens=max_tokens,
         threads=threads,
+        kind=kind,
         bar=progress,
         notify=say,
     )
@@ -102,8 +111,9 @@ def eval_(
             f"{kind} {k['right']}/{k['items']}" for kind, k in data["by_kind"].items()
         )
         out.print(
-            f"quality [bold]{evaluation.quality:.3f}[/] ({data['right']}/{len(chosen)} right: "
-            f"{kinds}) for {run.model.name} on suite {run.suite.name}"
+            f"quality [bold]{evaluation.quality:.3f} ± {evaluation.stderr:.3f}[/] "
+            f"({data['right']}/{len(chosen)} right: {kinds}) for {run.model.name} "
+            f"({evaluation.model_kind}) on suite {run.suite.name}"
         )
         out.print(
             f"{len(chosen)} items in {evaluation.seconds:.1f} s ({evaluation.items_per_s:.2f} "
@@ -116,6 +126,10 @@ def eval_(
 
 def _ppm(value: int | None) -> str:
     return "-" if value is None else f"{value / 1_000_000:.3f}"
+
+
+def _with_error(value: int, error: int | None) -> str:
+    return _ppm(value) if error is None else f"{_ppm(value)} ± {_ppm(error)}"
 
 
 @app.command("status")
@@ -200,7 +214,9 @@ def leaderboard(
 ) -> None:
     """Models ranked by consensus PoWR score in a closed epoch, with what each earned.
 
-    Also shows each model's consensus quality, task success rate and demand."""
+    Scores and qualities are shown ± their standard error; two models whose scores differ by no
+    more than 1.96 times their combined error share a rank, shown as "=2". Also shows each
+    model's task success rate and demand."""
     with opts(ctx).client() as client:
         data = client.powr_leaderboard(epoch=epoch, domain=domain)
 
@@ -219,12 +235,12 @@ def leaderboard(
             return
         rows = [
             [
-                r["rank"],
+                r.get("rank_label", str(r["rank"])),
                 r["name"],
                 r["creator"][:16] + "…",
                 r["domain"],
-                _ppm(r["score"]),
-                _ppm(r["quality"]),
+                _with_error(r["score"], r.get("error")),
+                _with_error(r["quality"], r.get("quality_error")),
                 _ppm(r["success"]),
                 _ppm(r["demand"]),
                 r["tasks"],
@@ -234,5 +250,7 @@ def leaderboard(
         ]
         columns = ["rank", "model", "creator", "domain", "score", "quality", "success", "demand"]
         out.print(table(None, [*columns, "tasks", "reward (DN)"], rows))
+        if any(r.get("error") is not None for r in data["rows"]):
+            out.print('± one standard error; "=" marks models within 1.96 errors of each other')
 
     emit(ctx, data, human)

@@ -62,6 +62,7 @@ def evaluate_local(
     seed: str | None = None,
     max_tokens: int = 32,
     threads: int | None = None,
+    kind: str | None = None,
     bar: Bar | None = None,
     notify: Callable[[str], None] | None = None,
 ) -> LocalEvaluation:
@@ -69,7 +70,9 @@ def evaluate_local(
     file, else the built-in `domain`, else the model's own domain's, else `general`): all of
     it, or `items` of it sampled by `seed` (default "powr"). A seed without `items` is an
     InputError, as are a suite file and a domain together. `notify` hears when the model's
-    domain has no built-in suite and `general` stands in."""
+    domain has no built-in suite and `general` stands in. The model is asked as a `kind`
+    ("chat" or "base") model: as given, else as its file says (`GGUFInfo.kind`), as a validator
+    asks it as its chain record says."""
     from dn.powr.evaluate import evaluate
     from dn.powr.suites import choose_suite, sample_items
     from dn.runner.gguf import read_header
@@ -86,12 +89,17 @@ def evaluate_local(
     if items is not None:
         seed = DEFAULT_SEED if seed is None else seed
         chosen = sample_items(suite, items, seed.encode("utf-8"))
-    read_header(model.path)  # not GGUF, truncated: a clear error before llama.cpp sees it
+    if kind is not None and kind not in ("chat", "base"):
+        raise InputError(f"--kind must be chat or base, not {kind!r}", reason="bad-option")
+    info = read_header(model.path)  # not GGUF, truncated: a clear error before llama.cpp sees it
+    model_kind = kind or info.kind
     n_threads = threads or default_threads()
     loaded = LoadedModel(model.path, n_threads=n_threads)
     try:
         with (bar or no_bar)(f"{model.name} on {suite.name}", len(chosen)) as update:
-            evaluation = evaluate(loaded, chosen, max_tokens=max_tokens, progress=update)
+            evaluation = evaluate(
+                loaded, chosen, max_tokens=max_tokens, progress=update, model_kind=model_kind
+            )
     finally:
         loaded.llm.close()
     return LocalEvaluation(

@@ -1,11 +1,20 @@
 """Running benchmark items through a loaded model and grading them (DESIGN.md section 8).
 
-`evaluate(model, items)` answers each item with the runner and grades it with
-`dn/powr/grading.py`:
+`evaluate(model, items, model_kind=…)` answers each item with the runner and grades it with
+`dn/powr/grading.py`. How a generative item is asked depends on the model's kind (the `kind` of
+its chain record, `dn.chain.models.kind_of`); choice items are scored the same way for both:
 
-- exact, contains, numeric: the item's prompt as the user turn of the model's own chat template,
-  answered greedily (`LoadedModel.generate`: argmax, stop at an end-of-generation token or after
-  `max_tokens`), decoded to text without special tokens and graded with `grade`.
+- exact, contains, numeric, on a `chat` model: the item's prompt as the user turn of the model's
+  own chat template, answered greedily (`LoadedModel.generate`: argmax, stop at an
+  end-of-generation token or after `max_tokens`), decoded to text without special tokens and
+  graded with `grade`.
+- exact, contains, numeric, on a `base` model: a pretrained model was never taught a chat
+  template (Gemma 3 270M's file has none; the runner's fallback for its family is a template
+  the model was not tuned on, and through it the model echoes the question instead of
+  answering), so it is asked as lm-evaluation-harness asks one, with a completion prompt:
+  `"Question: " + prompt + "\\nAnswer:"` (`completion_prompt`), no template, continued greedily
+  as plain text and cut at the first newline (the answer is the line after "Answer:"), or at
+  an end-of-generation token or `max_tokens`. The text before the newline is graded.
 - choice: no generation. Each choice is scored by the sum of the log-probabilities (log-softmax
   of the logits, in float64) of its tokens as a continuation of the raw item prompt, the text
   `prompt + " " + choice` as the suites' docstring says (no chat template: the prompts are
@@ -32,6 +41,9 @@ per choice, with the same scores to 1e-15). Two runs of the same items on the sa
 same results bit for bit; scoring the choices in another order moves a score by float rounding at
 most. Timings are reported beside the results and are the only part that varies.
 
+The quality q is the mean grade, reported with its standard error (`Evaluation.stderr`, the
+sample standard deviation of the grades over sqrt(n): `grading.standard_error`).
+
 `llama_s` counts the time spent inside the runner's llama.cpp calls: each step of `generate` and
 each `_decode` (the logits copies included). The rest — chat templating, tokenizing, log-softmax,
 text decoding, grading — is the evaluator's overhead, which `llama_share` measures.
@@ -46,13 +58,15 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from dn.errors import InputError, TaskError
-from dn.powr.grading import grade, grade_choice, quality
+from dn.powr.grading import grade, grade_choice, quality, standard_error
 from dn.powr.suites import KINDS, Item, Kind
 
 if TYPE_CHECKING:
     from dn.runner.llama import LoadedModel
 
 DEFAULT_MAX_TOKENS = 32
+CHAT, BASE = "chat", "base"  # a model's kind, as its chain record says (dn.chain.models)
+MODEL_KINDS = (CHAT, BASE)
 
 Progress = Callable[[int, int], None]  # update(items_done, items_total)
 
@@ -89,13 +103,19 @@ class ItemResult:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A run over some items: each item's result, the quality q (the mean grade) and where the
-    time went."""
+    """A run over some items: each item's result, the quality q (the mean grade), how the model
+    was asked (`model_kind`) and where the time went."""
 
     results: tuple[ItemResult, ...]
     quality: float
     seconds: float
     llama_s: float
+    model_kind: str = CHAT
+
+    @property
+    def stderr(self) -> float:
+        """The standard error of `quality` (`grading.standard_error` of the item grades)."""
+        return standard_error(r.score for r in self.results)
 
     @property
     def items_per_s(self) -> float:
@@ -121,6 +141,8 @@ class Evaluation:
         return {
             "items": len(self.results),
             "quality": self.quality,
+            "stderr": self.stderr,
+            "model_kind": self.model_kind,
             "right": sum(1 for r in self.results if r.score == 1.0),
             "seconds": round(self.seconds, 6),
             "llama_s": round(self.llama_s, 6),
@@ -137,8 +159,10 @@ def evaluate(
     *,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     progress: Progress | None = None,
+    model_kind: str = CHAT,
 ) -> Evaluation:
-    """Answer and grade `items` in order on `model`; `progress(done, total)` after each item.
+    """Answer and grade `items` in order on `model`, a `model_kind` ("chat" or "base") model;
+    `progress(done, total)` after each item.
 
     The items are run one after another, each holding the model's context while it runs (a
     generation takes the lock inside `generate`; choice scoring takes it here). A prompt that does
@@ -146,6 +170,8 @@ def evaluate(
     """
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise InputError(f"max_tokens must be a whole number >= 1, not {max_tokens!r}")
+    if model_kind not in MODEL_KINDS:
+        raise InputError(f"a model's kind is 'chat' or 'base', not {model_kind!r}")
     todo = list(items)
     results: list[ItemResult] = []
     start = time.perf_counter()
@@ -155,7 +181,7 @@ def evaluate(
         if item.kind == "choice":
             results.append(_run_choice(model, item))
         else:
-            results.append(_run_generation(model, item, max_tokens))
+            results.append(_run_generation(model, item, max_tokens, model_kind))
         if progress:
             progress(len(results), len(todo))
     seconds = time.perf_counter() - start
@@ -164,14 +190,25 @@ def evaluate(
         quality=quality(r.score for r in results),
         seconds=seconds,
         llama_s=math.fsum(r.llama_s for r in results),
+        model_kind=model_kind,
     )
 
 
-def _run_generation(model: LoadedModel, item: Item, max_tokens: int) -> ItemResult:
+def completion_prompt(prompt: str) -> str:
+    """How a base model is asked a generative item: a question to be continued by its answer."""
+    return f"Question: {prompt}\nAnswer:"
+
+
+def _run_generation(model: LoadedModel, item: Item, max_tokens: int, model_kind: str) -> ItemResult:
     start = time.perf_counter()
-    prompt = model.chat_prompt([{"role": "user", "content": item.prompt}])
+    if model_kind == BASE:
+        prompt = completion_prompt(item.prompt)
+    else:
+        prompt = model.chat_prompt([{"role": "user", "content": item.prompt}])
     steps = model.generate(prompt, max_tokens)  # takes model.lock and resets the context
-    tokens: list[int] = []
+    decoder = model.text_decoder()
+    pieces: list[str] = []
+    tokens = 0
     llama_s = 0.0
     try:
         while True:
@@ -182,14 +219,18 @@ def _run_generation(model: LoadedModel, item: Item, max_tokens: int) -> ItemResu
                 break
             finally:
                 llama_s += time.perf_counter() - step
-            tokens.append(token)
+            tokens += 1
+            pieces.append(decoder.piece(token).text)
+            if model_kind == BASE and "\n" in pieces[-1]:
+                break  # the answer's line is complete
     finally:
-        steps.close()  # releases the lock at once should anything above fail
-    decoder = model.text_decoder()
-    output = "".join(decoder.piece(t).text for t in tokens) + decoder.flush()
+        steps.close()  # releases the lock at once, also when the line ended early
+    output = "".join(pieces) + decoder.flush()
+    if model_kind == BASE:
+        output = output.split("\n", 1)[0]
     score = grade(item, output)
     return ItemResult(
-        item.id, item.kind, score, output, None, len(tokens), llama_s, time.perf_counter() - start
+        item.id, item.kind, score, output, None, tokens, llama_s, time.perf_counter() - start
     )
 
 

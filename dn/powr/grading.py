@@ -17,6 +17,9 @@ Pure functions, no I/O. Every grade is 1.0 (right) or 0.0 (wrong); `quality` is 
 
 `normalize` strips, casefolds, collapses whitespace and strips surrounding punctuation and quotes
 (which removes a trailing period): `'  "The  Answer."'` → `the answer`. It is idempotent.
+
+`standard_error` is the standard error of q: the sample standard deviation of the grades over
+sqrt(n), the number every score is reported with.
 """
 
 from __future__ import annotations
@@ -162,3 +165,18 @@ def quality(scores: Iterable[float]) -> float:
     if not values:
         return 0.0
     return min(1.0, math.fsum(values) / len(values))
+
+
+def standard_error(scores: Iterable[float]) -> float:
+    """The standard error of the quality q of these grades: the sample standard deviation (n - 1
+    in the denominator) over sqrt(n). It cannot be estimated from fewer than two grades; for one
+    grade it is the bound 0.5, the largest standard deviation a grade in [0, 1] can have, and
+    0.0 for none (as `quality` gives 0.0)."""
+    values = [float(v) for v in scores]
+    quality(values)  # the same checks on each grade
+    n = len(values)
+    if n < 2:
+        return 0.5 if n == 1 else 0.0
+    mean = math.fsum(values) / n
+    variance = math.fsum((v - mean) ** 2 for v in values) / (n - 1)
+    return math.sqrt(variance / n)

@@ -5,9 +5,9 @@ One validator node, no miners: quality alone earns (DESIGN.md section 8), so the
 and the validator are paid while the miners' share stays unminted. Epochs of 24 blocks (a block
 a second when idle) leave the validator 12 blocks to load the model and run 3 items before the
 commit phase ends (8 were too few on a loaded 2-core machine: it missed the commit phase).
-SmolLM2 gets about two thirds of the general suite right, so an epoch whose 3 items are all wrong
-is possible (about 4%): the test waits, bounded, for the first closed epoch in which the model
-earned a nonzero score, which is almost always the first one.
+SmolLM2 gets about half of the general suite right (0.47 of its 150 items, docs/verification.md),
+so an epoch whose 3 items are all wrong is possible (about one in seven): the test waits,
+bounded, for the first closed epoch in which the model earned a nonzero score, usually the first.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def test_a_validator_evaluates_commits_reveals_and_the_epoch_pays(
                 if record["models"].get(sha, {}).get("quality", 0) > 0
             ]
 
-        epoch = wait_until(scored, 120, 0.5, "an epoch that scored the model")[0]
+        epoch = wait_until(scored, 180, 0.5, "an epoch that scored the model")[0]
     finally:
         node.stop(timeout=10)
 

@@ -37,6 +37,7 @@ DN = 10**9
 EPOCH = 4  # blocks; epoch e is heights 4e+1 … 4e+4, closed by block 4e+5
 SALT = "5a17"
 SCORES = {0: 700_000, 1: 820_000}
+ERRORS = {1: 50_000}  # the standard error revealed with epoch 1's score (none in epoch 0)
 LOCAL = ("127.0.0.1", 5555)
 LAN = ("192.168.1.20", 5555)
 SPENDING = ("/v1/chat/completions", "/v1/completions", "/dn/v1/txs", "/dn/v1/query")
@@ -93,11 +94,13 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
     for epoch, score in SCORES.items():
         start = epoch * EPOCH + 1
         _produce_until_next_is(node, range(start, start + EPOCH // 2))
-        commitment = powr_commitment(epoch, key.address, {sha: score}, SALT)
+        errors = {sha: ERRORS[epoch]} if epoch in ERRORS else None
+        commitment = powr_commitment(epoch, key.address, {sha: score}, SALT, errors)
         _send(node, key, "powr.commit", {"epoch": epoch, "commitment": commitment})
         node.produce()
         _produce_until_next_is(node, range(start + EPOCH // 2, start + EPOCH))
-        _send(node, key, "powr.reveal", {"epoch": epoch, "scores": {sha: score}, "salt": SALT})
+        reveal = {"epoch": epoch, "scores": {sha: score}, "salt": SALT}
+        _send(node, key, "powr.reveal", {**reveal, **({"errors": errors} if errors else {})})
         node.produce()
     while node.tip.height < 2 * EPOCH + 1:
         node.produce()
@@ -148,6 +151,8 @@ def test_the_models_page_shows_the_leaderboard_and_both_charts(c: Chain) -> None
     assert "<th>kind</th>" in html and "<td>chat</td>" in html  # registered without a kind
     board = html[html.index('id="leaderboard"') : html.index("</table>", html.index("leaderboard"))]
     assert "smol" in board and "0.82" in board  # quality of epoch 1
+    assert "0.82 ± 0.05" in board  # with its standard error; the score's is 0.05 * 0.625
+    assert "0.5125 ± 0.0312" in board
     chart = html[
         html.index('id="score-chart"') : html.index("</figure>", html.index("score-chart"))
     ]

@@ -3,7 +3,8 @@
 The chain is test_chain_powr's: three validators, epochs of 4 blocks (epoch 1 is heights 5 … 8,
 commits in 5 and 6, reveals in 7 and 8, closed at the start of block 9). Every transaction the
 validator makes goes through the real mempool and the real block rules. Evaluation is faked: a
-function that records which items it was given and returns a fixed quality per model.
+function that records which items it was given and how the model was asked, and returns fixed
+grades per model.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from dn.chain.state import genesis_block, genesis_state
 from dn.chain.types import Tx
 from dn.node.node import Node
 from dn.node.validator.powr import STATE_FILE, PowrValidator
-from dn.powr.evaluate import Evaluation
+from dn.powr.evaluate import Evaluation, ItemResult
 from dn.powr.suites import Item, builtin_suite, sample_items, sample_seed
 from dn.wallet.keys import Keypair
 from tests.unit.test_chain_models import CREATOR, DN, FUNDED, GEMMA, OTHER, SMOL, model_sha
@@ -32,6 +33,12 @@ from tests.unit.test_chain_powr import V0, V1, V2, VALS, E, PowrChain, new_chain
 
 LEGAL = model_sha("legal-model")
 QUALITY = {SMOL: 0.75, GEMMA: 0.5, LEGAL: 0.125}
+# Grades with those means, and their standard errors (sample sd / sqrt(n)) worked by hand:
+# SMOL 1,1,1,0: sd = sqrt((3 * 0.25**2 + 0.75**2) / 3) = 0.5, se = 0.5 / 2 = 0.25.
+# GEMMA 1,1,0,0: sd = sqrt(4 * 0.5**2 / 3) = 0.57735…, se = 0.288675….
+# LEGAL 1 and seven 0: sd = sqrt((0.875**2 + 7 * 0.125**2) / 7) = sqrt(0.125), se = 0.125.
+GRADES = {SMOL: [1, 1, 1, 0], GEMMA: [1, 1, 0, 0], LEGAL: [1] + [0] * 7}
+ERRORS_PPM = {SMOL: 250_000, GEMMA: 288_675, LEGAL: 125_000}
 LEGAL_MODEL = {"name": "legal", "domain": "legal", "price": 1000, "license": "mit", "size": 1000}
 
 
@@ -59,18 +66,24 @@ class FakeEvaluate:
     """Records (model sha, item ids) per call; `during` runs inside each call."""
 
     calls: list[tuple[str, list[str]]] = field(default_factory=list)
+    kinds: dict[str, str] = field(default_factory=dict)  # model sha -> the kind it was asked as
     during: Any = None
 
     def __call__(
-        self, model: Path, items: list[Item], *, max_tokens: int, progress: Any
+        self, model: Path, items: list[Item], *, max_tokens: int, progress: Any, model_kind: str
     ) -> Evaluation:
         sha = model.stem
         self.calls.append((sha, [item.id for item in items]))
+        self.kinds[sha] = model_kind
         if self.during is not None:
             self.during()
         for done in range(len(items) + 1):
             progress(done, len(items))
-        return Evaluation(results=(), quality=QUALITY[sha], seconds=0.0, llama_s=0.0)
+        results = tuple(
+            ItemResult(f"i{n}", "exact", float(g), "", None, 1, 0.0, 0.0)
+            for n, g in enumerate(GRADES[sha])
+        )
+        return Evaluation(results=results, quality=QUALITY[sha], seconds=0.0, llama_s=0.0)
 
 
 @dataclass
@@ -108,12 +121,13 @@ class ChainNode:
 
 
 def registered(chain: PowrChain) -> PowrChain:
-    """SMOL (general), GEMMA (finance) and LEGAL (a domain with no suite) registered at height 1;
+    """SMOL (general), GEMMA (finance, a base model) and LEGAL (a domain with no suite, and no
+    kind: chat) registered at height 1;
     the tip is height 4, the end of epoch 0."""
     chain.commit(
         [
             chain.register_model(),
-            chain.register_model(OTHER, sha=GEMMA, name="gemma", domain="finance"),
+            chain.register_model(OTHER, sha=GEMMA, name="gemma", domain="finance", kind="base"),
             chain.send(OTHER, "model.register", {**LEGAL_MODEL, "model": LEGAL}, nonce=1),
         ]
     )
@@ -173,6 +187,7 @@ def test_commits_in_the_commit_phase_then_reveals_in_the_reveal_phase(
     reveal = val.tick()  # block 7: the reveal phase
     assert [tx.kind for tx in reveal] == ["powr.reveal"]
     assert reveal[0].payload["scores"] == {SMOL: 750_000, GEMMA: 500_000, LEGAL: 125_000}
+    assert reveal[0].payload["errors"] == ERRORS_PPM
     send(chain, [*reveal, chain.reveal(V1, 1, other)])
     assert val.tick() == []
     next_block(chain)
@@ -183,7 +198,15 @@ def test_commits_in_the_commit_phase_then_reveals_in_the_reveal_phase(
     assert result["validators"][V0.address]["revealed"]
     assert result["models"][SMOL]["quality"] == 750_000
     assert result["models"][GEMMA]["median"] is None  # V0 alone: no quorum, no consensus
+    # V1 revealed no errors: the model's error is the median of V0's alone
+    assert result["models"][SMOL]["error"] == ERRORS_PPM[SMOL]
     assert len(fake.calls) == 3  # one evaluation per model, once
+
+
+def test_each_model_is_asked_as_its_records_kind_says(chain: PowrChain, tmp_path: Path) -> None:
+    fake = FakeEvaluate()
+    validator(chain, tmp_path, evaluate=fake).tick()
+    assert fake.kinds == {SMOL: "chat", GEMMA: "base", LEGAL: "chat"}
 
 
 def test_items_come_from_the_domains_suite_or_general(chain: PowrChain, tmp_path: Path) -> None:
@@ -220,9 +243,10 @@ def test_scores_and_salt_are_kept_on_disk_privately(chain: PowrChain, tmp_path: 
     saved = json.loads(path.read_text())
     assert len(saved["salt"]) == 32
     assert (
-        powr_commitment(1, V0.address, saved["scores"], saved["salt"])
+        powr_commitment(1, V0.address, saved["scores"], saved["salt"], saved["errors"])
         == (txs[0].payload["commitment"])
     )
+    assert saved["errors"] == ERRORS_PPM
 
 
 def test_a_restart_between_commit_and_reveal_still_reveals(
@@ -256,6 +280,26 @@ def test_a_lost_commit_is_sent_again_without_evaluating_again(
     send(chain, again)
     next_block(chain)
     assert chain.state.get(commit_key(1, V0.address)) == first[0].payload["commitment"]
+
+
+def test_a_state_file_from_before_errors_reveals_without_errors(
+    chain: PowrChain, tmp_path: Path
+) -> None:
+    # committed by a validator that revealed no errors yet: its file has none, its commitment
+    # is the old hash, and after an upgrade it must still reveal what it committed to
+    scores, salt = {SMOL: 750_000}, "ab" * 16
+    old = {"epoch": 1, "scores": scores, "salt": salt, "seed_block": chain.tip.hash}
+    (tmp_path / STATE_FILE).write_text(json.dumps(old))
+    commitment = powr_commitment(1, V0.address, scores, salt)
+    chain.commit([chain.send(V0, "powr.commit", {"epoch": 1, "commitment": commitment})])
+    next_block(chain)
+    fake = FakeEvaluate()
+    reveal = validator(chain, tmp_path, evaluate=fake).tick()
+    assert [tx.kind for tx in reveal] == ["powr.reveal"] and fake.calls == []
+    assert "errors" not in reveal[0].payload
+    send(chain, reveal)
+    next_block(chain)
+    assert chain.state.get(reveal_key(1, V0.address)) == scores
 
 
 def test_a_validator_that_holds_no_model_commits_nothing(

@@ -2,8 +2,15 @@
 leaderboard built from it (`dn powr status | scores | leaderboard`).
 
     GET /dn/v1/powr/status              height, epoch, phase and its heights, last closed epoch
-    GET /dn/v1/powr/epochs/{epoch}      reveals (raw and clipped), task stats, the result record
+    GET /dn/v1/powr/epochs/{epoch}      reveals (raw, clipped, and the standard error revealed),
+                                        task stats, the result record
     GET /dn/v1/powr/leaderboard         ?epoch=N (default: the last closed) &domain=D
+
+The leaderboard shows each model's score with its standard error and ranks ties as ties
+(`dn.powr.ranking`: two models share a rank when their scores differ by no more than 1.96 times
+their combined error). A model's `quality_error` is the consensus standard error of its quality
+in the epoch's result (`error`, from the validators' reveals); `error` is that of its score
+(`ranking.score_error`). Both are null for an epoch whose validators revealed no errors.
 
 A validator's score after clipping is recomputed here from its revealed score, the stored
 median and `powr_clip_band_ppm`, exactly as `dn.powr.consensus.clip` does; nothing is stored
@@ -21,6 +28,7 @@ from dn.chain.ledger import MODEL
 from dn.chain.powr_rules import POWR, result_key
 from dn.errors import InputError, NotFound
 from dn.node.node import Node
+from dn.powr.ranking import rank_label, score_error, tie_groups
 
 
 def _epoch_blocks(node: Node) -> int:
@@ -62,6 +70,7 @@ def epoch_view(node: Node, epoch: int) -> dict[str, Any]:
         raise InputError("an epoch is a number from 0", reason="bad-epoch")
     result = node.state.get(result_key(epoch))
     reveals = _under(node, f"{POWR}{epoch}:reveal:")
+    errors = _under(node, f"{POWR}{epoch}:errors:")
     stats = _under(node, f"{POWR}{epoch}:stats:")
     current = Epoch.at(node.tip.height + 1, _epoch_blocks(node)).number
     if result is None and epoch > current:
@@ -72,8 +81,9 @@ def epoch_view(node: Node, epoch: int) -> dict[str, Any]:
         for model, raw in sorted(revealed.items()):
             median = (result or {}).get("models", {}).get(model, {}).get("median")
             clipped = None if median is None else min(max(raw, median - band), median + band)
+            error = errors.get(validator, {}).get(model)  # None: revealed without errors
             scores.setdefault(model, []).append(
-                {"validator": validator, "raw": raw, "clipped": clipped}
+                {"validator": validator, "raw": raw, "clipped": clipped, "error": error}
             )
     return {
         "epoch": epoch,
@@ -102,6 +112,7 @@ def leaderboard(node: Node, epoch: int | None, domain: str | None) -> dict[str, 
         if outcome is None and sha not in stats:
             continue  # neither scored nor used in that epoch
         outcome = outcome or {}
+        quality_error = outcome.get("error")
         rows.append(
             {
                 "model": sha,
@@ -115,11 +126,20 @@ def leaderboard(node: Node, epoch: int | None, domain: str | None) -> dict[str, 
                 "demand": outcome.get("demand", 0),
                 "reward": outcome.get("reward", 0),
                 "tasks": stats.get(sha, {}).get("tasks", 0),
+                "quality_error": quality_error,
+                "error": None
+                if quality_error is None
+                else score_error(
+                    quality_error, outcome.get("success", 0), outcome.get("demand", 0)
+                ),
             }
         )
     rows.sort(key=lambda r: (-r["score"], -r["reward"], r["name"]))
-    for rank, row in enumerate(rows, start=1):
+    ranks = tie_groups([(r["score"], r["error"]) for r in rows])
+    for rank, row in zip(ranks, rows, strict=True):
         row["rank"] = rank
+        row["rank_label"] = rank_label(rank, ranks)
+        row["tied"] = row["rank_label"].startswith("=")
     return {"epoch": epoch, "emission": result["emission"], "paid": result["paid"], "rows": rows}
 
 

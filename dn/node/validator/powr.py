@@ -6,9 +6,11 @@ What happens when, for the block being built next (tip height + 1) in epoch e:
 
 - commit phase, nothing committed for e yet (on chain or pending): evaluate every live model
   registered on chain whose file is in the local store, on `items_per_model` items of the
-  built-in suite of its domain (`general` where none ships), and send `powr.commit`.
-- reveal phase, committed for e and not revealed: send `powr.reveal` with the scores and salt
-  that were committed.
+  built-in suite of its domain (`general` where none ships), asked as its kind says (the
+  record's `kind`: a chat model through its chat template, a base model by completion prompts;
+  `dn.powr.evaluate`), and send `powr.commit` over each model's quality and its standard error.
+- reveal phase, committed for e and not revealed: send `powr.reveal` with the scores, their
+  standard errors and the salt that were committed.
 
 The sample seed. Items are sampled with `sample_seed(H)` where H is the hash of block e*E, the
 block before the epoch's first block (genesis for epoch 0): the newest block every node knows
@@ -39,19 +41,20 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dn.chain.epochs import COMMIT, REVEAL, Epoch
 from dn.chain.ledger import ACCT, MODEL
+from dn.chain.models import kind_of
 from dn.chain.powr_rules import commit_key, powr_commitment, reveal_key
 from dn.chain.types import Tx
 from dn.chain.validators import active
 from dn.config import atomic_write
 from dn.errors import DNError
 from dn.node.validator.interfaces import ChainView, ModelFiles, ModelRunner
-from dn.powr.evaluate import DEFAULT_MAX_TOKENS, Evaluation
+from dn.powr.evaluate import CHAT, DEFAULT_MAX_TOKENS, Evaluation
 from dn.powr.evaluate import evaluate as run_evaluation
 from dn.powr.params import PPM
 from dn.powr.suites import Item, choose_suite, sample_items, sample_seed
@@ -71,15 +74,18 @@ class Stopped(Exception):
 
 @dataclass(frozen=True)
 class Committed:
-    """What the validator committed to (or is about to) for `epoch`."""
+    """What the validator committed to (or is about to) for `epoch`: quality scores and their
+    standard errors in ppm (no errors: a state file written before errors existed)."""
 
     epoch: int
     scores: dict[str, int]
     salt: str
     seed_block: str
+    errors: dict[str, int] = field(default_factory=dict)
 
     def commitment(self, validator: str) -> str:
-        return powr_commitment(self.epoch, validator, self.scores, self.salt)
+        errors = self.errors or None
+        return powr_commitment(self.epoch, validator, self.scores, self.salt, errors)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -98,16 +104,23 @@ class Committed:
             raise ValueError("bad scores")
         if not isinstance(salt, str) or not isinstance(seed, str):
             raise ValueError("bad salt or seed block")
-        return cls(epoch, dict(sorted(scores.items())), salt, seed)
+        errors = doc.get("errors", {})
+        if not isinstance(errors, dict) or (errors and set(errors) != set(scores)):
+            raise ValueError("bad errors")  # none, or one for each score (the chain's rule)
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in errors.values()):
+            raise ValueError("bad errors")
+        return cls(epoch, dict(sorted(scores.items())), salt, seed, dict(sorted(errors.items())))
 
 
 @dataclass(frozen=True)
 class EvaluateStep:
-    """Evaluate `models` (sha -> domain) for `epoch`, sampling with the hash `seed_block`."""
+    """Evaluate `models` (sha -> domain) for `epoch`, sampling with the hash `seed_block`;
+    `kinds` (sha -> "chat" or "base") says how each is asked (chat where not given)."""
 
     epoch: int
     seed_block: str
     models: dict[str, str]
+    kinds: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -194,7 +207,8 @@ class PowrValidator:
             models = self._models(e)
             if not models:
                 return None
-            return EvaluateStep(e, seed_block, models)
+            kinds = {sha: kind_of(self.node.state.get(MODEL + sha)) for sha in models}
+            return EvaluateStep(e, seed_block, models, kinds)
         chain_commit = node.state.get(commit_key(e, self.address))
         if chain_commit is None or node.state.get(reveal_key(e, self.address)) is not None:
             return None
@@ -293,6 +307,7 @@ class PowrValidator:
         self._said.add((step.epoch, "evaluated"))
         seed = sample_seed(step.seed_block)
         scores: dict[str, int] = {}
+        errors: dict[str, int] = {}
         evaluations: dict[str, Evaluation] = {}
         for sha, domain in step.models.items():
             suite = choose_suite(model_domain=domain)
@@ -300,7 +315,11 @@ class PowrValidator:
             try:
                 model = self.runner.model(self.store.path(sha), "generate")
                 result = self._evaluate(
-                    model, items, max_tokens=self.max_tokens, progress=self._check_stop
+                    model,
+                    items,
+                    max_tokens=self.max_tokens,
+                    progress=self._check_stop,
+                    model_kind=step.kinds.get(sha, CHAT),
                 )
             except Stopped:
                 log.info("epoch %d: evaluation stopped; nothing committed", step.epoch)
@@ -310,11 +329,14 @@ class PowrValidator:
                 continue
             evaluations[sha] = result
             scores[sha] = to_ppm(result.quality)
+            errors[sha] = to_ppm(result.stderr)
             log.info(
-                "epoch %d: %s scored %.3f on %d %s items",
+                "epoch %d: %s (%s) scored %.3f ± %.3f on %d %s items",
                 step.epoch,
                 sha[:12],
+                result.model_kind,
                 result.quality,
+                result.stderr,
                 len(items),
                 suite.name,
             )
@@ -323,7 +345,11 @@ class PowrValidator:
             log.warning("epoch %d: no model could be evaluated; no commitment", step.epoch)
             return None
         committed = Committed(
-            step.epoch, dict(sorted(scores.items())), secrets.token_hex(16), step.seed_block
+            step.epoch,
+            dict(sorted(scores.items())),
+            secrets.token_hex(16),
+            step.seed_block,
+            dict(sorted(errors.items())),
         )
         self._save(committed)  # before the commit can reach the chain
         self.committed = committed
@@ -337,6 +363,8 @@ class PowrValidator:
             }
         else:
             payload = {"epoch": committed.epoch, "scores": committed.scores, "salt": committed.salt}
+            if committed.errors:
+                payload["errors"] = committed.errors
         tx = self.node.own_tx(self.keypair, f"powr.{kind}", payload)
         self._sent[(committed.epoch, kind)] = (tx.id, self.node.tip.height)
         return tx
