@@ -55,12 +55,13 @@ bench: install binary
 	$(PY) bench/propagation.py
 	$(PY) bench/propagation.py --hostile
 	$(PY) bench/check.py
+	$(PY) bench/sampling.py
 	$(PY) bench/drift.py
 	$(PY) bench/query.py
 	$(PY) bench/concurrency.py
 	$(PY) bench/powr.py
-	$(PY) bench/epoch.py
 	$(PY) bench/powr_rank.py
+	$(PY) bench/epoch.py
 	$(PY) bench/startup.py
 
 lint: install

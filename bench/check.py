@@ -11,11 +11,17 @@ For each prompt, a 256-token greedy answer (`--tokens`) is generated with SmolLM
 
 Generator and checker use the same thread count (`--threads`, default: all cores up to 8) and
 their own contexts. Target: incremental / generate <= 0.5 on a 2-core CPU machine, <= 0.15 on a
-GPU. Each prompt runs `--rounds` times (default 3) and the medians are reported: a 2-core
-machine shared with others is noisy. Numbers are printed, never asserted.
+GPU.
+
+The sampled case: each prompt is also answered with verifiable sampling at `--temperature`
+(default 0.7; `--top-p`, default 1) and checked incrementally with the same decoding, timed the
+same way. Target: its check / generate within 1.1x of the greedy case's, same run.
+
+Each prompt runs `--rounds` times (default 3) and the medians are reported: a 2-core machine
+shared with others is noisy. Numbers are printed, never asserted.
 
     .venv/bin/python bench/check.py [--tokens N] [--chunk N] [--rounds N] [--threads N]
-                                    [--gpu-layers N] [--json]
+                                    [--gpu-layers N] [--temperature T] [--top-p P] [--json]
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from _models import model_file  # noqa: E402
 
 from dn.runner.check import Thresholds  # noqa: E402
 from dn.runner.llama import LoadedModel, auto_gpu_layers, default_threads  # noqa: E402
+from dn.runner.sampling import GREEDY, Decoding, sampler_key  # noqa: E402
 
 PROMPTS = [
     "Write a long story about a lighthouse keeper who finds a message in a bottle.",
@@ -42,6 +49,7 @@ PROMPTS = [
 ]
 CPU_TARGET = 0.5
 GPU_TARGET = 0.15
+SAMPLED_TARGET = 1.1  # sampled check / generate over greedy's
 
 
 def naive_check(path: Path, prompt_tokens: list[int], answer: list[int], args: Any) -> float:
@@ -76,19 +84,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     checker = LoadedModel(path, n_threads=args.threads, n_ctx=1024, n_gpu_layers=args.gpu_layers)
     rows = []
     try:
-        for text in PROMPTS * args.rounds:
+        for round_, text in enumerate(PROMPTS * args.rounds):
             prompt = generator.chat_prompt([{"role": "user", "content": text}])
             list(generator.generate(prompt, 8))  # warm the context and the page cache
-            start = time.perf_counter()
-            tokens = list(generator.generate(prompt, args.tokens))
-            gen_s = time.perf_counter() - start
-            start = time.perf_counter()
-            with checker.check(prompt, args.tokens, Thresholds()) as session:
-                for i in range(0, len(tokens), args.chunk):
-                    session.feed(tokens[i : i + args.chunk])
-                verdict = session.finish()
-            check_s = time.perf_counter() - start
+            gen_s, check_s, tokens, ok = timed(generator, checker, prompt, GREEDY, args)
             naive_s = naive_check(path, checker.tokenize(prompt), tokens, args)
+            key = sampler_key(seed=round_, task="")
+            sampled = Decoding(temperature=args.temperature, top_p=args.top_p, key=key)
+            s_gen_s, s_check_s, s_tokens, s_ok = timed(generator, checker, prompt, sampled, args)
             rows.append(
                 {
                     "prompt": text[:40],
@@ -98,7 +101,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     "naive_s": round(naive_s, 3),
                     "ratio": round(check_s / gen_s, 3),
                     "naive_ratio": round(naive_s / gen_s, 3),
-                    "accepted": verdict.ok,
+                    "accepted": ok,
+                    "sampled_tokens": len(s_tokens),
+                    "sampled_ratio": round(s_check_s / s_gen_s, 3),
+                    "sampled_accepted": s_ok,
                 }
             )
             print(f"  {rows[-1]}", file=sys.stderr)
@@ -108,6 +114,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     gpu = generator.n_gpu_layers != 0
     target = GPU_TARGET if gpu else CPU_TARGET
     ratio = statistics.median(r["ratio"] for r in rows)
+    sampled_ratio = statistics.median(r["sampled_ratio"] for r in rows)
     return {
         "threads": args.threads,
         "chunk": args.chunk,
@@ -117,7 +124,29 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "median_naive_ratio": statistics.median(r["naive_ratio"] for r in rows),
         "target": target,
         "pass": ratio <= target,
+        "temperature": args.temperature,
+        "top_p": args.top_p,
+        "median_sampled_ratio": sampled_ratio,
+        "sampled_vs_greedy": round(sampled_ratio / ratio, 3),
+        "sampled_target": SAMPLED_TARGET,
+        "sampled_pass": sampled_ratio / ratio <= SAMPLED_TARGET,
+        "sampled_accepted": sum(r["sampled_accepted"] for r in rows),
     }
+
+
+def timed(
+    generator: LoadedModel, checker: LoadedModel, prompt: str, decoding: Decoding, args: Any
+) -> tuple[float, float, list[int], bool]:
+    """(generate seconds, incremental check seconds, the tokens, accepted) for one answer."""
+    start = time.perf_counter()
+    tokens = list(generator.generate(prompt, args.tokens, decoding=decoding))
+    gen_s = time.perf_counter() - start
+    start = time.perf_counter()
+    with checker.check(prompt, args.tokens, Thresholds(), decoding=decoding) as session:
+        for i in range(0, len(tokens), args.chunk):
+            session.feed(tokens[i : i + args.chunk])
+        verdict = session.finish()
+    return gen_s, time.perf_counter() - start, tokens, verdict.ok
 
 
 def main() -> None:
@@ -127,6 +156,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="runs of each prompt")
     parser.add_argument("--threads", type=int, default=default_threads())
     parser.add_argument("--gpu-layers", type=int, default=None, help="default: automatic")
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = run(args)
@@ -143,6 +174,13 @@ def main() -> None:
     print(
         f"check / generate (median): {result['median_ratio']:.3f}  target <= {result['target']}"
         f"  {verdict}   (naive whole-sequence logits_all: {result['median_naive_ratio']:.3f})"
+    )
+    print(
+        f"sampled (temperature {result['temperature']}, top_p {result['top_p']}): check / "
+        f"generate {result['median_sampled_ratio']:.3f}, {result['sampled_vs_greedy']:.3f}x "
+        f"greedy's  target <= {SAMPLED_TARGET}x  "
+        f"{'PASS' if result['sampled_pass'] else 'MISS'}   "
+        f"({result['sampled_accepted']} of {len(result['rows'])} sampled answers accepted)"
     )
 
 

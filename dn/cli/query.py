@@ -24,6 +24,27 @@ def query(
     raw: bool = typer.Option(
         False, "--raw", help="Send the prompt as it is, without the model's chat template."
     ),
+    temperature: float = typer.Option(
+        0.0,
+        "--temperature",
+        min=0.0,
+        max=2.0,
+        help="Sample at this temperature (verifiably: the checker recomputes the sampler's "
+        "choice); 0, the default, answers greedily.",
+    ),
+    top_p: float = typer.Option(
+        1.0,
+        "--top-p",
+        min=0.0,
+        max=1.0,
+        help="Sample from the smallest set of tokens of this mass.",
+    ),
+    seed: int | None = typer.Option(
+        None, "--seed", help="The sampler's seed: the same seed and prompt give the same answer."
+    ),
+    stop: list[str] = typer.Option(
+        [], "--stop", help="End the answer before this text (up to 4; repeat the option)."
+    ),
     wait: bool = typer.Option(
         True, "--wait/--no-wait", help="Wait until the payment is in a block."
     ),
@@ -35,11 +56,18 @@ def query(
 ) -> None:
     """Run a paid query on two miners: one generates, one checks. Tokens stream as they come;
     the last line says confirmed or rejected, what was paid and the task id."""
-    from dn.client.query import chat_input, run_query
+    from dn.client.query import chat_input, run_query, with_options
     from dn.encoding import format_dn, parse_dn
 
     text = sys.stdin.read() if prompt == "-" else prompt
     task_input = chat_input(text, raw=raw)
+    options = {
+        "temperature_milli": round(temperature * 1000),
+        "top_p_milli": round(top_p * 1000),
+        "seed": seed,
+        "stop": stop or None,
+    }
+    task_input = with_options(task_input, {k: v for k, v in options.items() if v is not None})
     keypair = unlock(ctx, wallet, password_file)
     limit = parse_dn(max_price, allow_zero=True, what="max price") if max_price else None
     json_out = opts(ctx).json

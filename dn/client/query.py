@@ -107,6 +107,12 @@ def chat_input(text: str, *, raw: bool = False) -> dict[str, Any]:
     return {"prompt": text} if raw else {"messages": [{"role": "user", "content": text}]}
 
 
+def with_options(task_input: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """`task_input` with decoding options (dn/node/taskio.py; InputError when one is wrong);
+    defaults are left out, so a greedy query's input is just its text."""
+    return normalize_input({**task_input, "options": options})
+
+
 def run_query(
     client: NodeClient,
     keypair: Keypair,

@@ -10,9 +10,8 @@ sequence its rows of logits. Sequences join and leave between any two steps.
     Engine.open()            a `Sequence` in a free slot, or `Busy` at once (nothing queues)
     Sequence.eval(tokens)    the logits rows for `tokens` at the next positions (waits for the
                              step that computes them, never longer than the sequence's deadline)
-    Sequence.generate(...)   greedy decoding run by the scheduler: the argmax of each step's row
-                             is the next step's token, so every generating sequence is in every
-                             step; the caller reads the tokens from a queue
+    Sequence.generate(...)   decoding run by the scheduler (each step's chosen token is the
+                             next step's input); the caller reads the tokens from a queue
     Sequence.truncate(n)     forget positions n and later
     Sequence.close()         leave: its KV cells are cleared before its slot is handed out again
 
@@ -93,20 +92,26 @@ class _Work:
         self.event.set()
 
 
-class _Greedy(_Work):
-    """Greedy decoding of one sequence, run by the scheduler: each step's argmax is the token
-    fed in the next step. Tokens go to `out`; None ends it."""
+def _argmax(row: np.ndarray) -> int:
+    return int(row.argmax())
 
-    def __init__(self, seq: Sequence, tokens: Seq[int], max_tokens: int, stop: Any) -> None:
+
+class _Greedy(_Work):
+    """Decoding of one sequence, run by the scheduler: each step's chosen token (`choose` of
+    its row: the argmax, or a sampler's choice) is fed in the next step. Tokens go to `out`;
+    None ends it."""
+
+    def __init__(self, seq: Sequence, tokens: Seq[int], max_tokens: int, stop: Any, choose: Any):
         super().__init__(tokens, seq.n_past, all_rows=False)
         self.seq = seq
         self.left = max_tokens
         self.stop = stop
+        self.choose = choose
 
     def absorb(self, rows: np.ndarray, finished: bool) -> None:
         if not finished:
             return
-        token = int(rows[-1].argmax())
+        token = self.choose(rows[-1])
         self.left -= 1
         self.seq._emit(token)
         if self.left <= 0 or self.stop(token) or self.seq.n_past >= self.seq.engine.n_ctx:
@@ -154,10 +159,17 @@ class Sequence:
         assert work.result is not None
         return work.result
 
-    def generate(self, tokens: Seq[int], max_tokens: int, stop: Callable[[int], bool]) -> None:
-        """Start greedy decoding after `tokens` (the prompt): up to `max_tokens` tokens, ending
-        after the first for which `stop` is true. Read them with `next_token()`."""
-        self.engine._submit(self, _Greedy(self, tokens, max_tokens, stop))
+    def generate(
+        self,
+        tokens: Seq[int],
+        max_tokens: int,
+        stop: Callable[[int], bool],
+        choose: Callable[[np.ndarray], int] = _argmax,
+    ) -> None:
+        """Start decoding after `tokens` (the prompt): up to `max_tokens` tokens, each the
+        `choose` of its row of logits (default the argmax), ending after the first for which
+        `stop` is true. Read them with `next_token()`."""
+        self.engine._submit(self, _Greedy(self, tokens, max_tokens, stop, choose))
 
     def next_token(self) -> int | None:
         """The next generated token, or None once generation ended."""

@@ -6,9 +6,10 @@ generates and checks for many people at once. A stream or a check session holds 
 lock; one beyond the slots is refused with `Busy` at once.
 
 Task settings are pinned, because a checker must score exactly what the generator computed:
-greedy decoding (the argmax of the logits; no sampler, no temperature, no penalties), the prompt
-tokenized with the model's own BOS rule and special tokens parsed, and a stop only at an
-end-of-generation token or at `max_tokens`.
+greedy decoding (the argmax of the logits) unless the task asks for verifiable sampling (a
+deterministic function of the logits and a key from the task: dn/runner/sampling.py), no
+penalties, the prompt tokenized with the model's own BOS rule and special tokens parsed, and a
+stop only at an end-of-generation token, a stop string of the task, or `max_tokens`.
 
 Import llama_cpp before numpy: on one GPU machine the other order crashed the tokenizer set-up.
 """
@@ -26,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 from dn.errors import ModelError, TaskError
 from dn.runner.capacity import default_slots, kv_bytes_per_token
-from dn.runner.check import Thresholds
+from dn.runner.check import Drift, Thresholds
 from dn.runner.engine import DEFAULT_IDLE_S, Engine
-from dn.runner.sessions import CheckSession, Exclusive, TokenStream
+from dn.runner.sampling import GREEDY, Decoding
+from dn.runner.sessions import CheckSession, Exclusive, Picker, TokenStream
 
 __all__ = ["CheckSession", "LoadedModel", "Piece", "Runner", "TextDecoder", "TokenStream"]
 
@@ -203,6 +205,12 @@ class LoadedModel:
         )
         return self._formatter
 
+    def token_text(self, token: int) -> str:
+        """One token's text on its own (for showing alternatives; may be a partial
+        character, replaced)."""
+        raw = self.llm.detokenize([token], special=False)
+        return raw.decode("utf-8", errors="replace")
+
     def text_decoder(self) -> TextDecoder:
         return TextDecoder(self)
 
@@ -240,20 +248,29 @@ class LoadedModel:
             )
 
     def generate(
-        self, prompt: str, max_tokens: int, *, deadline_s: float | None = None
+        self,
+        prompt: str,
+        max_tokens: int,
+        *,
+        deadline_s: float | None = None,
+        decoding: Decoding = GREEDY,
     ) -> TokenStream:
-        """Greedy token ids, streamed; stops after an end-of-generation token (which is yielded)
-        or after `max_tokens`. Takes a slot now (`Busy` when none is free) and holds it until
-        the stream ends, is closed, or goes unread for the engine's idle limit."""
+        """Token ids, streamed, each chosen as `decoding` says (greedy by default; see
+        dn/runner/sampling.py); stops after an end-of-generation token (which is yielded) or
+        after `max_tokens` (stop strings are the reader's: it closes the stream). Takes a slot
+        now (`Busy` when none is free) and holds it until the stream ends, is closed, or goes
+        unread for the engine's idle limit. With `decoding.logprobs`, `stream.logprobs` gets
+        each token's log-probabilities before the token is yielded."""
         tokens = self.tokenize(prompt)
         self._fits(len(tokens), max_tokens)
+        picker = Picker(decoding)
         seq = self.engine.open(deadline_s=deadline_s)
         try:
-            seq.generate(tokens, max_tokens, self.is_eog)
+            seq.generate(tokens, max_tokens, self.is_eog, picker)
         except BaseException:
             seq.close()
             raise
-        return TokenStream(seq)
+        return TokenStream(seq, picker)
 
     def check(
         self,
@@ -262,8 +279,18 @@ class LoadedModel:
         thresholds: Thresholds,
         *,
         deadline_s: float | None = None,
+        decoding: Decoding = GREEDY,
+        drift: Drift | None = None,
     ) -> CheckSession:
-        return CheckSession(self, prompt, max_tokens, thresholds, deadline_s=deadline_s)
+        return CheckSession(
+            self,
+            prompt,
+            max_tokens,
+            thresholds,
+            deadline_s=deadline_s,
+            decoding=decoding,
+            drift=drift or Drift(),
+        )
 
 
 class TextDecoder:

@@ -1,6 +1,6 @@
 """The ways a caller holds one sequence of a model's engine (`dn/runner/engine.py`).
 
-    TokenStream     greedy token ids as the engine decodes them (`LoadedModel.generate`)
+    TokenStream     token ids as the engine decodes them (`LoadedModel.generate`)
     CheckSession    an incremental prefill check of a claimed answer (`LoadedModel.check`)
     Exclusive       `with model.lock:` — one sequence whose positions the caller places itself
                     (`LoadedModel._decode`; PoWR scoring)
@@ -11,12 +11,23 @@ its own slot until the engine's idle limit frees it, and every other sequence go
 
 from __future__ import annotations
 
+import collections
 import sys
 import threading
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from dn.runner.check import Thresholds, TokenValue, Verdict, judge
+from dn.runner.check import Drift, Thresholds, TokenValue, Verdict, judge
+from dn.runner.sampling import (
+    GREEDY,
+    Decoding,
+    choose,
+    first_stop,
+    logprob_problem,
+    sampled_value,
+    token_logprobs,
+    valid_logprobs,
+)
 
 if TYPE_CHECKING:
     from dn.runner.engine import Sequence as EngineSequence
@@ -25,11 +36,31 @@ if TYPE_CHECKING:
 POWR_WAIT_S = 120.0  # how long `with model.lock:` waits for a free slot before Busy
 
 
-class TokenStream(Iterator[int]):
-    """The greedy tokens of one sequence as the engine decodes them (see `generate`)."""
+class Picker:
+    """Chooses each generated token on the engine's thread (`sampling.choose`) and, when the
+    task asks for them, keeps its log-probabilities for the reader (in order, each recorded
+    before its token is handed out)."""
 
-    def __init__(self, seq: EngineSequence) -> None:
+    def __init__(self, decoding: Decoding) -> None:
+        self.decoding = decoding
+        self.index = 0
+        self.logprobs: collections.deque[dict[str, Any]] = collections.deque()
+
+    def __call__(self, row: Any) -> int:
+        token = choose(row, self.decoding, self.index)
+        if self.decoding.logprobs is not None:
+            self.logprobs.append(token_logprobs(row, token, self.decoding.logprobs))
+        self.index += 1
+        return token
+
+
+class TokenStream(Iterator[int]):
+    """The tokens of one sequence as the engine decodes them (see `generate`); with
+    log-probabilities asked for, `logprobs` holds one entry per token read or ready."""
+
+    def __init__(self, seq: EngineSequence, picker: Picker | None = None) -> None:
         self._seq: EngineSequence | None = seq
+        self.logprobs = picker.logprobs if picker is not None else collections.deque()
 
     def __next__(self) -> int:
         if self._seq is None:
@@ -100,8 +131,12 @@ class CheckSession:
         thresholds: Thresholds,
         *,
         deadline_s: float | None = None,
+        decoding: Decoding = GREEDY,
+        drift: Drift | None = None,
     ) -> None:
         self.model = model
+        self.decoding = decoding
+        self.drift = drift or Drift()
         self.prompt_tokens = model.tokenize(prompt)
         model._fits(len(self.prompt_tokens), max_tokens)
         self.max_tokens = max_tokens
@@ -136,20 +171,34 @@ class CheckSession:
     def __del__(self) -> None:
         _close_quietly(self)
 
-    def _refuse(self, reason: str, message: str) -> None:
+    def _refuse(self, reason: str, message: str) -> Verdict:
         self._problem = Verdict(False, reason, message, len(self.tokens), 0, 0.0, 0.0, 0.0, None)
+        return self._problem
 
-    def feed(self, tokens: Sequence[int]) -> list[TokenValue]:
-        """Score the next claimed tokens; returns their values (empty once the answer is
-        already refused for its shape)."""
+    def feed(
+        self, tokens: Sequence[int], logprobs: Sequence[Any] | None = None
+    ) -> list[TokenValue]:
+        """Score the next claimed tokens (and, when the task asks for log-probabilities, the
+        generator's claims of them, one per token); returns their values (empty once the
+        answer is already refused)."""
         import numpy as np
 
         if self._seq is None:
             raise RuntimeError("feed() outside the session's `with` block")
         tokens = [int(t) for t in tokens]
+        want = self.decoding.logprobs
         if self._problem is None and tokens:
             if any(not 0 <= t < self.model.n_vocab for t in tokens):
                 self._refuse("bad-token", "a claimed token id is not in the model's vocabulary")
+            elif want is not None and (
+                logprobs is None
+                or len(logprobs) != len(tokens)
+                or not all(
+                    valid_logprobs(c, want, self.model.n_vocab) and c["token"] == t
+                    for c, t in zip(logprobs, tokens, strict=False)
+                )
+            ):
+                self._refuse("logprobs", "the generator's log-probabilities are missing or wrong")
             elif (self.tokens and self.model.is_eog(self.tokens[-1])) or any(
                 self.model.is_eog(t) for t in tokens[:-1]
             ):
@@ -169,23 +218,57 @@ class CheckSession:
             return []
         rows = self._seq.eval(tokens, all_rows=True)
         predictors = np.vstack([self._pending[None, :], rows[:-1]])
-        claimed = predictors[np.arange(len(tokens)), tokens]
-        ranks = (predictors > claimed[:, None]).sum(axis=1)
-        gaps = predictors.max(axis=1) - claimed
         self._pending = rows[-1]
-        fresh = [
-            TokenValue(t, int(r), float(g), float(c))
-            for t, r, g, c in zip(tokens, ranks, gaps, claimed, strict=True)
-        ]
+        if self.decoding.sampled:
+            start = len(self.tokens)
+            fresh = [
+                TokenValue(t, *sampled_value(row, self.decoding, start + i, t))
+                for i, (t, row) in enumerate(zip(tokens, predictors, strict=True))
+            ]
+        else:
+            claimed = predictors[np.arange(len(tokens)), tokens]
+            ranks = (predictors > claimed[:, None]).sum(axis=1)
+            gaps = predictors.max(axis=1) - claimed
+            fresh = [
+                TokenValue(t, int(r), float(g), float(c))
+                for t, r, g, c in zip(tokens, ranks, gaps, claimed, strict=True)
+            ]
+        if want is not None and logprobs is not None:
+            why = logprob_problem(logprobs, list(predictors), self.drift.max_gap)
+            if why is not None:
+                self._refuse("logprobs", why)
         self.tokens.extend(tokens)
         self.values.extend(fresh)
         return fresh
 
+    def stopped_at(self) -> int | None:
+        """How many of the claimed tokens it takes to match one of the task's stop strings
+        (None: none matches, or the task has none)."""
+        if not self.decoding.stop or not self.tokens:
+            return None
+        if any(not 0 <= t < self.model.n_vocab for t in self.tokens):
+            return None
+        decoder = self.model.text_decoder()
+        return first_stop([decoder.piece(t).text for t in self.tokens], self.decoding.stop)
+
+    def ended(self) -> bool:
+        """Whether the answer ends properly before `max_tokens`: on an end-of-generation token,
+        or with the token that completes the first match of a stop string."""
+        last = self.tokens[-1] if self.tokens else -1
+        eog = 0 <= last < self.model.n_vocab and self.model.is_eog(last)
+        return eog or (bool(self.tokens) and self.stopped_at() == len(self.tokens))
+
     def finish(self) -> Verdict:
         if self._problem is not None:
             return self._problem
-        ended = bool(self.tokens) and self.model.is_eog(self.tokens[-1])
-        return judge(self.values, self.thresholds, max_tokens=self.max_tokens, ended=ended)
+        at = self.stopped_at()
+        if at is not None and at < len(self.tokens):
+            return self._refuse(
+                "past-stop",
+                f"the answer matches a stop string after {at} tokens but goes on to "
+                f"{len(self.tokens)}",
+            )
+        return judge(self.values, self.thresholds, max_tokens=self.max_tokens, ended=self.ended())
 
 
 def _close_quietly(holder: TokenStream | CheckSession) -> None:

@@ -77,7 +77,9 @@ class LazyCheck:
         self.tokens: list[int] = []
         self.values: list[TokenValue] = []
 
-    def feed(self, tokens: Sequence[int]) -> list[TokenValue]:
+    def feed(
+        self, tokens: Sequence[int], logprobs: Sequence[Any] | None = None
+    ) -> list[TokenValue]:
         fresh = [TokenValue(int(t), 0, 0.0, 0.0) for t in tokens]
         self.tokens.extend(int(t) for t in tokens)
         self.values.extend(fresh)

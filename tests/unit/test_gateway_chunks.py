@@ -55,7 +55,7 @@ async def _forward(arrivals: list[list[int]], max_tokens: int, pause_s: float) -
         return httpx.Response(200, json={"ok": True})
 
     gateway = Gateway(None, chunk=8, transport=httpx.MockTransport(handler))  # type: ignore[arg-type]
-    queue: asyncio.Queue[int | None] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[int, Any] | None] = asyncio.Queue()
 
     async def opened() -> None:
         return None
@@ -68,7 +68,7 @@ async def _forward(arrivals: list[list[int]], max_tokens: int, pause_s: float) -
         )
         for group in arrivals:
             for token in group:
-                queue.put_nowait(token)
+                queue.put_nowait((token, None))
             await asyncio.sleep(pause_s)
         queue.put_nowait(None)
         await asyncio.wait_for(task, 5)

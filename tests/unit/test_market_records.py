@@ -101,13 +101,18 @@ class ScriptedModel:
         return token == EOG
 
     @contextmanager
-    def check(self, prompt: str, max_tokens: int, thresholds: Thresholds) -> Iterator[Any]:
+    def check(
+        self, prompt: str, max_tokens: int, thresholds: Thresholds, **options: Any
+    ) -> Iterator[Any]:
         @dataclass
         class Session:
             values: list[TokenValue]
 
             def feed(self, tokens: list[int]) -> None:
                 assert tokens == TOKENS
+
+            def ended(self) -> bool:
+                return TOKENS[-1] == EOG
 
             def finish(self) -> Verdict:
                 return judge(self.values, thresholds, max_tokens=max_tokens, ended=True)

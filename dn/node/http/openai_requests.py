@@ -8,9 +8,13 @@ Checks, in order, each a 400 `bad-request` naming the field as `param`:
     max_tokens (or max_completion_tokens)   an integer, 1 to MAX_TOKENS
     stream                       true or false
     n                            an integer, and 1 (each answer is one paid task)
-    temperature 0–2, top_p 0–1, presence_penalty and frequency_penalty −2–2
-                                 numbers (accepted and ignored: answers are greedy)
-    seed                         an integer; stop: a string or a list of at most 4 strings
+    temperature 0–2, top_p 0–1   numbers: verifiable sampling (dn/runner/sampling.py); without
+                                 a temperature, or with 0, answers are greedy (the default)
+    presence_penalty and frequency_penalty −2–2   numbers, accepted and ignored
+    seed                         an integer: the same seed and request give the same answer
+    stop                         a string or a list of at most 4 strings
+    logprobs                     chat: true or false, with top_logprobs 0–20;
+                                 completions: an integer 0–5 (the alternatives per token)
     stream_options               an object, its include_usage true or false
     dn_max_price                 a whole number of units per 1,000 tokens
     messages (chat)              a list of objects with text content
@@ -30,6 +34,7 @@ from fastapi.responses import JSONResponse
 
 from dn.errors import DNError, InputError, RateLimited
 from dn.node.taskio import normalize_input
+from dn.runner.sampling import MAX_TOP_LOGPROBS
 
 log = logging.getLogger("dn.openai")
 DEFAULT_MAX_TOKENS = 256
@@ -122,19 +127,77 @@ class Shape:
     def chunk_object(self) -> str:
         return "chat.completion.chunk" if self.chat else "text_completion"
 
-    def choice(self, text: str, finish: str | None) -> dict[str, Any]:
+    def choice(
+        self, text: str, finish: str | None, logprobs: list[TokenLogprob] | None = None
+    ) -> dict[str, Any]:
+        lp = self.logprobs(logprobs)
         if self.chat:
             message = {"role": "assistant", "content": text}
-            return {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
-        return {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+            return {"index": 0, "message": message, "logprobs": lp, "finish_reason": finish}
+        return {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}
 
-    def delta(self, text: str | None, finish: str | None, *, first: bool = False) -> dict[str, Any]:
+    def delta(
+        self,
+        text: str | None,
+        finish: str | None,
+        *,
+        first: bool = False,
+        logprobs: list[TokenLogprob] | None = None,
+    ) -> dict[str, Any]:
+        lp = self.logprobs(logprobs)
         if not self.chat:
-            return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            return {"index": 0, "text": text or "", "logprobs": lp, "finish_reason": finish}
         delta: dict[str, Any] = {"role": "assistant"} if first else {}
         if text is not None:
             delta["content"] = text
-        return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": finish}
+
+    def logprobs(self, entries: list[TokenLogprob] | None) -> dict[str, Any] | None:
+        """OpenAI's `logprobs` object: chat's `content` list, or completions' parallel lists."""
+        if entries is None:
+            return None
+        if self.chat:
+            return {"content": [e.chat() for e in entries], "refusal": None}
+        offsets, at = [], 0
+        for e in entries:
+            offsets.append(at)
+            at += len(e.text)
+        return {
+            "tokens": [e.text for e in entries],
+            "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{t: v for t, v in e.top} for e in entries],
+            "text_offset": offsets,
+        }
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability and its alternatives', with their texts."""
+
+    text: str
+    logprob: float
+    top: list[tuple[str, float]]
+
+    def chat(self) -> dict[str, Any]:
+        return {
+            **_entry(self.text, self.logprob),
+            "top_logprobs": [_entry(t, v) for t, v in self.top],
+        }
+
+    @classmethod
+    def from_event(cls, event: dict[str, Any]) -> list[TokenLogprob]:
+        """The entries of a gateway `token` event (values checked by the checker; the texts
+        are the generator's, for display)."""
+        out = []
+        for claim, (text, tops) in zip(event["logprobs"], event["logprob_texts"], strict=False):
+            names = tops if isinstance(tops, list) else []
+            top = [(str(n), float(v)) for n, (_, v) in zip(names, claim["top"], strict=False)]
+            out.append(cls(str(text), float(claim["logprob"]), top))
+        return out
+
+
+def _entry(text: str, logprob: float) -> dict[str, Any]:
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
 
 CHAT, TEXT = Shape(chat=True), Shape(chat=False)
@@ -150,6 +213,7 @@ class Ask:
     stream: bool
     include_usage: bool
     max_price: int | None = None  # units per 1,000 tokens: only ever lowers the node's cap
+    logprobs: int | None = None  # None: none asked; k: each token's and k alternatives
 
 
 def _content(i: int, content: Any) -> Any:
@@ -200,6 +264,44 @@ def _check_options(body: dict[str, Any]) -> None:
         raise bad("n must be 1: each answer is one paid task", "n")
 
 
+def _logprobs(body: dict[str, Any], shape: Shape) -> int | None:
+    """How many alternatives to report per token (None: no log-probabilities)."""
+    asked = body.get("logprobs")
+    if shape.chat:
+        if asked is not None and not isinstance(asked, bool):
+            raise bad("logprobs must be true or false", "logprobs")
+        top = body.get("top_logprobs")
+        if top is not None and (not _is_int(top) or not 0 <= top <= MAX_TOP_LOGPROBS):
+            raise bad(
+                f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}", "top_logprobs"
+            )
+        if top is not None and not asked:
+            raise bad("top_logprobs needs logprobs set to true", "top_logprobs")
+        return (top or 0) if asked else None
+    if asked is None:
+        return None
+    if not _is_int(asked) or not 0 <= asked <= 5:
+        raise bad("logprobs must be an integer from 0 to 5", "logprobs")
+    return int(asked)
+
+
+def _options(body: dict[str, Any], logprobs: int | None) -> dict[str, Any]:
+    """The task's decoding options (dn/node/taskio.py), in whole numbers."""
+    stop = body.get("stop")
+    options: dict[str, Any] = {
+        "temperature_milli": None
+        if body.get("temperature") is None
+        else round(body["temperature"] * 1000),
+        "top_p_milli": None if body.get("top_p") is None else round(body["top_p"] * 1000),
+        "seed": body.get("seed"),
+        "stop": [stop] if isinstance(stop, str) else stop,
+        "logprobs": logprobs,
+    }
+    if options["stop"] is not None and not all(options["stop"]):
+        raise bad("a stop string must not be empty", "stop")
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def parse_ask(body: dict[str, Any], shape: Shape) -> Ask:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
@@ -247,6 +349,16 @@ def parse_ask(body: dict[str, Any], shape: Shape) -> Ask:
         if not isinstance(prompt, str):
             raise bad("prompt must be one string", "prompt")
         task_input = normalize_input({"prompt": prompt})
+    logprobs = _logprobs(body, shape)
+    options = _options(body, logprobs)
+    if options:
+        task_input = normalize_input({**task_input, "options": options})
     return Ask(
-        model.strip(), task_input, max_tokens, bool(stream), include_usage is True, max_price
+        model.strip(),
+        task_input,
+        max_tokens,
+        bool(stream),
+        include_usage is True,
+        max_price,
+        logprobs,
     )

@@ -39,12 +39,15 @@ sent only by whoever holds it, and a browser sends it cross-site only after a CO
 that this node never approves. A bearer value that is not a `dn-key-` (the `openai` client
 always sends one) changes nothing.
 
-Answers are greedy (the checker verifies greedy decoding), so sampling options such as
-`temperature`, `top_p`, `seed` or `stop` are accepted (if of the right type) and ignored; `n` must
-be 1 (dn/node/http/openai_requests.py checks each field). Errors have OpenAI's shape, `{"error":
-{"message", "type", "param", "code"}}`, with our reason as `code`; an error after streaming began
-is an SSE `data: {"error": …}` line followed by `data: [DONE]`. `usage` counts the prompt as the
-checker's tokenizer read it and the tokens generated."""
+Answers are greedy unless the request sets a `temperature` (with `top_p` and `seed` if it
+likes): then they are sampled verifiably, the sampler a function of the logits and a key from
+the seed or the task (dn/runner/sampling.py), which the checker recomputes. `stop` ends the
+answer at the first match (the checker checks it was the first); `logprobs` (and chat's
+`top_logprobs`) come from the generator and are checked by the checker within the drift margins.
+`n` must be 1 (dn/node/http/openai_requests.py checks each field). Errors have OpenAI's shape,
+`{"error": {"message", "type", "param", "code"}}`, with our reason as `code`; an error after
+streaming began is an SSE `data: {"error": …}` line followed by `data: [DONE]`. `usage` counts
+the prompt as the checker's tokenizer read it and the tokens generated."""
 
 from __future__ import annotations
 
@@ -72,6 +75,7 @@ from dn.node.http.openai_requests import (
     TEXT,
     Ask,
     Shape,
+    TokenLogprob,
     error_body,
     error_response,
     parse_ask,
@@ -223,12 +227,15 @@ class OpenAIGateway:
         charge: Charge | None = None,
     ) -> dict[str, Any]:
         pieces: list[str] = []
+        logprobs: list[TokenLogprob] | None = [] if ask.logprobs is not None else None
         done: dict[str, Any] | None = None
         try:
             async with _closing(events):
                 async for event in events:
                     if event["event"] == "token":
                         pieces.append(event["text"])
+                        if logprobs is not None:
+                            logprobs += TokenLogprob.from_event(event)
                     elif event["event"] == "done":
                         done = event
             if done is None:
@@ -242,7 +249,7 @@ class OpenAIGateway:
             "object": shape.object,
             "created": int(time.time()),
             "model": model["name"],
-            "choices": [shape.choice("".join(pieces), _finish(done, ask))],
+            "choices": [shape.choice("".join(pieces), _finish(done, ask), logprobs)],
             "usage": _usage(done),
             "dn": dn,
         }
@@ -276,7 +283,8 @@ class OpenAIGateway:
                     if kind == "start" and shape.chat:
                         yield chunk([shape.delta("", None, first=True)])
                     elif kind == "token":
-                        yield chunk([shape.delta(event["text"], None)])
+                        lp = TokenLogprob.from_event(event) if ask.logprobs is not None else None
+                        yield chunk([shape.delta(event["text"], None, logprobs=lp)])
                     elif kind == "done":
                         final = shape.delta(None, _finish(event, ask))
                         yield chunk([final], dn=self.settle(event, charge))

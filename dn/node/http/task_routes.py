@@ -158,7 +158,7 @@ def add_task_routes(
         offset = body.get("offset")
         if not isinstance(offset, int) or offset < 0:
             raise InputError("offset must be a non-negative integer", reason="bad-request")
-        return await mining().check_feed(task, offset, body.get("tokens"))
+        return await mining().check_feed(task, offset, body.get("tokens"), body.get("logprobs"))
 
     @app.post("/dn/v1/tasks/check/{task}/finish")
     async def check_finish(task: str, request: Request) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from dn.runner.check import TokenValue, Verdict
 
@@ -28,7 +28,9 @@ class Check(Protocol):
     tokens: list[int]
     values: list[TokenValue]
 
-    def feed(self, tokens: Sequence[int]) -> list[TokenValue]: ...
+    def feed(
+        self, tokens: Sequence[int], logprobs: Sequence[Any] | None = None
+    ) -> list[TokenValue]: ...
 
     def finish(self) -> Verdict: ...
 

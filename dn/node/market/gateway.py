@@ -228,7 +228,8 @@ class Gateway:
                     "price": plan.model["price"],
                 }
                 tokens: list[int] = []
-                queue: asyncio.Queue[int | None] = asyncio.Queue()
+                wants_logprobs = "logprobs" in plan.task_input.get("options", {})
+                queue: asyncio.Queue[tuple[int, Any] | None] = asyncio.Queue()
                 forwarder = asyncio.create_task(self._forward(http, plan, queue, opening))
                 forwarder.add_done_callback(_retrieved)
                 try:
@@ -241,22 +242,35 @@ class Gateway:
                             gen_att = event.get("attestation")
                             break
                         fresh = event.get("tokens")
+                        claims = (
+                            event.get("logprobs")
+                            if wants_logprobs
+                            else [None] * len(fresh if isinstance(fresh, list) else [])
+                        )
                         if (
                             not isinstance(fresh, list)
                             or not all(isinstance(t, int) for t in fresh)
                             or len(tokens) + len(fresh) > plan.ticket["max_tokens"]
+                            or not isinstance(claims, list)
+                            or len(claims) != len(fresh)
                         ):
                             raise _fail(
                                 "the generator sent more or other than tokens", "miner-lied"
                             )
                         tokens.extend(fresh)
-                        for token in fresh:
-                            queue.put_nowait(token)
-                        yield {
+                        for token, claim in zip(fresh, claims, strict=True):
+                            queue.put_nowait((token, claim))
+                        shown: dict[str, Any] = {
                             "event": "token",
                             "tokens": fresh,
                             "text": str(event.get("text", "")),
                         }
+                        if wants_logprobs:
+                            shown["logprobs"] = claims  # values the checker checks
+                            texts = event.get("logprob_texts")  # for display, unchecked
+                            ok = isinstance(texts, list) and len(texts) == len(fresh)
+                            shown["logprob_texts"] = texts if ok else [["", []]] * len(fresh)
+                        yield shown
                     queue.put_nowait(None)
                     await forwarder
                 finally:
@@ -365,10 +379,11 @@ class Gateway:
         self,
         http: httpx.AsyncClient,
         plan: Plan,
-        queue: asyncio.Queue[int | None],
+        queue: asyncio.Queue[tuple[int, Any] | None],
         opening: asyncio.Task[Any],
     ) -> None:
-        """Once the checker's session is open, send it the tokens: each chunk waits for
+        """Once the checker's session is open, send it the tokens (with the generator's
+        log-probabilities of them, when the task asks for those): each chunk waits for
         `chunk_size` of them (or the end of the answer) and takes whatever else has come by
         then, so a checker that fell behind catches up in one pass."""
         await opening
@@ -376,7 +391,7 @@ class Gateway:
         offset = 0
         done = False
         while not done:
-            batch: list[int] = []
+            batch: list[tuple[int, Any]] = []
             size = chunk_size(offset, int(plan.ticket["max_tokens"]), self.chunk)
             while len(batch) < size or not queue.empty():
                 item = await queue.get()
@@ -386,7 +401,10 @@ class Gateway:
                 batch.append(item)
             if not batch:
                 return
-            await self._call(http, url, {"offset": offset, "tokens": batch}, "checker")
+            body: dict[str, Any] = {"offset": offset, "tokens": [t for t, _ in batch]}
+            if batch[0][1] is not None:
+                body["logprobs"] = [claim for _, claim in batch]
+            await self._call(http, url, body, "checker")
             offset += len(batch)
 
     def _check_attestation(

@@ -45,11 +45,12 @@ from dn.node.market.backstop import Backstop
 from dn.node.market.behaviour import HONEST, Behaviour, Check
 from dn.node.market.exposure import Exposure
 from dn.node.market.records import TaskRecords, request_ok
+from dn.node.market.streaming import stream_answer
 from dn.node.node import Node
-from dn.node.taskio import input_hash, normalize_input, render
-from dn.runner.check import Thresholds, TokenValue, commitment
+from dn.node.taskio import decoding_for, input_hash, normalize_input, render
+from dn.runner.check import Drift, Thresholds, TokenValue, commitment
 from dn.runner.engine import DEFAULT_IDLE_S
-from dn.runner.llama import CheckSession, LoadedModel, Runner, TokenStream
+from dn.runner.llama import CheckSession, Runner
 from dn.runner.modelstore import ModelStore
 from dn.wallet.keys import Keypair
 
@@ -259,85 +260,10 @@ class Miner:
         job = self.accept(ticket, raw_input, tasks.GENERATOR)
         path = self.behaviour.generating_path(self, job)
         model = await asyncio.to_thread(self.runner.model, path, "generate")
-        stream = model.generate(render(model, job.task_input), job.ticket["max_tokens"])
-        return self._generate(job, model, stream)
-
-    async def _generate(
-        self, job: _Job, model: LoadedModel, stream: TokenStream
-    ) -> AsyncIterator[dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue()
-        stop = threading.Event()
-        done = asyncio.Event()
-
-        def put(item: dict[str, Any] | BaseException | None) -> None:
-            loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        def work() -> None:
-            try:
-                decoder = model.text_decoder()
-                produced: list[int] = []
-                try:
-                    for token in stream:
-                        if stop.is_set():
-                            return
-                        token = self.behaviour.token(token, len(produced), model.n_vocab)
-                        produced.append(token)
-                        put({"tokens": [token], "text": decoder.piece(token).text})
-                        if self.behaviour.hold(len(produced), stop):
-                            return
-                finally:
-                    stream.close()
-                tail = decoder.flush()
-                if tail:
-                    put({"tokens": [], "text": tail})
-                self.records.put(
-                    job.task,
-                    tasks.GENERATOR,
-                    ticket=job.ticket,
-                    task_input=job.task_input,
-                    tokens=produced,
-                )
-                att = self._attest(job, tasks.GENERATOR, produced, tasks.GENERATED, "")
-                put({"done": True, "task": job.task, "attestation": att})
-            except BaseException as exc:  # noqa: BLE001 - handed to the stream's reader
-                put(exc)
-            finally:
-                put(None)
-                loop.call_soon_threadsafe(done.set)
-
-        # Its own thread, not the loop's shared pool: a stream is paced by the engine's steps
-        # for its whole length, and the slots already bound how many run at once.
-        threading.Thread(target=work, name=f"dn-generate-{job.task[:8]}", daemon=True).start()
-        try:
-            ended = False
-            while not ended:
-                items = [await queue.get()]
-                while not queue.empty():  # a slow reader gets tokens in batches, not late
-                    items.append(queue.get_nowait())
-                batch: dict[str, Any] | None = None
-                for item in items:
-                    if item is None:
-                        ended = True
-                        break
-                    if isinstance(item, BaseException):
-                        raise item
-                    if "tokens" not in item:  # the final attestation
-                        if batch is not None:
-                            yield batch
-                            batch = None
-                        yield item
-                        continue
-                    if batch is None:
-                        batch = {"tokens": [], "text": ""}
-                    batch["tokens"] += item["tokens"]
-                    batch["text"] += item["text"]
-                if batch is not None:
-                    yield batch
-        finally:
-            stop.set()
-            stream.close()  # frees the slot now; the thread ends at its next token
-            await asyncio.shield(done.wait())
+        decoding = decoding_for(job.task_input, job.task)
+        prompt = render(model, job.task_input)
+        stream = model.generate(prompt, job.ticket["max_tokens"], decoding=decoding)
+        return stream_answer(self, job, model, stream, decoding)
 
     # --- checking -------------------------------------------------------------------------
 
@@ -346,11 +272,14 @@ class Miner:
         if job.task in self._sessions:
             raise TaskError("a check of this task is open already", reason="busy")
         thresholds = Thresholds.from_params(self.node.genesis.param)
+        drift = Drift.from_params(self.node.genesis.param)
+        decoding = decoding_for(job.task_input, job.task)
 
         def honest() -> CheckSession:
             model = self.runner.model(job.path, "check")
+            prompt = render(model, job.task_input)
             session = model.check(
-                render(model, job.task_input), job.ticket["max_tokens"], thresholds
+                prompt, job.ticket["max_tokens"], thresholds, decoding=decoding, drift=drift
             )
             return session.__enter__()
 
@@ -378,13 +307,18 @@ class Miner:
         found.touched = time.monotonic()
         return found
 
-    async def check_feed(self, task: str, offset: int, tokens: Any) -> dict[str, Any]:
+    async def check_feed(
+        self, task: str, offset: int, tokens: Any, logprobs: Any = None
+    ) -> dict[str, Any]:
         """Score the next chunk; `offset` is the index of its first token (chunks must come in
-        order, none twice)."""
+        order, none twice). `logprobs`: the generator's log-probabilities of these tokens, when
+        the task asks for them (checked against this checker's own)."""
         current = self._session(task)
         await self.behaviour.before_feed(self, task)
         if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
             raise TaskError("tokens must be a list of integers", reason="bad-tokens")
+        if logprobs is not None and not isinstance(logprobs, list):
+            raise TaskError("logprobs must be a list, one entry per token", reason="bad-tokens")
 
         def feed() -> list[TokenValue]:
             with current.lock:
@@ -393,7 +327,9 @@ class Miner:
                         f"chunk at {offset}, expected {len(current.check.tokens)}",
                         reason="out-of-order",
                     )
-                return current.check.feed(tokens)
+                if logprobs is None:
+                    return current.check.feed(tokens)
+                return current.check.feed(tokens, logprobs)
 
         values = await self._checking(feed)
         return {"task": task, "checked": len(current.check.tokens), "values": len(values)}
@@ -433,7 +369,6 @@ class Miner:
                 self.backstop.hold(task, current.job.ticket, generator_attestation, att)
             return {"task": task, "verdict": result, "attestation": att}
 
-        self.exposure.close()
         try:
             return await self._checking(finish)
         finally:
@@ -498,3 +433,4 @@ class Miner:
         self._sessions.clear()
         self.runner.close()
         self.records.close()
+        self.exposure.close()

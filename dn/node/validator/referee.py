@@ -49,7 +49,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -60,7 +60,7 @@ from dn.chain.types import Tx
 from dn.chain.validators import active
 from dn.errors import DNError
 from dn.node.market.records import sign_request
-from dn.node.taskio import input_hash, normalize_input, render
+from dn.node.taskio import decoding_for, input_hash, normalize_input, render
 from dn.node.validator.interfaces import ChainView, ModelFiles, ModelRunner
 from dn.runner.check import (
     Drift,
@@ -76,7 +76,7 @@ from dn.wallet.keys import Keypair
 
 log = logging.getLogger("dn.referee")
 
-SHAPE_REASONS = frozenset({"bad-token", "after-end", "too-long", "truncated", "empty"})
+SHAPE_REASONS = frozenset({"bad-token", "after-end", "past-stop", "too-long", "truncated", "empty"})
 RETRY_S = 3.0  # between two tries of one task whose miners did not answer
 RESCAN = 10  # blocks below the last scanned height looked at again (a reorganisation)
 GENERATOR, CHECKER = tasks.GENERATOR, tasks.CHECKER
@@ -380,11 +380,15 @@ class Referee:
         max_tokens = int(case.ticket["max_tokens"])
         model = self.runner.model(self.store.path(case.ticket["model"]), "check")
         tokens = answer["tokens"]
-        with model.check(render(model, answer["input"]), max_tokens, thresholds) as session:
+        # Decoded as the task asked (sampled, stop strings); the generator's log-probabilities
+        # are the consumer's business and were checked by the checker, not kept.
+        decoding = replace(decoding_for(answer["input"], case.task), logprobs=None)
+        prompt = render(model, answer["input"])
+        with model.check(prompt, max_tokens, thresholds, decoding=decoding) as session:
             session.feed(tokens)
             own = session.finish()
             own_values = list(session.values)
-        ended = bool(tokens) and 0 <= tokens[-1] < model.n_vocab and model.is_eog(tokens[-1])
+            ended = session.ended()
         claimed = [TokenValue.from_quantized(r) for r in rows] if rows is not None else None
         faults, why = decide(
             confirmed=case.confirmed,
