@@ -17,6 +17,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from dn.chain import consensus, escrow, validators
 from dn.chain.genesis import Genesis
 from dn.chain.ledger import ACCT, DictState, Overlay, account
 from dn.chain.mempool import Mempool
-from dn.chain.state import SIGNERS, SupplyTally, apply_block, build_block
+from dn.chain.state import SIGNERS, Applied, SupplyTally, apply_block, build_block
 from dn.chain.store import Store
 from dn.chain.types import Block, Tx
 from dn.config import DEFAULT_NODE_NAME, node_dir, private_dir
@@ -103,6 +104,7 @@ class _Branch:
 
 
 Listener = Callable[[str, Any], None]
+Job = Future[tuple[Applied, list[str]]]  # a block built and stored, and the tx ids it refused
 
 
 class Node:
@@ -147,6 +149,7 @@ class Node:
         self.last_block_ms = now_ms()
         self._branch: _Branch | None = None
         self._plan: tuple[str, bool, int] | None = None  # (tip, signed at next height, delay)
+        self.job: Job | None = None  # our block being made; meanwhile only `check` changes us
         self.extra_roles: list[str] = []
 
     def _try_add(self, tx: Tx) -> bool:
@@ -172,6 +175,7 @@ class Node:
         return (["validator"] if self.is_validator else []) + self.extra_roles
 
     def close(self) -> None:
+        self.settle()
         self.store.close()
 
     def _emit(self, event: str, payload: Any) -> None:
@@ -219,15 +223,17 @@ class Node:
             results.append({"accepted": True, "id": tx.id})
         return results, accepted
 
-    def keep(self, accepted: list[Tx]) -> None:
-        """Persist accepted transactions (one store transaction) and tell the listeners."""
-        self.store.mempool_add(accepted)
+    def keep(self, accepted: list[Tx], stored: bool = False) -> None:
+        """Persist accepted transactions (one store transaction; `stored`: the caller did, in
+        its worker thread: service.py) and tell the listeners."""
+        if not stored:
+            self.store.mempool_add(accepted)
         if accepted:
             self._emit("txs", accepted)
 
     def tx_status(self, tx_id: str) -> dict[str, Any]:
         record = self.store.tx(tx_id)
-        if record is not None:
+        if record is not None and record.height <= self.tip.height:  # not in a block still landing
             return {
                 "id": tx_id,
                 "status": "included",
@@ -278,6 +284,7 @@ class Node:
 
     def produce(self, at_ms: int | None = None) -> Block:
         """Propose, store and adopt the next block on our tip."""
+        self.settle()
         at = at_ms if at_ms is not None else now_ms()
         candidates = self.mempool.pending(self.genesis.param("max_block_txs"))
         applied, rejected = build_block(
@@ -286,12 +293,27 @@ class Node:
         self._adopt(applied.block, applied.changes, [tx.id for tx, _ in rejected])
         return applied.block
 
+    def land(self, job: Job) -> Block:
+        """Adopt `job`'s block, built and stored in a worker (service.py); once, waiting for it."""
+        if self.job is job:
+            self.job = None
+            if job.exception() is None:
+                applied, rejected = job.result()
+                self._adopt(applied.block, applied.changes, rejected, stored=True)
+        return job.result()[0].block
+
+    def settle(self) -> None:
+        """Land our block being made, if any (if it failed it changed nothing: its maker says)."""
+        if self.job is not None and self.job.exception() is None:
+            self.land(self.job)
+
     # --- receiving blocks ------------------------------------------------------------------
 
     def receive_block(self, block: Block) -> str:
         """Take a block from a peer. Returns "known", "extended" (new tip), "side" (stored on a
         side branch), "reorg" (its branch became canonical) or "orphan" (parent unknown: sync).
         Raises InvalidBlock, with the rule broken as its reason, for a block that is not valid."""
+        self.settle()
         if self.store.has_block(block.hash):
             return "known"
         header = block.header
@@ -406,17 +428,20 @@ class Node:
         for block, _ in branch.blocks:
             self._emit("block", block)
 
-    def _adopt(self, block: Block, changes: dict[str, Any], rejected: list[str]) -> None:
-        self.store.commit_block(block, changes)
+    def _adopt(
+        self, block: Block, changes: dict[str, Any], rejected: list[str], stored: bool = False
+    ) -> None:
+        if not stored:
+            self.store.commit_block(block, changes)
+        before = {key: self.state.get(key) for key in changes}  # so the mempool rebases by it
         self.supply.apply(self.state, changes)
         self.state.update(changes)
         self.tip = block
         self.tip_td += block.header.difficulty
         self._branch = None
         self.last_block_ms = now_ms()
-        dropped = self.mempool.reset(
-            self.state, [tx.id for tx in block.txs] + rejected, tip_height=block.height
-        )
+        drop = [tx.id for tx in block.txs] + rejected
+        dropped = self.mempool.reset(self.state, drop, tip_height=block.height, before=before)
         self.store.mempool_remove(rejected + [tx.id for tx in dropped])
         self._update_final()
         self._emit("block", block)

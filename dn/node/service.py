@@ -1,5 +1,12 @@
 """Running nodes: each node's HTTP server and block producer as tasks on one asyncio loop.
 
+A node's blocks are built and stored in a worker thread of its own (`NodeService._make`), through
+that thread's own connection to the store, and adopted back on the loop (`Node.land`): the loop
+goes on answering meanwhile. While a block is out the node's state does not change (whatever
+would change it lands the block first: `Node.settle`) and the mempool only takes transactions.
+The same thread persists the transactions a batch brought (`persist`), so the loop never waits
+on SQLite's fsync for them, and they never contend with a block for the store's write lock.
+
 Signals are handled here, not by uvicorn (which re-raises SIGINT after shutting down, turning a
 clean Ctrl-C into an error exit): SIGINT or SIGTERM asks every node on the loop to stop, and each
 closes its store after its last request. Several nodes can share one loop (the devnet).
@@ -9,18 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import uvicorn
 
 from dn.chain.ledger import ACCT
-from dn.chain.types import Tx
+from dn.chain.state import Applied, build_block
+from dn.chain.store import Store
+from dn.chain.types import Block, Tx
 from dn.chain.validators import VALIDATOR
 from dn.errors import DNError, NodeError
 from dn.node import hooks
-from dn.node.http.app import create_app
+from dn.node.http.app import create_app, landed
 from dn.node.market.gateway import Gateway
 from dn.node.market.miner import Miner, MinerOptions
 from dn.node.node import Node, now_ms
@@ -89,6 +100,8 @@ class NodeService:
                 models=mine.models,
                 bond=mine.bond,
             )
+        self._maker = ThreadPoolExecutor(1, thread_name_prefix=f"dn-produce-{port}")
+        self._maker_store: Store | None = None  # the maker thread's own connection
         self.validator = validate
         self.referee: Referee | None = None
         if validate is not None:
@@ -107,6 +120,7 @@ class NodeService:
                 store=self.store,
                 gateway_wallet=gateway_wallet,
                 gateway_max_price=gateway_max_price,
+                persist=self.persist,
             ),
             host=host,
             port=port,
@@ -134,7 +148,7 @@ class NodeService:
             at = now_ms()
             if self.node.due(at) and not self.network.behind():
                 try:
-                    block = self.node.produce(at)
+                    block = await self.produce(at)
                 except DNError as exc:
                     log.warning("could not produce a block: %s", exc)
                 else:
@@ -142,10 +156,46 @@ class NodeService:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), TICK_S)
 
+    async def produce(self, at: int) -> Block:
+        """Our next block, built and stored in the maker thread, adopted here on the loop."""
+        node = self.node
+        node.settle()
+        candidates = node.mempool.pending(node.genesis.param("max_block_txs"))
+        job = node.job = self._maker.submit(self._make, node.tip, candidates, at)
+        await asyncio.wait([asyncio.wrap_future(job)])
+        return node.land(job)
+
+    def _make(self, tip: Block, candidates: list[Tx], at: int) -> tuple[Applied, list[str]]:
+        """In the maker thread: our block on `tip` (only reads the node's state, which stays put
+        while a block is out), committed through this thread's connection (the loop's own
+        keeps serving reads meanwhile: WAL); and the ids of the candidates it left out."""
+        node = self.node
+        applied, rejected = build_block(
+            node.state, tip.header, tip.hash, candidates, node.key, at, node.genesis
+        )
+        self._writer().commit_block(applied.block, applied.changes)
+        return applied, [tx.id for tx, _ in rejected]
+
+    def _writer(self) -> Store:
+        if self._maker_store is None:
+            self._maker_store = Store.open(self.node.store.path, genesis=self.node.genesis)
+        return self._maker_store
+
+    async def persist(self, txs: list[Tx]) -> None:
+        """Put accepted transactions in the store's mempool, in the maker thread."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._maker, lambda: self._writer().mempool_add(txs))
+
+    def _close_maker(self) -> None:
+        self._maker.shutdown(wait=True)
+        if self._maker_store is not None:
+            self._maker_store.close()
+
     async def _mine(self, miner: Miner) -> None:
         """Keep the miner registered as it wants to be, settle the tasks it checked that their
         gateways left unsettled, and close abandoned check sessions."""
         while not self._stop.is_set():
+            await landed(self.node)  # not to wait on the store's write lock on the loop
             tx = miner.registration_tx(self.network.url)
             if tx is not None:
                 result = self.node.submit([tx.to_json()])[0]
@@ -179,15 +229,16 @@ class NodeService:
             except Exception:  # a bug here must not stop the validator's other work
                 log.exception("PoWR validation failed")
                 txs = []
-            self._send(txs, lambda tx: f"{tx.kind} for epoch {tx.payload['epoch']}")
+            await self._send(txs, lambda tx: f"{tx.kind} for epoch {tx.payload['epoch']}")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), 1.0)
 
-    def _send(self, txs: list[Tx], what: Callable[[Tx], str]) -> None:
+    async def _send(self, txs: list[Tx], what: Callable[[Tx], str]) -> None:
         """Submit a duty's transactions to this node, logging each as `what(tx)`."""
         for tx in txs:
             if self._stop.is_set():
                 return
+            await landed(self.node)
             result = self.node.submit([tx.to_json()])[0]
             if result["accepted"]:
                 log.info("%s sent (%s)", what(tx), tx.id[:12])
@@ -209,7 +260,7 @@ class NodeService:
             except Exception:  # a bug here must not stop the validator's other work
                 log.exception("judging a task failed")
                 txs = []
-            self._send(txs, lambda tx: f"task.verdict for {tx.payload['task'][:12]}")
+            await self._send(txs, lambda tx: f"task.verdict for {tx.payload['task'][:12]}")
             pause = 0.2 if txs or case else 1.0
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), pause)
@@ -229,6 +280,7 @@ class NodeService:
             balance = int((node.state.get(ACCT + address) or {"balance": 0})["balance"])
             if sent is None or node.mempool.get(sent) is None:
                 if balance >= amount + fee and not self.network.behind():
+                    await landed(node)
                     tx = node.own_tx(node.key, "validator.bond", {"amount": amount})
                     result = node.submit([tx.to_json()])[0]
                     if result["accepted"]:
@@ -282,6 +334,8 @@ class NodeService:
             if referee is not None and judging is not None:
                 await asyncio.gather(judging, return_exceptions=True)
                 referee.close()
+            self.node.settle()
+            await asyncio.to_thread(self._close_maker)
             self.node.close()
 
 
@@ -302,6 +356,11 @@ async def serve_all(services: list[NodeService]) -> None:
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop_all)
+    # What is built by now (modules, the apps, the chain state) lives as long as the process:
+    # out of the cyclic collector's full passes, which otherwise walk all of it and held the
+    # loop for 50-80 ms each, several times during a 10,000-transaction batch.
+    gc.collect()
+    gc.freeze()
     try:
         results = await asyncio.gather(*(guarded(s) for s in services), return_exceptions=True)
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Query, Request
@@ -131,19 +132,35 @@ def _http_error(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
 
-async def _submit(node: Node, raws: list[Any]) -> list[dict[str, Any]]:
+async def landed(node: Node) -> None:
+    """Wait, without holding the event loop, for the block the node is making in its worker
+    thread (dn/node/service.py), if any, and adopt it: before writing to the store, which that
+    thread may be committing to."""
+    job = node.job
+    if job is not None:
+        await asyncio.wait([asyncio.wrap_future(job)])
+        node.settle()
+
+
+Persist = Callable[[list[Tx]], Awaitable[None]]
+
+
+async def _submit(node: Node, raws: list[Any], persist: Persist | None) -> list[dict[str, Any]]:
     """`node.submit`, giving the event loop a turn after every `SUBMIT_TURN_S` of work (a
     10,000-transaction batch checked in one go held it for half a second). Each item's nesting
     is checked here rather than the whole body's at once; what is accepted is persisted, in
-    parts, before the answer."""
+    parts, before the answer (by `persist`, off the loop, where the service gives one)."""
     results: list[dict[str, Any]] = []
     accepted: list[Tx] = []
-    turn = time.perf_counter()
+    turn = 0.0  # a turn first: decoding the body took one
 
     async def pause() -> None:
         nonlocal turn
-        if time.perf_counter() - turn > SUBMIT_TURN_S:
+        # While the node makes a block (in a thread, holding the GIL most of the time) the loop
+        # only answers: checking on would slow both down.
+        if node.job is not None or time.perf_counter() - turn > SUBMIT_TURN_S:
             await asyncio.sleep(0)
+            await landed(node)
             turn = time.perf_counter()
 
     for start in range(0, len(raws), SUBMIT_STEP):
@@ -157,7 +174,11 @@ async def _submit(node: Node, raws: list[Any]) -> list[dict[str, Any]]:
         accepted += kept
     for start in range(0, len(accepted), KEEP_STEP):
         await pause()
-        node.keep(accepted[start : start + KEEP_STEP])
+        await landed(node)  # not to persist what a block being stored may include
+        part = accepted[start : start + KEEP_STEP]
+        if persist is not None:
+            await persist(part)
+        node.keep(part, stored=persist is not None)
     return results
 
 
@@ -181,6 +202,7 @@ def create_app(
     store: ModelStore | None = None,
     gateway_wallet: Keypair | None = None,
     gateway_max_price: int | None = None,
+    persist: Persist | None = None,
 ) -> FastAPI:
     app = FastAPI(title="DeepNode node", version="1", docs_url="/dn/v1/docs", redoc_url=None)
     app.add_exception_handler(DNError, _dn_error)
@@ -208,11 +230,12 @@ def create_app(
         if isinstance(body, list):
             if len(body) > MAX_BATCH:
                 raise InputError(f"at most {MAX_BATCH} transactions per request", reason="batch")
-            results = await _submit(node, body)
+            results = await _submit(node, body, persist)
             # JSONResponse directly: the framework's generic encoder took ~0.2 s on 10,000
             return JSONResponse(
                 {"accepted": sum(r["accepted"] for r in results), "results": results}
             )
+        await landed(node)
         result = node.submit([body])[0]
         if not result["accepted"]:
             return JSONResponse({k: v for k, v in result.items() if k != "accepted"}, 422)
@@ -227,13 +250,14 @@ def create_app(
         start: int = Query(0, alias="from", ge=0),
         limit: int = Query(20, ge=1, le=MAX_BLOCKS_PER_PAGE),
     ) -> dict[str, Any]:
-        found = node.store.blocks(start, limit)
-        return {"height": node.tip.height, "blocks": [_block_json(b) for b in found]}
+        tip = node.tip.height  # a block stored by the producer's thread and not yet adopted
+        found = [b for b in node.store.blocks(start, limit) if b.height <= tip]  # is not shown
+        return {"height": tip, "blocks": [_block_json(b) for b in found]}
 
     @app.get("/dn/v1/blocks/{ref}")
     async def block(ref: str) -> dict[str, Any]:
         key: int | str = int(ref) if ref.isdigit() and len(ref) < 20 else ref.lower()
-        if isinstance(key, int) and key > MAX_HEIGHT:
+        if isinstance(key, int) and key > min(MAX_HEIGHT, node.tip.height):
             raise NotFound(f"no block {ref}")
         found = node.store.block(key)
         if found is None:
@@ -288,7 +312,7 @@ def create_app(
         _, _, body = await gossip(request)
         if not isinstance(body, list) or len(body) > MAX_BATCH:
             raise InputError(f"gossip carries a list of at most {MAX_BATCH} txs", reason="batch")
-        results = await _submit(node, body)
+        results = await _submit(node, body, persist)
         return {"accepted": sum(r["accepted"] for r in results)}
 
     @app.get("/dn/v1/accounts/{address}")
