@@ -16,6 +16,7 @@ import httpx
 
 from dn.chain.types import Tx
 from dn.node.p2p import auth, handshake
+from dn.node.p2p.members import OPENING_BURST
 from dn.node.p2p.peers import DEFAULT_PENALTY, HEAL_PER_S, MAX_INBOUND_PER_HOST
 from dn.wallet.keys import Keypair
 from tests.functional.harness import (
@@ -117,13 +118,19 @@ def test_handshakes_naming_other_addresses_do_not_make_the_node_dial_them(
     node = node_factory("default", None, ["--no-mdns"]).start()
     listeners = Listeners(100)
     caller = Keypair.generate()
+    answered = 0
     try:
         with httpx.Client(timeout=10) as http:
             for url in listeners.urls:
                 challenge = handshake.new_challenge()
                 opening = {"challenge": challenge, "address": caller.address, "url": url}
                 reply = http.post(node.url + "/dn/v1/handshake", json=opening)
-                assert reply.status_code == 200  # the handshake itself is still answered
+                # One address's openings are rationed (a burst, then a few a second): the rest
+                # are 429 before anything is signed, and are not dialled back either.
+                assert reply.status_code in (200, 429), reply.text
+                if reply.status_code == 429:
+                    continue
+                answered += 1
                 handshake.verify(
                     reply.json(),
                     challenge=challenge,
@@ -138,6 +145,7 @@ def test_handshakes_naming_other_addresses_do_not_make_the_node_dial_them(
         listeners.poll()
     finally:
         listeners.close()
+    assert answered >= OPENING_BURST  # the handshake itself is still answered, up to the ration
     dialled = sum(1 for hits in listeners.hits if hits)
     assert dialled <= MAX_INBOUND_PER_HOST, f"{dialled} addresses dialled"
     assert sum(listeners.hits) <= MAX_INBOUND_PER_HOST, f"{sum(listeners.hits)} connections"
