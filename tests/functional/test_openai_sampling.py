@@ -6,36 +6,17 @@ the other, which recomputes the sampler's choices, the stop and the log-probabil
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 
-from tests.functional.market import PASSWORD, Market, running_market
-from tests.functional.test_openai_api import restart_m1, settled
+from tests.functional.market import Market
+from tests.functional.test_openai_api import client, market, restart_m1, settled
+
+__all__ = ["client", "market"]  # the same market and client fixtures (one market per module)
 
 QUESTION: list[Any] = [{"role": "user", "content": "Explain in simple words why the sky is blue."}]
-
-
-@pytest.fixture(scope="module")
-def market(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iterator[Market]:
-    with running_market(
-        tmp_path_factory.mktemp("sampling"),
-        smollm2_gguf,
-        gateway_args=["--gateway-wallet", "consumer"],
-        gateway_env={"DN_PASSWORD": PASSWORD},
-    ) as running:
-        yield running
-
-
-@pytest.fixture
-def client(market: Market) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(
-        base_url=f"{market.gateway.url}/v1", api_key="unused", max_retries=0, timeout=120
-    ) as made:
-        yield made
 
 
 def dn_of(answer: Any) -> dict[str, Any]:

@@ -10,18 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from dn.chain.genesis import default_params
-from dn.runner.check import Thresholds, Verdict
+from dn.runner.check import Verdict
 from dn.runner.llama import LoadedModel
 from dn.runner.sampling import Decoding, StopScanner, first_stop, sampler_key
+from tests.runner.test_runner_check import LIMITS
+from tests.runner.test_runner_check import PROMPTS as CHECK_PROMPTS
 
-PROMPTS = [
-    "Write a short paragraph about the history of bread.",
-    "Explain in simple words why the sky is blue.",
-    "List three tips for keeping a small vegetable garden healthy.",
-]
+PROMPTS = CHECK_PROMPTS[:3]
+
 MAX_TOKENS = 48
-LIMITS = Thresholds.from_params(default_params().__getitem__)
 SAMPLED = Decoding(temperature=0.7, top_p=0.95, key=sampler_key(seed=None, task="11" * 32))
 
 
