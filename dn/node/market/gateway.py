@@ -242,24 +242,19 @@ class Gateway:
                             gen_att = event.get("attestation")
                             break
                         fresh = event.get("tokens")
-                        claims = (
-                            event.get("logprobs")
-                            if wants_logprobs
-                            else [None] * len(fresh if isinstance(fresh, list) else [])
-                        )
+                        claims = event.get("logprobs") if wants_logprobs else None
                         if (
                             not isinstance(fresh, list)
                             or not all(isinstance(t, int) for t in fresh)
                             or len(tokens) + len(fresh) > plan.ticket["max_tokens"]
-                            or not isinstance(claims, list)
-                            or len(claims) != len(fresh)
+                            or (wants_logprobs and not _one_each(claims, fresh))
                         ):
                             raise _fail(
                                 "the generator sent more or other than tokens", "miner-lied"
                             )
                         tokens.extend(fresh)
-                        for token, claim in zip(fresh, claims, strict=True):
-                            queue.put_nowait((token, claim))
+                        for i, token in enumerate(fresh):
+                            queue.put_nowait((token, claims[i] if claims else None))
                         shown: dict[str, Any] = {
                             "event": "token",
                             "tokens": fresh,
@@ -268,7 +263,7 @@ class Gateway:
                         if wants_logprobs:
                             shown["logprobs"] = claims  # values the checker checks
                             texts = event.get("logprob_texts")  # for display, unchecked
-                            ok = isinstance(texts, list) and len(texts) == len(fresh)
+                            ok = _one_each(texts, fresh)
                             shown["logprob_texts"] = texts if ok else [["", []]] * len(fresh)
                         yield shown
                     queue.put_nowait(None)
@@ -422,6 +417,11 @@ class Gateway:
             raise _fail(f"the {role}'s attestation is not signed by the chosen miner", "miner-lied")
         if att["output_hash"] != tasks.output_hash(tokens) or att["tokens"] != len(tokens):
             raise _fail(f"the {role} attested to other tokens than it sent", "miner-lied")
+
+
+def _one_each(items: Any, tokens: list[int]) -> bool:
+    """Whether `items` is a list with one entry per token."""
+    return isinstance(items, list) and len(items) == len(tokens)
 
 
 def _prompt_tokens(opening: asyncio.Task[Any]) -> int:

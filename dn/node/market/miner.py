@@ -327,8 +327,6 @@ class Miner:
                         f"chunk at {offset}, expected {len(current.check.tokens)}",
                         reason="out-of-order",
                     )
-                if logprobs is None:
-                    return current.check.feed(tokens)
                 return current.check.feed(tokens, logprobs)
 
         values = await self._checking(feed)
