@@ -17,8 +17,9 @@ agreement):
    burn share of the prices consumers paid, and its rounding), and it is shared by the units
    each generator's tasks burned, not by the tokens claimed: a task weighs what its consumer
    paid to destroy, and one that burned nothing (unpaid, or settled short of its price, which
-   pays only the two miners) weighs nothing. So a miner's part is at most `usage_bound` of what
-   its own tasks burned. The rest of the miners' part (all of it when nothing was burned) is
+   pays only the two miners) weighs nothing. A miner's part is at most `usage_bound` of what
+   its own tasks burned (a largest remainder that would lift it a unit above is not paid). The
+   rest of the miners' part (all of it when nothing was burned) is
    `unpaid`, never minted. Wash trading pays the burn and gets back at most
    `powr_usage_cap_bps` (<= 5,000, 3,333 by default) of it here, and as much again through
    the demand it earns the model (`dn.powr.consensus`), so it loses money.
@@ -167,7 +168,9 @@ def _model_credits(
     )
     out = [Credit(info.creator, roles.get("creator", 0), REASON_CREATOR, model)]
     pot = roles.get("miners", 0)
-    paid = apportion(min(pot, usage_bound(info.burned, params)), info.miners)
+    shared_out = apportion(min(pot, usage_bound(info.burned, params)), info.miners)
+    # Largest remainders may give a miner one unit above its own bound: that unit stays unpaid.
+    paid = {a: min(part, usage_bound(info.miners[a], params)) for a, part in shared_out.items()}
     out += [Credit(address, part, REASON_MINER, model) for address, part in paid.items()]
     capped = pot - sum(paid.values())
     backers = roles.get("backers", 0)

@@ -708,15 +708,17 @@ def test_split_emission_gives_the_backers_share_without_backers_to_the_creator()
 def test_the_miners_share_is_capped_by_what_usage_burned() -> None:
     """Washed tokens are worth what was burned for them: X's tasks burned 270 units and Y's 30,
     whatever tokens either claimed, so the miners' part of 1,000 is capped at 300 * 3,333 //
-    10,000 = 99 (shared 9:1); the rest is not minted."""
+    10,000 = 99, shared 9:1 (89.1 and 9.9), and each miner's part at what its own tasks burned:
+    X 270 * 3,333 // 10,000 = 89, Y 30 * 3,333 // 10,000 = 9 (the largest remainder would have
+    given Y 10); the rest, 1,000 - 98, is not minted."""
     params = EpochParams(validator_share_bps=0)
     models = {"m": ModelEpoch(creator="K", miners={"X": 270, "Y": 30})}
     split = split_emission(2_000, {}, {"m": 1}, models, params)
-    assert split.capped == {"m": 901} and split.unpaid == 901
+    assert split.capped == {"m": 902} and split.unpaid == 902
     assert [(c.address, c.amount, c.reason) for c in split.credits] == [
         ("K", 600, REASON_CREATOR),
         ("X", 89, REASON_MINER),
-        ("Y", 10, REASON_MINER),
+        ("Y", 9, REASON_MINER),
         ("K", 400, REASON_CREATOR_BACKERS),
     ]
 
