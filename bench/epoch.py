@@ -183,7 +183,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     def close_in_state() -> None:
         overlay = Overlay(state)
-        begin_block(overlay, boundary, genesis)
+        begin_block(overlay, boundary, genesis, "0" * 64)
         record = overlay.get(powr_rules.result_key(inputs.epoch))
         if record is None or record["paid"] + record["unpaid"] != record["emission"]:
             raise SystemExit("the state machine's close lost units")

@@ -191,7 +191,7 @@ class _Tracer:
         back = escrow.releases(overlay, height).get(self.address)
         if back:
             add(None, "escrow-returned", f"escrow withdrawal unlocked at block {height}", back)
-        begin_block(overlay, height, self.genesis)
+        begin_block(overlay, height, self.genesis, block.header.prev)
         epoch = Epoch.closed_at(height, self.genesis.param("epoch_blocks"))
         if epoch is not None:
             record = overlay.get(powr_rules.result_key(epoch))

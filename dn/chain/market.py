@@ -6,9 +6,11 @@ the ticket's consumer pays `price_of(model price, tokens)`. Checks, in order: th
 schema and consumer signature (`bad-ticket`, `bad-ticket-signature`: `verify_ticket`); the model
 is registered (`unknown-model`) and, if retired, the ticket was made before it
 (`model-retired`); the ticket's reference height is inside the ticket window (`stale-ticket`)
-and it has not expired (`expired-ticket`); the task is not settled yet (`task-settled`); both
-attestations (`check_attestations`); the generator and checker are the two miners the
-reference height selects from those serving the model then (`wrong-miners`); the price is
+and it has not expired (`expired-ticket`); the task is not settled yet (`task-settled`); the
+ticket's slot is in the consumer's book at its reference height and unused (`no-book`,
+`wrong-book`, `bad-slot`, `slot-used`: books.py); both attestations (`check_attestations`); the
+generator and checker are the two miners the slot's draw selects from those serving the model
+at the reference height (`wrong-miners`); the price is
 within the ticket's `max_price` (`over-max-price`); the consumer's escrow holds something to pay
 it with (`consumer-cannot-pay`).
 
@@ -29,7 +31,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dn.chain import escrow
+from dn.chain import books, escrow
 from dn.chain.economics import split_fee
 from dn.chain.genesis import Genesis
 from dn.chain.ledger import MODEL, POOL_VALIDATORS, TASK, Overlay, StateReader, burn, credit
@@ -75,9 +77,11 @@ def task_settle(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
     task = task_id(chain_id, ticket)
     if state.get(TASK + task) is not None:
         raise InvalidTx(f"task {task[:12]}… is settled already", reason="task-settled")
+    slot = books.slot_of(state, ticket)
     check_attestations(chain_id, task, gen, chk, ticket["max_tokens"])
+    draw = books.draw(slot["beacon"], ticket["consumer"], ref, ticket["nonce"])
     try:
-        chosen = select_miners(eligible_miners(state, sha, ref), task)
+        chosen = select_miners(eligible_miners(state, sha, ref), draw)
     except TaskError as exc:
         raise InvalidTx(f"no valid miner pair: {exc.message}", reason="wrong-miners") from None
     if (gen["miner"], chk["miner"]) != chosen:
@@ -85,6 +89,7 @@ def task_settle(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
             "the generator and checker are not the miners this ticket selects",
             reason="wrong-miners",
         )
+    books.use(state, ticket)
     tokens, confirmed = gen["tokens"], chk["verdict"] == CONFIRMED
     paid = price_of(model["price"], tokens) if confirmed else 0
     if paid > ticket["max_price"]:

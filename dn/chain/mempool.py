@@ -81,12 +81,19 @@ def same(a: Any, b: Any) -> bool:
 
 class Mempool:
     def __init__(
-        self, genesis: Genesis, proposer: str, base: StateReader, *, tip_height: int
+        self,
+        genesis: Genesis,
+        proposer: str,
+        base: StateReader,
+        *,
+        tip_height: int,
+        tip_hash: str,
     ) -> None:
-        """`base` is the state after block `tip_height`."""
+        """`base` is the state after block `tip_height`, whose hash is `tip_hash`."""
         self.genesis = genesis
         self.proposer = proposer
         self.height = tip_height + 1  # the block these transactions are checked for
+        self.tip_hash = tip_hash
         self._txs: dict[str, _Entry] = {}
         self._senders: Counter[str] = Counter()
         self._begun: dict[str, Any] = {}
@@ -96,7 +103,7 @@ class Mempool:
         """`base` as the next block's transactions see it (bonds due then are paid out, and at
         an epoch's first block the previous epoch's rewards)."""
         view = Overlay(base)
-        begin_block(view, self.height, self.genesis)
+        begin_block(view, self.height, self.genesis, self.tip_hash)
         self._begun = dict(view.changes)
         return view
 
@@ -147,16 +154,17 @@ class Mempool:
         drop: Iterable[str] = (),
         *,
         tip_height: int,
+        tip_hash: str,
         before: Mapping[str, Any] | None = None,
     ) -> list[Tx]:
-        """Rebase on the state after block `tip_height`; return the transactions that no longer
-        apply. `drop`: the ids to leave out (the block's, and those it refused). `before`: each
-        key the block changed -> its value before the block (None if absent), which lets the
-        transactions the block cannot have affected keep what they did (see the module
-        docstring); without it every transaction is checked again."""
+        """Rebase on the state after block `tip_height` (hash `tip_hash`); return the
+        transactions that no longer apply. `drop`: the ids to leave out (the block's, and those
+        it refused). `before`: each key the block changed -> its value before the block (None if
+        absent), which lets the transactions the block cannot have affected keep what they did
+        (see the module docstring); without it every transaction is checked again."""
         old_height, old_begun, entries = self.height, self._begun, self._txs
         drop = set(drop)
-        self.height = tip_height + 1
+        self.height, self.tip_hash = tip_height + 1, tip_hash
         self._txs = {}
         self._senders.clear()
         self._view = view = self._next_block_view(base)

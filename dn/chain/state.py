@@ -69,6 +69,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dn.chain import (
+    books,
     consensus,
     disputes,
     escrow,
@@ -195,19 +196,22 @@ def _transfer(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
     credit(state, tx.payload["to"], amount)
 
 
-def begin_block(state: Overlay, height: int, genesis: Genesis) -> None:
+def begin_block(state: Overlay, height: int, genesis: Genesis, parent_hash: str) -> None:
     """What happens at the start of block `height`, before its transactions: the bonds and
     stakes whose unbonding ends there are paid out (only the entries due are read), and so are
     the escrow withdrawals that finish unlocking there (`escrow.release_due`); then, at the
     first block of an epoch, the previous PoWR epoch is closed and its emission credited
     (`powr_rules.close`), the members over the downtime limit are jailed (`jailing.judge`), and
-    the validator set changes scheduled for the new epoch are made (`validators.begin_epoch`)."""
+    the validator set changes scheduled for the new epoch are made (`validators.begin_epoch`).
+    The ticket books of the parent block get its hash `parent_hash` as their beacon, and those
+    past the ticket window go (`books.begin`)."""
     due = state.get(UNLOCK + str(height))
     if due is not None:
         for entry in due:
             credit(state, entry["address"], entry["amount"])
         state.set(UNLOCK + str(height), None)
     escrow.release_due(state, height)
+    books.begin(state, height, parent_hash, genesis)
     epoch = Epoch.closed_at(height, genesis.param("epoch_blocks"))
     if epoch is not None:
         powr_rules.close(state, epoch, genesis)
@@ -226,6 +230,7 @@ RULES: dict[str, Rule] = {
     "validator.bond": validators.bond,
     "validator.unbond": validators.unbond,
     "task.settle": market.task_settle,
+    "task.book": books.book,
     "escrow.deposit": escrow.deposit,
     "escrow.withdraw": escrow.withdraw,
     "task.verdict": disputes.task_verdict,
@@ -320,7 +325,7 @@ def apply_block(
     if txs_root(list(block.txs)) != header.txs_root:
         raise InvalidBlock("txs_root does not match the transactions", reason="bad-txs-root")
     overlay = Overlay(state)
-    begin_block(overlay, header.height, genesis)
+    begin_block(overlay, header.height, genesis, parent_hash)
     seen: set[str] = set()
     for i, tx in enumerate(block.txs):
         if tx.id in seen:
@@ -352,7 +357,7 @@ def build_block(
     _check_signer(state, keypair.address, genesis)
     height = parent.height + 1
     overlay = Overlay(state)
-    begin_block(overlay, height, genesis)
+    begin_block(overlay, height, genesis, parent_hash)
     included: list[Tx] = []
     rejected: list[tuple[Tx, InvalidTx]] = []
     limit = genesis.param("max_block_txs")

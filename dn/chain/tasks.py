@@ -1,8 +1,9 @@
 """The protocol of one paid query (DESIGN.md section 7), as pure functions.
 
-A consumer signs a ticket; the task it asks for is named by `task_id`, which fixes, together with
-the miners serving the model at the ticket's `ref_height`, which two miners do the work
-(`select_miners`): the generator decodes, the checker prefill-checks. Both sign an attestation.
+A consumer signs a ticket; the task it asks for is named by `task_id`. The ticket uses a slot of
+the consumer's book (dn/chain/books.py), whose draw fixes, together with the miners serving the
+model at the ticket's `ref_height`, which two miners do the work (`select_miners`): the
+generator decodes, the checker prefill-checks. Both sign an attestation.
 The gateway, the node's miner code and the chain's `task.settle` rule all call these same
 functions, so what a gateway computes is what the chain re-checks.
 
@@ -250,10 +251,10 @@ def eligible_miners(state: StateReader, model: str, at_height: int) -> list[str]
     return sorted({i["miner"] for i in intervals if serves_at(i, at_height)})
 
 
-def select_miners(eligible: list[str], task: str) -> tuple[str, str]:
-    """The (generator, checker) for `task`: the eligible miners ordered by
-    sha256(task id + address), first two. Deterministic and independent of the list's order, so
-    a gateway cannot pick friends and the chain re-checks the choice.
+def select_miners(eligible: list[str], draw: str) -> tuple[str, str]:
+    """The (generator, checker) for a task whose slot draws `draw` (hex, `books.draw`): the
+    eligible miners ordered by sha256(draw + address), first two. Deterministic and independent
+    of the list's order, so a gateway cannot pick friends and the chain re-checks the choice.
 
     One address is one operator, so the two are different operators by construction (the list
     is deduplicated). TaskError `no-miner` when nobody serves the model, `one-miner` when only
@@ -266,7 +267,7 @@ def select_miners(eligible: list[str], task: str) -> tuple[str, str]:
             "only one miner serves this model; a task needs a generator and a checker",
             reason="one-miner",
         )
-    ranked = sorted(unique, key=lambda a: hashlib.sha256((task + a).encode()).digest())
+    ranked = sorted(unique, key=lambda a: hashlib.sha256((draw + a).encode()).digest())
     return ranked[0], ranked[1]
 
 

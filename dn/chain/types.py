@@ -154,6 +154,14 @@ class EscrowAmount(Payload):
     amount: Amount
 
 
+class TaskBook(Payload):
+    """`task.book`: slots for tickets whose miners a later block hash draws (dn/chain/books.py).
+    The upper bound is `books.MAX_SLOTS`."""
+
+    model: Hash
+    slots: Annotated[int, Field(ge=1, le=256)]
+
+
 class Ticket(Payload):
     """What a consumer signs to ask for one answer (DESIGN.md section 7)."""
 
@@ -236,6 +244,7 @@ PAYLOADS: dict[str, type[Payload]] = {
     "validator.bond": ValidatorBond,
     "validator.unbond": ValidatorBond,
     "task.settle": TaskSettle,
+    "task.book": TaskBook,
     "escrow.deposit": EscrowAmount,
     "escrow.withdraw": EscrowAmount,
     "task.verdict": TaskVerdict,

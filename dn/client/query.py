@@ -5,28 +5,29 @@
 or step by step:
 
     ticket, model = make_ticket(client, keypair, "smollm2", {"messages": [...]}, max_tokens=128)
+                                              # books one slot first (task.book), waits for it
     for event in stream_query(client, ticket, task_input): ...      # start, token…, done
     tx = settle_tx(client, keypair, done_event)                      # task.settle, signed
     client.submit(tx.to_json())
 
-The consumer signs the ticket (what it asks and the most it pays) and, at the end, the
-`task.settle` transaction that carries both miners' attestations; the node it talks to is its
-gateway and never holds its key.
+The consumer books the slot its ticket uses (`task.book`: the block that holds the booking draws
+the two miners, so nobody picks them: dn/chain/books.py), signs the ticket (what it asks and the
+most it pays) and, at the end, the `task.settle` transaction that carries both miners'
+attestations; the node it talks to is its gateway and never holds its key.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
 
-from dn.chain import tasks
+from dn.chain import books, tasks
 from dn.chain.types import Tx
 from dn.client.http import NodeClient, _error_from
-from dn.client.txs import sign_next, submit
+from dn.client.txs import send, sign_next, submit_next
 from dn.errors import NodeError, TaskError
 from dn.node.taskio import input_hash, normalize_input, require_kind
 from dn.wallet.keys import Keypair
@@ -43,12 +44,21 @@ def make_ticket(
     max_tokens: int,
     max_price: int | None = None,
     expiry_blocks: int = DEFAULT_EXPIRY_BLOCKS,
+    slot: tuple[int, int] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Sign a ticket for `model_ref` (a name, id or id prefix); `max_price` defaults to what
     `max_tokens` can cost at the model's price; chat messages to a base model are InputError
-    `base-model` before anything is signed. Returns (ticket, model)."""
+    `base-model` before anything is signed. The ticket uses `slot` (its book's height, its
+    number: `book`), or a slot booked here for it (one transaction, waited for: the block that
+    holds it draws the miners). Returns (ticket, model)."""
     model = client.model(model_ref)
     require_kind(model, normalize_input(task_input))
+    if slot is None:  # no-miner, one-miner: refused before a slot is booked in vain
+        tasks.select_miners([m["address"] for m in model.get("miners", [])], "")
+    if slot is None:
+        booked, book_nonce = book(client, keypair, model["id"])
+        slot = (booked, books.ticket_nonce(book_nonce, 0))
+    booked, number = slot
     status = client.status()
     window = client.param("ticket_window_blocks")
     height = status["height"]
@@ -61,11 +71,21 @@ def make_ticket(
         max_tokens=max_tokens,
         seed=0,
         max_price=price,
-        ref_height=height,
-        nonce=secrets.randbits(62),
+        ref_height=booked,
+        nonce=number,
         expiry=height + min(expiry_blocks, window - 1),
     )
     return ticket, model
+
+
+def book(client: NodeClient, keypair: Keypair, model: str, slots: int = 1) -> tuple[int, int]:
+    """Book `slots` slots of `model` (its id) for `keypair`'s tickets (`task.book`, fee
+    `min_fee` per slot: dn/chain/books.py) and wait for the block that holds them: (its height,
+    the booking's nonce n). Slot i is the ticket with that `ref_height` and `nonce`
+    `books.ticket_nonce(n, i)`."""
+    payload = {"model": model, "slots": slots}
+    sent = send(client, keypair, "task.book", payload, fee=slots * client.param("min_fee"))
+    return int(sent["height"]), int(sent["nonce"])
 
 
 def stream_query(
@@ -95,10 +115,14 @@ def stream_query(
         raise NodeError(f"lost the gateway at {client.url}: {type(exc).__name__}") from None
 
 
+def settle_payload(done: dict[str, Any]) -> dict[str, Any]:
+    """The `task.settle` payload of a finished query (the gateway's `done` event)."""
+    return {"ticket": done["ticket"], "generator": done["generator"], "checker": done["checker"]}
+
+
 def settle_tx(client: NodeClient, keypair: Keypair, done: dict[str, Any]) -> Tx:
     """The `task.settle` transaction for a finished query, signed by `keypair`."""
-    payload = {"ticket": done["ticket"], "generator": done["generator"], "checker": done["checker"]}
-    return sign_next(client, keypair, "task.settle", payload)
+    return sign_next(client, keypair, "task.settle", settle_payload(done))
 
 
 def chat_input(text: str, *, raw: bool = False) -> dict[str, Any]:
@@ -146,8 +170,7 @@ def run_query(
             done = event
     if on_answered is not None:
         on_answered(done)
-    tx = settle_tx(client, keypair, done)
-    settled = submit(client, tx, wait=wait)
+    tx, settled = submit_next(client, keypair, "task.settle", settle_payload(done), wait=wait)
     del settled["id"]
     return {
         "task": done["task"],

@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING, Any
 
 from dn.chain.types import Tx
 from dn.encoding import parse_dn
+from dn.errors import InvalidTx
 
 if TYPE_CHECKING:
     from dn.client.http import NodeClient
     from dn.wallet.keys import Keypair
 
+NONCE_TRIES = 8
 Fee = int | str | None  # units, DN as text (as `--fee` takes it), or None: the chain's min_fee
 
 
@@ -57,6 +59,35 @@ def submit(client: NodeClient, tx: Tx, *, wait: bool = True) -> dict[str, Any]:
     return {"id": tx.id, "status": found["status"], "height": found["height"]}
 
 
+def submit_next(
+    client: NodeClient,
+    keypair: Keypair,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    fee: Fee = None,
+    wait: bool = True,
+) -> tuple[Tx, dict[str, Any]]:
+    """`sign_next` and `submit`; when another transaction of the same wallet (a concurrent
+    query, say) took that nonce between the two, sign again with the next one (a few times).
+    Returns the transaction sent and `submit`'s result."""
+    for attempt in range(NONCE_TRIES):
+        tx = sign_next(client, keypair, kind, payload, fee=fee)
+        try:
+            client.submit(tx.to_json())
+        except InvalidTx as exc:
+            # another of the wallet's transactions took the nonce (`duplicate`: the very same
+            # bytes, a concurrent identical booking, which is not ours to use)
+            if exc.reason not in ("nonce-too-low", "duplicate") or attempt == NONCE_TRIES - 1:
+                raise
+            continue
+        if not wait:
+            return tx, {"id": tx.id, "status": "pending"}
+        found = client.wait_for_tx(tx.id)
+        return tx, {"id": tx.id, "status": found["status"], "height": found["height"]}
+    raise AssertionError("unreachable")
+
+
 def send(
     client: NodeClient,
     keypair: Keypair,
@@ -66,10 +97,10 @@ def send(
     fee: Fee = None,
     wait: bool = True,
 ) -> dict[str, Any]:
-    """Sign a `kind` transaction with the sender's next nonce and submit it (`submit`). Returns
-    `{"id", "status", "fee", "nonce"}` plus `"height"` once included."""
-    tx = sign_next(client, keypair, kind, payload, fee=fee)
-    return {**submit(client, tx, wait=wait), "fee": tx.fee, "nonce": tx.nonce}
+    """Sign a `kind` transaction with the sender's next nonce and submit it (`submit_next`).
+    Returns `{"id", "status", "fee", "nonce"}` plus `"height"` once included."""
+    tx, sent = submit_next(client, keypair, kind, payload, fee=fee, wait=wait)
+    return {**sent, "fee": tx.fee, "nonce": tx.nonce}
 
 
 def transfer(

@@ -140,9 +140,7 @@ class Node:
         self.tip_td = self.store.tip_total_difficulty()
         self.final = 0
         self._update_final()
-        self.mempool = Mempool(
-            self.genesis, self.key.address, self.state, tip_height=self.tip.height
-        )
+        self.mempool = self._fresh_mempool()
         restored = self.store.mempool_txs()
         dropped = [tx.id for tx in restored if not self._try_add(tx)]
         self.store.mempool_remove(dropped)
@@ -187,15 +185,19 @@ class Node:
 
     # --- transactions ----------------------------------------------------------------------
 
-    def own_tx(self, keypair: Keypair, kind: str, payload: dict[str, Any]) -> Tx:
+    def _fresh_mempool(self) -> Mempool:
+        tip, me = self.tip, self.key.address
+        return Mempool(self.genesis, me, self.state, tip_height=tip.height, tip_hash=tip.hash)
+
+    def own_tx(self, keypair: Keypair, kind: str, payload: dict[str, Any], fee: int = 0) -> Tx:
         """A transaction this node sends for a key it holds (its miner's, validator's or
-        gateway's): the next nonce after the key's pending ones, at the minimum fee."""
+        gateway's): the next nonce after the key's pending ones, at the minimum fee or `fee`."""
         return Tx.create(
             keypair,
             chain_id=self.genesis.chain_id,
             kind=kind,
             nonce=self.mempool.pending_nonce(keypair.address),
-            fee=int(self.genesis.param("min_fee")),
+            fee=max(fee, int(self.genesis.param("min_fee"))),
             payload=payload,
         )
 
@@ -416,9 +418,7 @@ class Node:
         included = {tx.id for block, _ in branch.blocks for tx in block.txs}
         abandoned = [tx for block in reversed(removed) for tx in block.txs if tx.id not in included]
         pending = self.mempool.pending()
-        self.mempool = Mempool(
-            self.genesis, self.key.address, self.state, tip_height=self.tip.height
-        )
+        self.mempool = self._fresh_mempool()
         returned = [tx for tx in abandoned if self._try_add(tx)]
         kept = {tx.id for tx in pending if tx.id not in included and self._try_add(tx)}
         self.store.mempool_add(returned)
@@ -441,7 +441,9 @@ class Node:
         self._branch = None
         self.last_block_ms = now_ms()
         drop = [tx.id for tx in block.txs] + rejected
-        dropped = self.mempool.reset(self.state, drop, tip_height=block.height, before=before)
+        dropped = self.mempool.reset(
+            self.state, drop, tip_height=block.height, tip_hash=block.hash, before=before
+        )
         self.store.mempool_remove(rejected + [tx.id for tx in dropped])
         self._update_final()
         self._emit("block", block)

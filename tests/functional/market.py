@@ -5,17 +5,17 @@ tickets an escrow covers; every other wallet has none."""
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dn.chain import tasks
+from dn.chain import books, tasks
 from dn.chain.genesis import Genesis
 from dn.chain.types import Tx
 from dn.client.http import NodeClient
+from dn.client.query import book
 from dn.node.taskio import input_hash
 from dn.runner.modelstore import ModelStore
 from dn.wallet.keys import Keypair
@@ -27,6 +27,7 @@ PRICE = 2_000_000  # units per 1,000 tokens
 DN = 10**9
 WALLETS = ("creator", "consumer", "poor", "m1", "m2", "m3")
 ESCROW = 100 * DN  # the consumer's query escrow at genesis
+FIND_SLOTS = 64  # find_ticket books this many (min_fee each): a wanted pair of 3 is 1 in 6
 
 
 @dataclass
@@ -48,28 +49,35 @@ def find_ticket(
     eligible: list[str],
     wanted: Callable[[tuple[str, str]], bool],
     model: str | None = None,
+    slots: int = FIND_SLOTS,
+    wallet: str = "consumer",
+    **fields: Any,
 ) -> dict[str, Any]:
     """A consumer ticket for `task_input` whose (generator, checker), chosen among `eligible`
-    by the public selection rule, is `wanted` (tickets differ by nonce, so a test can look)."""
+    by the public selection rule, is `wanted`: the consumer books `slots` slots and the test
+    looks for one whose draw is wanted (each slot a fair draw: dn/chain/books.py). `wallet`
+    signs it; `fields` override the ticket's (max_tokens 24, max_price 1 DN, expiry +50)."""
+    sha = model or market.model
+    consumer = market.wallets[wallet]
     with market.client() as client:
-        height = client.status()["height"]
+        booked, book_nonce = book(client, consumer, sha, slots)
+        beacon = client.block(booked)["hash"]
     chain_id = market.genesis.chain_id
-    for _ in range(500):
-        ticket = tasks.sign_ticket(
-            chain_id,
-            market.wallets["consumer"],
-            model=model or market.model,
-            prompt_hash=input_hash(task_input),
-            max_tokens=24,
-            seed=0,
-            max_price=10**9,
-            ref_height=height,
-            nonce=secrets.randbits(62),
-            expiry=height + 50,
-        )
-        if wanted(tasks.select_miners(eligible, tasks.task_id(chain_id, ticket))):
-            return ticket
-    raise AssertionError("no ticket found")
+    for nonce in (books.ticket_nonce(book_nonce, slot) for slot in range(slots)):
+        draw = books.draw(beacon, consumer.address, booked, nonce)
+        if wanted(tasks.select_miners(eligible, draw)):
+            values = {"max_tokens": 24, "max_price": 10**9, "expiry": booked + 50, **fields}
+            return tasks.sign_ticket(
+                chain_id,
+                consumer,
+                model=sha,
+                prompt_hash=input_hash(task_input),
+                seed=0,
+                ref_height=booked,
+                nonce=nonce,
+                **values,
+            )
+    raise AssertionError(f"none of {slots} slots drew the wanted miners")
 
 
 def register_model(

@@ -37,7 +37,14 @@ from dn.chain.store import Store
 from dn.client.query import settle_tx, stream_query
 from dn.node.node import NodeHome
 from tests.functional.harness import verify_offline, wait_until
-from tests.functional.market import DN, Market, find_ticket, register_model, running_market
+from tests.functional.market import (
+    DN,
+    FIND_SLOTS,
+    Market,
+    find_ticket,
+    register_model,
+    running_market,
+)
 
 QUESTION = {"messages": [{"role": "user", "content": "Name two colours of the sea."}]}
 BOND = 30 * DN
@@ -132,10 +139,11 @@ def test_a_cheating_miner_is_caught_and_slashed(
     assert after["m3"] == (BOND, 0)  # the honest miner keeps its bond
     fee = market.genesis.param("min_fee")
     spent = consumer - balance(market, "consumer")
+    fees = fee * (FIND_SLOTS + 1)  # the book the ticket was found in, and the settlement
     if status == "rejected":
-        assert record["paid"] == 0 and spent == fee  # a bad answer costs only the settlement
+        assert record["paid"] == 0 and spent == fees  # a bad answer costs only the fees
     else:
-        assert record["paid"] > 0 and spent == fee + record["paid"]  # a valid answer is paid
+        assert record["paid"] > 0 and spent == fees + record["paid"]  # a valid answer is paid
 
     # The validator's chain with the ruling replays from genesis: every state root, the supply.
     report = verify_offline(market.home, "gw")

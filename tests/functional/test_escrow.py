@@ -11,7 +11,6 @@ of the escrow, which a wallet's transfers cannot touch.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +23,10 @@ from dn.chain.types import Tx
 from dn.client.http import NodeClient
 from dn.client.query import make_ticket, settle_tx, stream_query
 from dn.errors import InvalidTx, NotFound
-from dn.node.taskio import input_hash, normalize_input
+from dn.node.taskio import normalize_input
 from dn.wallet.keys import Keypair
 from tests.functional.harness import wait_until
-from tests.functional.market import ESCROW, Market, running_market
+from tests.functional.market import ESCROW, Market, find_ticket, running_market
 
 QUESTION = {"messages": [{"role": "user", "content": "Count from one to twenty in words."}]}
 
@@ -40,28 +39,19 @@ def market(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iter
 
 def ticket_for(market: Market, wallet: str, role: str, miner: str) -> dict[str, Any]:
     """A ticket signed by `wallet` whose `role` the selection rule gives to miner `miner`."""
-    chain_id = market.genesis.chain_id
-    with market.client() as client:
-        height = client.status()["height"]
     eligible = sorted(market.wallets[m].address for m in ("m1", "m2"))
     index = 0 if role == tasks.GENERATOR else 1
-    for _ in range(100):
-        ticket = tasks.sign_ticket(
-            chain_id,
-            market.wallets[wallet],
-            model=market.model,
-            prompt_hash=input_hash(normalize_input(QUESTION)),
-            max_tokens=16,
-            seed=0,
-            max_price=10**6,
-            ref_height=height,
-            nonce=secrets.randbits(62),
-            expiry=height + 40,
-        )
-        chosen = tasks.select_miners(eligible, tasks.task_id(chain_id, ticket))
-        if chosen[index] == market.wallets[miner].address:
-            return ticket
-    raise AssertionError("no ticket found")
+    address = market.wallets[miner].address
+    return find_ticket(
+        market,
+        normalize_input(QUESTION),
+        eligible,
+        lambda chosen: chosen[index] == address,
+        slots=16,
+        wallet=wallet,
+        max_tokens=16,
+        max_price=10**6,
+    )
 
 
 @pytest.mark.parametrize("role", [tasks.GENERATOR, tasks.CHECKER])

@@ -28,7 +28,8 @@ def market(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iter
         tmp_path_factory.mktemp("openai"),
         smollm2_gguf,
         gateway_args=["--gateway-wallet", "consumer"],
-        gateway_env={"DN_PASSWORD": PASSWORD},
+        # one slot booked per query (dn/node/market/slots.py), so each query's cost is exact
+        gateway_env={"DN_PASSWORD": PASSWORD, "DN_BOOK_SLOTS": "1"},
     ) as running:
         yield running
 
@@ -107,7 +108,7 @@ def test_a_chat_completion_is_paid_by_the_gateway_wallet_exactly(
 
     settled(market, dn)
     fee = market.genesis.param("min_fee")
-    assert before - balance(market) == dn["price_units"] + fee
+    assert before - balance(market) == dn["price_units"] + 2 * fee  # its slot and settlement
 
 
 def test_a_streamed_chat_sends_tokens_then_the_status(
@@ -128,7 +129,7 @@ def test_a_streamed_chat_sends_tokens_then_the_status(
     assert dn["status"] == "confirmed" and last.id == f"chatcmpl-{dn['task']}"
     assert all("dn" not in (c.model_extra or {}) for c in chunks[:-1])
     settled(market, dn)
-    assert before - balance(market) == dn["price_units"] + market.genesis.param("min_fee")
+    assert before - balance(market) == dn["price_units"] + 2 * market.genesis.param("min_fee")
 
 
 def test_completions_take_raw_text_both_ways(market: Market, client: openai.OpenAI) -> None:
@@ -262,10 +263,10 @@ def test_a_lying_miner_ends_the_query_unpaid_and_a_bad_answer_is_returned_unpaid
         assert any(c.choices and c.choices[0].delta.content for c in chunks)
         assert mid_stream.value.code == "miner-lied"
         assert "attestation" in mid_stream.value.message
-        assert balance(market) == before
+        assert before - balance(market) == 2 * fee  # the two slots the tickets used, no price
 
         # m1 generates garbage: when it is the generator, the checker rejects the answer; the
-        # answer still comes back, marked rejected, and only the settlement fee is paid.
+        # answer still comes back, marked rejected, and only the fees (slot, settlement) are paid.
         restart_m1(market, "garbage")
         for _ in range(12):  # the generator is drawn from the ticket's hash: half the time m1
             before = balance(market)
@@ -276,13 +277,13 @@ def test_a_lying_miner_ends_the_query_unpaid_and_a_bad_answer_is_returned_unpaid
             record = settled(market, dn)
             if dn["status"] == "rejected":
                 break
-            assert before - balance(market) == dn["price_units"] + fee
+            assert before - balance(market) == dn["price_units"] + 2 * fee
         else:
             raise AssertionError("m1 was never the generator in 12 tasks")
         assert dn["generator"] == market.wallets["m1"].address and dn["price_units"] == 0
         assert answer.choices[0].message.content is not None
         assert record["status"] == "rejected" and record["paid"] == 0
-        assert before - balance(market) == fee
+        assert before - balance(market) == 2 * fee
     finally:
         restart_m1(market, "")
 

@@ -107,7 +107,7 @@ def test_inside(tmp_path: Path, smollm2_gguf: Path) -> None:
 
         # a key, made while the node runs, with room for one query of MAX_TOKENS
         fee = int(market.genesis.param("min_fee"))
-        most = tasks.price_of(PRICE, MAX_TOKENS) + fee
+        most = tasks.price_of(PRICE, MAX_TOKENS) + 2 * fee  # the price, the slot, the settlement
         made = _dn(
             market.home, "apikey", "create", "--name", "gw", "--wallet", "consumer",
             "--budget", format_dn(most), "--expires", "1d",
@@ -117,7 +117,7 @@ def test_inside(tmp_path: Path, smollm2_gguf: Path) -> None:
         assert dn["status"] == "confirmed" and dn["settle_tx"]
         assert answer.usage is not None and answer.usage.prompt_tokens > 0
         (listed,) = _dn(market.home, "apikey", "list", "--name", "gw")["keys"]
-        assert listed["spent"] == dn["price_units"] + fee  # what the wallet paid, exactly
+        assert listed["spent"] == dn["price_units"] + 2 * fee  # what the wallet paid, exactly
 
         # the second cannot be covered: refused before anything is signed, and not retried
         with pytest.raises(openai.RateLimitError) as poor:

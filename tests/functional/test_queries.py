@@ -115,7 +115,9 @@ def test_a_query_streams_is_checked_and_pays_the_split_exactly(market: Market) -
     # 30% and, as the model has no backers, their 5% too (700 units), the generator 35% (700),
     # the checker 15% (300), the validator pool 10% (200) and 5% burned (100).
     by_address = {w.address: n for n, w in market.wallets.items()}
-    assert before["consumer"] - after["consumer"] == tx.fee  # the price: out of its escrow
+    # The fees of its two transactions, the one-slot book (min_fee) and the settlement; the
+    # price: out of its escrow.
+    assert before["consumer"] - after["consumer"] == tx.fee + market.genesis.param("min_fee")
     assert escrow_before - escrow_after == price
     assert after["creator"] - before["creator"] == 700 * tokens
     gen, chk = by_address[start["generator"]], by_address[start["checker"]]
@@ -227,7 +229,9 @@ def test_bad_queries_fail_clearly_and_cost_nothing(market: Market) -> None:
         assert replay.value.reason == "ticket-used"
         after = balances(client, market)
         escrow_after = escrowed(client, market.wallets["consumer"].address)
-    assert before["consumer"] - after["consumer"] == market.genesis.param("min_fee")
+    # No price but the one answered; fees: the four slots booked (one per ticket, min_fee each:
+    # the unknown model failed before booking) and the one settlement.
+    assert before["consumer"] - after["consumer"] == 5 * market.genesis.param("min_fee")
     assert escrow_before - escrow_after == events[-1]["price_units"]  # only the one paid
 
 

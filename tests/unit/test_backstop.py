@@ -21,8 +21,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dn.chain import books, tasks
 from dn.chain import mempool as mempool_module
-from dn.chain import tasks
 from dn.chain.genesis import Genesis
 from dn.chain.ledger import TASK
 from dn.chain.types import Tx
@@ -52,6 +52,7 @@ TOKENS = 77  # so a confirmed answer costs 123_457 * 77 // 1000 = 9_506 units
 FEE = 1_000  # the default min_fee
 MINERS = {kp.address: kp for kp in (M1, M2)}
 REGISTERED = 1  # a miner's nonce after its miner.register in block 1
+BOOKED = 1  # the block that holds CONSUMER's book, whose slot 0 `held_task` uses
 
 
 def _node(path: Path, genesis: Genesis, key: Keypair) -> Node:
@@ -60,8 +61,8 @@ def _node(path: Path, genesis: Genesis, key: Keypair) -> Node:
 
 
 class Lan:
-    """The validator's node and the checker's node on one genesis, the model registered and
-    two miners serving it (in block 1)."""
+    """The validator's node and the checker's node on one genesis, the model registered, two
+    miners serving it and CONSUMER's book of one slot for it (in block 1: BOOKED)."""
 
     def __init__(self, tmp_path: Path, **params: int) -> None:
         self.tmp_path = tmp_path
@@ -83,7 +84,10 @@ class Lan:
             self.tx(CREATOR, "model.register", model),
             self.tx(M1, "miner.register", {**serve, "url": "http://127.0.0.1:8001"}),
             self.tx(M2, "miner.register", {**serve, "url": "http://127.0.0.1:8002"}),
+            self.tx(CONSUMER, "task.book", {"model": SMOL, "slots": 1}),  # fee: 1 x min_fee
         )
+        booked = books.get(self.miner.state, CONSUMER.address, 0)  # CONSUMER's first tx: nonce 0
+        assert booked is not None and booked["height"] == BOOKED
 
     def tx(self, kp: Keypair, kind: str, payload: dict[str, Any]) -> Tx:
         """A transaction from `kp` with its next nonce as the validator's node sees it."""
@@ -131,10 +135,11 @@ class Held:
 
 
 def held_task(lan: Lan, *, life: int = LIFE, swap_miners: bool = False) -> Held:
-    """A consumer's ticket made at the checker's tip, and both miners' attestations of a
-    confirmed answer of TOKENS tokens, by the two miners the chain selects for it (in each
-    other's roles with `swap_miners`, which the chain refuses)."""
-    chain_id, ref = lan.genesis.chain_id, lan.miner.tip.height
+    """A consumer's ticket for slot 0 of its book in block BOOKED (the checker's tip), and both
+    miners' attestations of a confirmed answer of TOKENS tokens, by the two miners the slot
+    draws (in each other's roles with `swap_miners`, which the chain refuses)."""
+    chain_id, ref = lan.genesis.chain_id, BOOKED
+    assert lan.miner.tip.height == ref
     ticket = tasks.sign_ticket(
         chain_id,
         CONSUMER,
@@ -144,13 +149,11 @@ def held_task(lan: Lan, *, life: int = LIFE, swap_miners: bool = False) -> Held:
         seed=7,
         max_price=DN,
         ref_height=ref,
-        nonce=0,
+        nonce=books.ticket_nonce(0, 0),  # slot 0 of the book CONSUMER made with nonce 0
         expiry=ref + life,
     )
     task = tasks.task_id(chain_id, ticket)
-    generator, checker = tasks.select_miners(
-        tasks.eligible_miners(lan.miner.state, SMOL, ref), task
-    )
+    generator, checker = books.chosen(lan.miner.state, ticket, lan.miner.store.canonical_hash)
     if swap_miners:
         generator, checker = checker, generator
     common = {"task": task, "output_hash": tasks.output_hash(list(range(TOKENS))), "tokens": TOKENS}

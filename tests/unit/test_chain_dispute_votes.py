@@ -22,7 +22,7 @@ from dn.chain import disputes
 from dn.chain.explain import explain_blocks
 from dn.chain.ledger import POOL_VALIDATORS, DictState
 from dn.chain.state import apply_block, genesis_block, genesis_state, supply_holds
-from dn.chain.tasks import eligible_miners, select_miners, task_id
+from dn.chain.tasks import eligible_miners, task_id
 from dn.chain.types import Tx
 from dn.wallet.keys import Keypair
 from tests.unit.test_chain_disputes import new_chain as single_chain
@@ -30,7 +30,7 @@ from tests.unit.test_chain_models import BOND, CONSUMER, DN, FUNDED, M1, M2, SMO
 from tests.unit.test_chain_powr import V0, V1, V2, VALS, PowrChain
 from tests.unit.test_chain_powr import new_chain as powr_chain
 from tests.unit.test_chain_state import V, assert_rejected
-from tests.unit.test_chain_tasks import PRICE, attest, settle, ticket
+from tests.unit.test_chain_tasks import PRICE, attest, book, pair, settle, ticket
 
 EVIDENCE = "ab" * 32
 SLASH = BOND * 2_000 // 10_000  # a miner at fault: the default slash_bps of its bond
@@ -54,7 +54,7 @@ def settled(
     """Settle one task with the checker's `verdict`; (task id, generator, checker)."""
     t = ticket(chain, consumer=consumer, nonce=nonce)
     tid = task_id(chain.genesis.chain_id, t)
-    picked = select_miners(eligible_miners(chain.state, SMOL, t["ref_height"]), tid)
+    picked = pair(chain, t)
     gen, chk = KEYS[picked[0]], KEYS[picked[1]]
     chain.commit([settle(chain, t, attest(chain, t, verdict=verdict, miners=(gen, chk)))])
     return tid, gen, chk
@@ -133,12 +133,15 @@ def test_a_validator_that_was_the_consumer_cannot_slash_the_generator() -> None:
 def test_a_validator_that_worked_on_the_task_cannot_vote_on_it(role: str) -> None:
     chain = new_market()
     chain.commit([chain.register_miner(V1)])  # V1 also mines: M1, M2 and V1 serve SMOL
-    for nonce in range(50):  # a task whose generator or checker is V1
-        t = ticket(chain, nonce=nonce)
+    height = book(chain, slots=32)  # each slot a fair draw: one whose generator or checker is V1
+    for slot in range(32):
+        t = ticket(chain, nonce=slot, ref_height=height)
         tid = task_id(chain.genesis.chain_id, t)
-        picked = select_miners(eligible_miners(chain.state, SMOL, t["ref_height"]), tid)
+        picked = pair(chain, t)
         if picked[0 if role == "generator" else 1] == V1.address:
             break
+    else:
+        raise AssertionError(f"no slot of 32 draws V1 as the {role}")
     gen, chk = KEYS[picked[0]], KEYS[picked[1]]
     chain.commit([settle(chain, t, attest(chain, t, verdict="rejected", miners=(gen, chk)))])
     other = chk if role == "generator" else gen

@@ -34,7 +34,16 @@ from tests.unit.test_chain_models import (
     new_chain,
 )
 from tests.unit.test_chain_state import assert_rejected
-from tests.unit.test_chain_tasks import CHARGE, MINERS, PRICE, attest, settle, ticket
+from tests.unit.test_chain_tasks import (
+    CHARGE,
+    MINERS,
+    PRICE,
+    attest,
+    book_tx,
+    drawn_ticket,
+    settle,
+    ticket,
+)
 
 UNLOCK = WINDOW + 1  # the shortest unlock the rule allows (escrow.unlock_blocks)
 
@@ -225,7 +234,7 @@ def test_an_escrow_short_of_the_price_pays_the_miners_all_it_holds(market: Chain
     assert account(market.state, creator)["balance"] == creator_before  # miners first
     assert market.state.get(escrow.ESCROW + ATTACKER.address) is None
     # With nothing left there is nothing to pay with: the next confirmed settlement is refused.
-    t2 = ticket(market, consumer=ATTACKER, nonce=1)
+    t2 = drawn_ticket(market, consumer=ATTACKER, nonce=1)
     assert_rejected(market, settle(market, t2, attest(market, t2)), "consumer-cannot-pay")
 
 
@@ -233,6 +242,7 @@ def test_the_escrow_is_explained_and_replays() -> None:
     market = new_chain(escrow_unlock_blocks=2)
     blocks = [market.commit([market.register_model(price=PRICE)])]
     blocks.append(market.commit([market.register_miner(M1), market.register_miner(M2)]))
+    blocks.append(market.commit([book_tx(market)]))  # the slot the ticket uses
     t = ticket(market)
     atts = attest(market, t)
     blocks.append(market.commit([deposit(market, CONSUMER, 2 * DN)]))

@@ -19,13 +19,13 @@ from dn.chain.ledger import DictState
 from dn.chain.staking import backers_of
 from dn.chain.state import apply_block, genesis_block, genesis_state
 from dn.chain.store import Store
-from dn.chain.tasks import eligible_miners, select_miners, task_id
+from dn.chain.tasks import task_id
 from dn.chain.types import Block, Tx
 from dn.errors import ChainError
 from dn.wallet.keys import Keypair
 from tests.unit.test_chain_models import CONSUMER, CREATOR, DN, GATEWAY, M1, OTHER, SMOL
 from tests.unit.test_chain_powr import V0, V1, PowrChain, new_chain
-from tests.unit.test_chain_tasks import PRICE, TOKENS, attest, settle, ticket
+from tests.unit.test_chain_tasks import PRICE, TOKENS, attest, book_tx, pair, settle, ticket
 
 CHARGE = PRICE * TOKENS // 1000
 ME = V0
@@ -66,21 +66,25 @@ def tell() -> Story:
         c.commit_scores(V1, 0, scores),
     )
     # 2: ME and M1 mine SMOL (so ME is the generator or the checker of every SMOL task); ME
-    # backs SMOL with 5 DN, delegates 2 DN to V1 and puts 1 DN in its query escrow
+    # backs SMOL with 5 DN, delegates 2 DN to V1 and puts 1 DN in its query escrow; ME and
+    # CONSUMER each book a slot of SMOL for the queries of block 3
     s.mine(
         c.register_miner(ME),
         c.register_miner(M1),
         c.send(ME, "stake", {"target": SMOL, "amount": 5 * DN}, nonce=4),
         c.send(ME, "stake", {"target": V1.address, "amount": 2 * DN}, nonce=5),
         c.send(ME, "escrow.deposit", {"amount": DN}, nonce=6),
+        book_tx(c, ME, nonce=7),
+        book_tx(c, CONSUMER),
     )
     # 3 (proposed by ME): ME pays for a query, CONSUMER pays for another; ME reveals
     mine = ticket(c, consumer=ME)
     theirs = ticket(c, consumer=CONSUMER)
+    assert mine["ref_height"] == theirs["ref_height"] == 2  # the books, not new ones
     keys = {ME.address: ME, M1.address: M1}
 
     def chosen(t: dict[str, Any]) -> tuple[str, str]:
-        return select_miners(eligible_miners(c.state, SMOL, t["ref_height"]), tid(t))
+        return pair(c, t)
 
     def tid(t: dict[str, Any]) -> str:
         return task_id(c.genesis.chain_id, t)

@@ -18,8 +18,9 @@ CAP = 3  # a small cap for the test; the module's own is MAX_PENDING_PER_SENDER
 def env() -> Env:
     genesis = make_genesis()
     state = DictState(genesis_state(genesis))
+    tip = genesis_block(genesis)
     return Env(
-        genesis, state, Mempool(genesis, V.address, state, tip_height=0), genesis_block(genesis)
+        genesis, state, Mempool(genesis, V.address, state, tip_height=0, tip_hash=tip.hash), tip
     )
 
 
@@ -37,7 +38,9 @@ def test_one_sender_may_have_only_so_many_transactions_pending(
     env.mempool.add(env.transfer(B, A.address, DN))  # another sender is not held back
     # once the sender's transactions are in a block, it may send again
     block = env.commit(env.mempool.pending())
-    dropped = env.mempool.reset(env.state, [tx.id for tx in block.txs], tip_height=block.height)
+    dropped = env.mempool.reset(
+        env.state, [tx.id for tx in block.txs], tip_height=block.height, tip_hash=block.hash
+    )
     assert dropped == [] and len(env.mempool) == 0
     env.mempool.add(txs[CAP])
     assert txs[CAP].id in env.mempool
@@ -50,7 +53,7 @@ def test_the_cap_counts_only_what_is_pending(env: Env, monkeypatch: pytest.Monke
     for tx in txs:
         env.mempool.add(tx)
     block = env.commit(txs[:1])
-    env.mempool.reset(env.state, [txs[0].id], tip_height=block.height)
+    env.mempool.reset(env.state, [txs[0].id], tip_height=block.height, tip_hash=block.hash)
     assert len(env.mempool) == CAP - 1
     env.mempool.add(env.transfer(A, B.address, DN, nonce=CAP))  # one slot came free
     with pytest.raises(InvalidTx) as refused:

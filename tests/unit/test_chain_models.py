@@ -124,7 +124,9 @@ class Chain(Env):
 
     def commit(self, txs: list[Tx], time_ms: int | None = None) -> Block:
         block = super().commit(txs, time_ms)
-        dropped = self.mempool.reset(self.state, [t.id for t in block.txs], tip_height=block.height)
+        dropped = self.mempool.reset(
+            self.state, [t.id for t in block.txs], tip_height=block.height, tip_hash=block.hash
+        )
         assert dropped == []
         assert supply_holds(self.state.items())
         return block
@@ -140,8 +142,9 @@ class Chain(Env):
 def new_chain(**params: int) -> Chain:
     genesis = make_genesis(**params)
     state = DictState(genesis_state(genesis))
-    mempool = Mempool(genesis, V.address, state, tip_height=0)
-    return Chain(genesis, state, mempool, genesis_block(genesis))
+    tip = genesis_block(genesis)
+    mempool = Mempool(genesis, V.address, state, tip_height=0, tip_hash=tip.hash)
+    return Chain(genesis, state, mempool, tip)
 
 
 @pytest.fixture

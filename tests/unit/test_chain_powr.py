@@ -45,7 +45,7 @@ from tests.unit.test_chain_models import (
     model_sha,
 )
 from tests.unit.test_chain_state import assert_rejected
-from tests.unit.test_chain_tasks import attest, settle, ticket
+from tests.unit.test_chain_tasks import attest, book_tx, settle, ticket
 
 VALS = sorted(
     (Keypair.from_seed(f"validator-{i}".encode().ljust(32, b".")) for i in range(3)),
@@ -82,7 +82,9 @@ class PowrChain(Chain):
         self.state.update(applied.changes)
         self.tip = applied.block
         self.blocks.append(applied.block)
-        dropped = self.mempool.reset(self.state, [t.id for t in txs], tip_height=height)
+        dropped = self.mempool.reset(
+            self.state, [t.id for t in txs], tip_height=height, tip_hash=applied.block.hash
+        )
         assert dropped == []
         assert supply_holds(self.state.items())
         return applied.block
@@ -123,8 +125,9 @@ def make_genesis(**params: int) -> Genesis:
 def new_chain(**params: int) -> PowrChain:
     genesis = make_genesis(**params)
     state = DictState(genesis_state(genesis))
-    mempool = Mempool(genesis, V0.address, state, tip_height=0)
-    return PowrChain(genesis, state, mempool, genesis_block(genesis))
+    tip = genesis_block(genesis)
+    mempool = Mempool(genesis, V0.address, state, tip_height=0, tip_hash=tip.hash)
+    return PowrChain(genesis, state, mempool, tip)
 
 
 def market(**params: int) -> PowrChain:
@@ -298,24 +301,35 @@ def test_a_score_for_an_unknown_model(chain: PowrChain) -> None:
 
 
 def run_epoch_one(chain: PowrChain) -> list[Block]:
-    """Epoch 1 (heights 5-8) on a `market`: V0, V1 and V2 commit at 5; three SMOL tasks (one
-    rejected) and one GEMMA task settle at 6; V0 and V1 reveal at 7, V2 never does."""
+    """Epoch 1 (heights 5-8) on a `market`: V0, V1 and V2 commit at 5, where CONSUMER books three
+    SMOL slots; it books one GEMMA slot at 6 (one book a block); three SMOL tasks (one
+    rejected) and one GEMMA task settle at 7; V0 and V1 reveal at 8, V2 never does."""
     scores = {
         V0: GOOD,
         V1: {SMOL: 820_000, GEMMA: 380_000},
         V2: {SMOL: 100_000, GEMMA: 900_000},
     }
-    chain.commit([chain.commit_scores(kp, 1, s) for kp, s in scores.items()])
+    commits = [chain.commit_scores(kp, 1, s) for kp, s in scores.items()]
+    chain.commit([*commits, book_tx(chain, slots=3, model=SMOL)])
+    smol = chain.tip.height
+    chain.commit([book_tx(chain, slots=1, model=GEMMA)])
+    gemma = chain.tip.height
     n = chain.nonce(GATEWAY)
     settles = []
-    for i, (model, verdict) in enumerate(
-        [(SMOL, "confirmed"), (SMOL, "confirmed"), (SMOL, "rejected"), (GEMMA, "confirmed")]
+    for i, (model, ref, slot, verdict) in enumerate(
+        [
+            (SMOL, smol, 0, "confirmed"),
+            (SMOL, smol, 1, "confirmed"),
+            (SMOL, smol, 2, "rejected"),
+            (GEMMA, gemma, 0, "confirmed"),
+        ]
     ):
-        t = ticket(chain, nonce=i, model=model)
+        t = ticket(chain, nonce=slot, model=model, ref_height=ref)
         settles.append(settle(chain, t, attest(chain, t, verdict=verdict), nonce=n + i))
     chain.commit(settles)
+    assert chain.tip.height == 7
     chain.commit([chain.reveal(V0, 1, scores[V0]), chain.reveal(V1, 1, scores[V1])])
-    chain.advance_to(2 * E)
+    assert chain.tip.height == 2 * E
     return chain.blocks
 
 

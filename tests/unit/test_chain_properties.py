@@ -55,8 +55,10 @@ class ChainMachine(RuleBasedStateMachine):
         self.dir = Path(tempfile.mkdtemp(prefix="dn-chain-prop-"))
         self.store = Store.create(self.dir / "chain.db", GENESIS)
         self.state = DictState(genesis_state(GENESIS))
-        self.mempool = Mempool(GENESIS, VALIDATOR.address, self.state, tip_height=0)
         self.tip = genesis_block(GENESIS)
+        self.mempool = Mempool(
+            GENESIS, VALIDATOR.address, self.state, tip_height=0, tip_hash=self.tip.hash
+        )
         # The model: balances and nonces as the mempool should see them (committed + pending).
         self.balance = {kp.address: GENESIS.allocations.get(kp.address, 0) for kp in KEYS}
         self.nonce = {kp.address: 0 for kp in KEYS}
@@ -117,7 +119,10 @@ class ChainMachine(RuleBasedStateMachine):
         self.tip = applied.block
         self.committed_txs.extend(applied.block.txs)
         dropped = self.mempool.reset(
-            self.state, [t.id for t in applied.block.txs], tip_height=applied.block.height
+            self.state,
+            [t.id for t in applied.block.txs],
+            tip_height=applied.block.height,
+            tip_hash=applied.block.hash,
         )
         assert dropped == []
         assert [t.id for t in self.mempool.pending()] == [t.id for t in pending[len(candidates) :]]

@@ -266,8 +266,9 @@ def test_staked_backers_share_a_paid_query_to_the_unit() -> None:
     chain.commit([stake(chain, OTHER, SMOL, 3 * DN), stake(chain, M3, SMOL, 4 * DN)])  # height 3
     before = {kp.address: chain.balance(kp) for kp in (OTHER, M3, CREATOR)}
     burned = chain.state.get("supply")["burned"]
-    tx = paid_settle(chain)
+    tx = paid_settle(chain)  # books a slot first: block 4, the settlement block 5
     chain.commit([tx])
+    assert chain.tip.height == 5
 
     def delta(kp: Keypair) -> int:
         return chain.balance(kp) - before[kp.address]
@@ -275,9 +276,10 @@ def test_staked_backers_share_a_paid_query_to_the_unit() -> None:
     assert (delta(OTHER), delta(M3)) == (203, 271)
     assert delta(CREATOR) == 2_851  # its own 30% only: the backers' share went to the backers
     fee_burn = tx.fee * 2000 // 10_000
+    book_burn = 1 * chain.min_fee * 2000 // 10_000  # the book's fee: one slot at min_fee
     # The 5% burn share (475), 3 units of rounding in the other shares, 1 in the backers'.
     assert 9_506 - 2_851 - 3_327 - 1_425 - 950 - 203 - 271 == 475 + 3 + 1
-    assert chain.state.get("supply")["burned"] - burned == fee_burn + 475 + 3 + 1
+    assert chain.state.get("supply")["burned"] - burned == book_burn + fee_burn + 475 + 3 + 1
     assert staked(chain, SMOL, OTHER) == 3 * DN  # stakes themselves do not move
     # M3 leaves: the next query's whole backers' share goes to OTHER.
     chain.commit([unstake(chain, M3, SMOL, 4 * DN)])

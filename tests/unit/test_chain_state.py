@@ -103,8 +103,9 @@ class Env:
 def env() -> Env:
     genesis = make_genesis()
     state = DictState(genesis_state(genesis))
-    mempool = Mempool(genesis, V.address, state, tip_height=0)
-    return Env(genesis, state, mempool, genesis_block(genesis))
+    tip = genesis_block(genesis)
+    mempool = Mempool(genesis, V.address, state, tip_height=0, tip_hash=tip.hash)
+    return Env(genesis, state, mempool, tip)
 
 
 def assert_rejected(env: Env, tx: Tx, reason: str) -> None:
@@ -421,7 +422,9 @@ def test_reset_after_a_block_drops_included_txs(env: Env) -> None:
     for tx in (a0, a1, b0):
         env.mempool.add(tx)
     block = env.commit([a0, b0])
-    dropped = env.mempool.reset(env.state, [tx.id for tx in block.txs], tip_height=block.height)
+    dropped = env.mempool.reset(
+        env.state, [tx.id for tx in block.txs], tip_height=block.height, tip_hash=block.hash
+    )
     assert dropped == []
     assert [t.id for t in env.mempool.pending()] == [a1.id]
     assert env.mempool.pending_nonce(A.address) == 2
@@ -433,7 +436,7 @@ def test_reset_without_drop_list_still_drops_what_no_longer_applies(env: Env) ->
     env.mempool.add(a0)
     rival = env.transfer(A, C.address, 9 * DN)  # the same nonce, included elsewhere
     env.commit([rival])
-    dropped = env.mempool.reset(env.state, tip_height=env.tip.height)
+    dropped = env.mempool.reset(env.state, tip_height=env.tip.height, tip_hash=env.tip.hash)
     assert [t.id for t in dropped] == [a0.id]
     assert len(env.mempool) == 0
     assert env.mempool.pending_nonce(A.address) == 1

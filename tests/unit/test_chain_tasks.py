@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dn.chain import books
 from dn.chain.economics import split_fee
 from dn.chain.genesis import FEE_SPLIT, default_params
 from dn.chain.ledger import DictState
@@ -73,7 +74,52 @@ def market() -> Chain:
     return chain
 
 
+def book_tx(
+    chain: Chain,
+    consumer: Keypair = CONSUMER,
+    slots: int = 1,
+    model: str = SMOL,
+    nonce: int | None = None,
+) -> Tx:
+    """`consumer`'s `task.book` of `slots` slots for `model`, paying min_fee per slot."""
+    payload = {"model": model, "slots": slots}
+    return chain.send(consumer, "task.book", payload, nonce=nonce, fee=slots * chain.min_fee)
+
+
+def book(chain: Chain, consumer: Keypair = CONSUMER, slots: int = 1, model: str = SMOL) -> int:
+    """Commit a block holding `consumer`'s book of `slots` slots for `model`; its height."""
+    chain.commit([book_tx(chain, consumer, slots, model)])
+    return chain.tip.height
+
+
+def book_nonce(chain: Chain, consumer: Keypair, height: int) -> int | None:
+    """The nonce of `consumer`'s first book in block `height` (None if it has none there)."""
+    for name in chain.state.get(books.BOOKS_AT + str(height)) or []:
+        address, nonce = name.rsplit(":", 1)
+        if address == consumer.address:
+            return int(nonce)
+    return None
+
+
+def book_at(chain: Chain, consumer: Keypair, height: int) -> dict[str, Any] | None:
+    """`consumer`'s first book in block `height`, if any."""
+    nonce = book_nonce(chain, consumer, height)
+    return None if nonce is None else books.get(chain.state, consumer.address, nonce)
+
+
 def ticket(chain: Chain, consumer: Keypair = CONSUMER, **fields: Any) -> dict[str, Any]:
+    """`consumer`'s ticket. Its `nonce` field here is a slot number (0 unless given) of the
+    consumer's first book at `ref_height` (the tip unless given; booked here first when the tip
+    holds none with that slot), and becomes that slot's ticket nonce (`books.ticket_nonce`);
+    where the consumer has no book at `ref_height` it is the ticket's nonce as it is."""
+    slot = fields.pop("nonce", 0)
+    if "ref_height" not in fields:
+        found, model = book_at(chain, consumer, chain.tip.height), fields.get("model", SMOL)
+        if found is None or found["model"] != model or slot >= found["slots"]:
+            book(chain, consumer, slots=slot + 1, model=model)
+    ref = fields.get("ref_height", chain.tip.height)
+    number = book_nonce(chain, consumer, ref)
+    fields["nonce"] = slot if number is None else books.ticket_nonce(number, slot)
     values: dict[str, Any] = {
         "model": SMOL,
         "prompt_hash": prompt_hash("Why is the sky blue?"),
@@ -85,6 +131,17 @@ def ticket(chain: Chain, consumer: Keypair = CONSUMER, **fields: Any) -> dict[st
         "expiry": chain.tip.height + 10,
     }
     return sign_ticket(chain.genesis.chain_id, consumer, **{**values, **fields})
+
+
+def beacon(chain: Chain, height: int) -> str | None:
+    """The hash of block `height` when it is the tip (a book's beacon before the next block
+    writes it; the chain's own record after)."""
+    return chain.tip.hash if height == chain.tip.height else None
+
+
+def pair(chain: Chain, t: dict[str, Any]) -> tuple[str, str]:
+    """The (generator, checker) the ticket's slot draws."""
+    return books.chosen(chain.state, t, lambda h: beacon(chain, h))
 
 
 def attest(
@@ -102,7 +159,7 @@ def attest(
     chain_id = chain.genesis.chain_id
     tid = task_id(chain_id, t)
     if miners is None:
-        picked = select_miners(eligible_miners(chain.state, t["model"], t["ref_height"]), tid)
+        picked = pair(chain, t)
         miners = (MINERS[picked[0]], MINERS[picked[1]])
     common = {"task": tid, "output_hash": output_hash(list(range(tokens))), "tokens": tokens}
     g = {**common, "role": "generator", "verdict": "generated", "commitment": "", **(gen or {})}
@@ -119,6 +176,15 @@ def settle(
 ) -> Tx:
     payload = {"ticket": t, "generator": atts[0], "checker": atts[1]}
     return chain.send(sender, "task.settle", payload, **kw)
+
+
+def drawn_ticket(chain: Chain, **fields: Any) -> dict[str, Any]:
+    """`ticket`, then the block after its book, whose start writes the book's beacon: a
+    settlement checked on the state alone (assert_rejected's apply_tx runs no begin_block)
+    then draws the same miners a block would."""
+    t = ticket(chain, **fields)
+    chain.commit([])
+    return t
 
 
 def paid_settle(chain: Chain, **fields: Any) -> Tx:
@@ -186,7 +252,7 @@ def test_an_attestation_is_signed_by_its_miner(market: Chain) -> None:
 # --- miner selection and price --------------------------------------------------------------
 
 POOL = [Keypair.from_seed(bytes([i]) * 32).address for i in range(8)]
-task_ids = st.binary(min_size=32, max_size=32).map(bytes.hex)
+draw_keys = st.binary(min_size=32, max_size=32).map(bytes.hex)  # what books.draw makes
 
 
 @settings(max_examples=100, deadline=None)
@@ -194,34 +260,34 @@ task_ids = st.binary(min_size=32, max_size=32).map(bytes.hex)
     eligible=st.lists(st.sampled_from(POOL), min_size=2, max_size=12).filter(
         lambda xs: len(set(xs)) >= 2
     ),
-    task=task_ids,
+    key=draw_keys,
     data=st.data(),
 )
 def test_select_miners_is_deterministic_and_order_free(
-    eligible: list[str], task: str, data: st.DataObject
+    eligible: list[str], key: str, data: st.DataObject
 ) -> None:
-    generator, checker = select_miners(eligible, task)
+    generator, checker = select_miners(eligible, key)
     shuffled = data.draw(st.permutations(eligible))
-    assert select_miners(shuffled, task) == (generator, checker)
+    assert select_miners(shuffled, key) == (generator, checker)
     assert generator != checker and {generator, checker} <= set(eligible)
-    ranked = sorted(set(eligible), key=lambda a: hashlib.sha256((task + a).encode()).digest())
+    ranked = sorted(set(eligible), key=lambda a: hashlib.sha256((key + a).encode()).digest())
     assert (generator, checker) == (ranked[0], ranked[1])
 
 
-def test_select_miners_spreads_work_over_tasks() -> None:
+def test_select_miners_spreads_work_over_draws() -> None:
     picks = {select_miners(POOL, hashlib.sha256(bytes([i])).hexdigest()) for i in range(64)}
     assert len({g for g, _ in picks}) >= 4  # not always the same generator
 
 
 def test_select_miners_needs_two_miners() -> None:
-    task = "ab" * 32
+    key = "ab" * 32
     for eligible, reason in (
         ([], "no-miner"),
         ([POOL[0]], "one-miner"),
         ([POOL[1]] * 3, "one-miner"),
     ):
         with pytest.raises(TaskError) as caught:
-            select_miners(eligible, task)
+            select_miners(eligible, key)
         assert caught.value.reason == reason
 
 
@@ -307,7 +373,8 @@ def test_a_confirmed_answer_is_paid_and_split_to_the_unit(market: Chain) -> None
     burned_before = market.state.get("supply")["burned"]
     market.mempool.add(tx)
     block = market.commit(market.mempool.pending())
-    assert block.height == 3 and [x.id for x in block.txs] == [tx.id]
+    # the book is block 3 (its fee paid before `before`), the settlement block 4
+    assert block.height == 4 and [x.id for x in block.txs] == [tx.id]
 
     gen, chk = g["miner"], c["miner"]
     assert {gen, chk} == {M1.address, M2.address}
@@ -334,7 +401,7 @@ def test_a_confirmed_answer_is_paid_and_split_to_the_unit(market: Chain) -> None
         "tokens": TOKENS,
         "paid": CHARGE,
         "status": "confirmed",
-        "height": 3,
+        "height": 4,
         "output_hash": output_hash(list(range(TOKENS))),
         "commitment": "c0ffee",
         "burned": 478,  # what bounds the usage-tied emission (dn/powr/emission.py)
@@ -439,14 +506,27 @@ def _tampered_ticket(chain: Chain) -> Tx:
 
 def _with(**fields: Any) -> Build:
     def build(chain: Chain) -> Tx:
-        t = ticket(chain, **fields)
+        t = drawn_ticket(chain, **fields)
         return settle(chain, t, attest(chain, t))
 
     return build
 
 
+def _refers_to(ahead: int) -> Build:
+    """A ticket whose ref_height is `ahead` blocks past the tip (1: the settling block). No book
+    is there, so the miners are named; the window is checked before the book."""
+
+    def build(chain: Chain) -> Tx:
+        t = ticket(chain, ref_height=chain.tip.height + ahead)
+        return settle(chain, t, attest(chain, t, miners=(M1, M2)))
+
+    return build
+
+
 def _unknown_model(chain: Chain) -> Tx:
-    t = ticket(chain, model=model_sha("nope"))  # nobody serves it: name the miners
+    # A book can only be made for a registered model: the ticket names another in SMOL's slot.
+    height = book(chain)
+    t = ticket(chain, model=model_sha("nope"), ref_height=height)  # nobody serves it: name them
     return settle(chain, t, attest(chain, t, miners=(M1, M2)))
 
 
@@ -459,7 +539,7 @@ def _atts(**kw: Any) -> Build:
 
 
 def _swapped(chain: Chain) -> Tx:
-    t = ticket(chain)
+    t = drawn_ticket(chain)
     g, c = attest(chain, t)
     swapped = (MINERS[c["miner"]], MINERS[g["miner"]])
     return settle(chain, t, attest(chain, t, miners=swapped))
@@ -487,8 +567,8 @@ def _for_another_task(chain: Chain) -> Tx:
 REFUSED: list[tuple[str, Build, str]] = [
     ("ticket changed after signing", _tampered_ticket, "bad-ticket-signature"),
     ("unknown model", _unknown_model, "unknown-model"),
-    ("ref_height is the settling block", _with(ref_height=3), "stale-ticket"),
-    ("ref_height in the future", _with(ref_height=50), "stale-ticket"),
+    ("ref_height is the settling block", _refers_to(1), "stale-ticket"),
+    ("ref_height in the future", _refers_to(48), "stale-ticket"),
     ("expired before the block", _with(expiry=2), "expired-ticket"),
     ("attestation changed after signing", _changed_after_signing, "bad-attestation-signature"),
     ("attestations for another task", _for_another_task, "wrong-task"),
@@ -514,12 +594,18 @@ def test_settlement_refused(market: Chain, build: Build, reason: str) -> None:
 
 
 def test_max_price_exactly_and_expiry_at_the_block_are_fine(market: Chain) -> None:
-    market.commit([paid_settle(market, max_price=CHARGE, expiry=3)])
+    # the book is block 3, the settlement block 4
+    market.commit([paid_settle(market, max_price=CHARGE, expiry=4)])
     assert market.state.get("model:" + SMOL)["tasks"] == 1
 
 
 def test_a_consumer_who_cannot_pay(market: Chain) -> None:
-    t = ticket(market, consumer=BROKE)
+    # BROKE gets just the fee of a one-slot book: its balance and escrow are empty after it.
+    market.commit(
+        [market.transfer(OTHER, BROKE.address, market.min_fee, nonce=market.nonce(OTHER))]
+    )
+    t = drawn_ticket(market, consumer=BROKE)
+    assert market.balance(BROKE) == 0
     assert_rejected(market, settle(market, t, attest(market, t)), "consumer-cannot-pay")
     # A rejected answer costs the consumer nothing, so it settles even for an empty account.
     market.commit([settle(market, t, attest(market, t, verdict="rejected"))])
@@ -527,25 +613,29 @@ def test_a_consumer_who_cannot_pay(market: Chain) -> None:
 
 def test_a_retired_model_takes_no_new_tasks_but_pays_for_the_ones_before(market: Chain) -> None:
     before, before_atts = _ticket_and_atts(market)  # made while the model was live
-    market.commit([market.send(CREATOR, "model.retire", {"model": SMOL})])
-    after, after_atts = _ticket_and_atts(market, nonce=1)  # refers to the retiring block
+    retire = market.send(CREATOR, "model.retire", {"model": SMOL})
+    market.commit([book_tx(market), retire])  # a book made in the retiring block, before it
+    after, after_atts = _ticket_and_atts(market, ref_height=market.tip.height)
     assert_rejected(market, settle(market, after, after_atts), "model-retired")
+    assert_rejected(market, book_tx(market), "model-retired")  # and no book after it
     market.commit([settle(market, before, before_atts)])
     record = market.state.get("task:" + task_id(market.genesis.chain_id, before))
     assert record["status"] == "confirmed" and record["paid"] > 0
 
 
 def test_a_ticket_older_than_the_window_is_stale(market: Chain) -> None:
-    t, atts = _ticket_and_atts(market, expiry=100)  # ref_height 2
-    market.advance_to(2 + WINDOW)  # the next block is 3 + WINDOW: one past the window
+    t, atts = _ticket_and_atts(market, expiry=100)  # ref_height 3: the book's block
+    assert t["ref_height"] == 3
+    market.advance_to(3 + WINDOW)  # the next block is 4 + WINDOW: one past the window
     assert_rejected(market, settle(market, t, atts), "stale-ticket")
 
 
 def test_a_ticket_at_the_edge_of_the_window_settles(market: Chain) -> None:
-    t, atts = _ticket_and_atts(market, expiry=100)
-    market.advance_to(2 + WINDOW - 1)
+    t, atts = _ticket_and_atts(market, expiry=100)  # ref_height 3: the book's block
+    assert t["ref_height"] == 3
+    market.advance_to(3 + WINDOW - 1)
     market.commit([settle(market, t, atts)])
-    assert market.tip.height == 2 + WINDOW
+    assert market.tip.height == 3 + WINDOW
 
 
 def test_one_miner_cannot_make_a_task(market: Chain) -> None:
@@ -558,17 +648,17 @@ def test_one_miner_cannot_make_a_task(market: Chain) -> None:
 def test_the_miner_set_is_the_one_at_the_reference_height(market: Chain) -> None:
     """A miner that joins after the ticket's ref_height is not picked; one that exits after it
     still is, and the settlement pays it."""
-    t, atts = _ticket_and_atts(market)  # ref_height 2: M1 and M2
-    market.commit([market.register_miner(M3), market.exit_miner(M1)])  # height 3
-    picked = select_miners(
-        eligible_miners(market.state, SMOL, 2), task_id(market.genesis.chain_id, t)
-    )
+    t, atts = _ticket_and_atts(market)  # ref_height 3, the book's block: M1 and M2
+    # height 4, with a second book for the ticket after
+    market.commit([market.register_miner(M3), market.exit_miner(M1), book_tx(market)])
+    assert eligible_miners(market.state, SMOL, 3) == sorted([M1.address, M2.address])
+    picked = pair(market, t)
     assert set(picked) == {M1.address, M2.address}
     market.commit([settle(market, t, atts)])
     record = market.state.get("task:" + task_id(market.genesis.chain_id, t))
     assert {record["generator"], record["checker"]} == {M1.address, M2.address}
-    # A new ticket, referring to height 3, is for M2 and M3.
-    t2 = ticket(market, nonce=1, ref_height=3)
+    # A new ticket, referring to height 4, is for M2 and M3.
+    t2 = ticket(market, ref_height=4)
     g2, c2 = attest(market, t2)
     assert {g2["miner"], c2["miner"]} == {M2.address, M3.address}
     market.commit([settle(market, t2, (g2, c2))])

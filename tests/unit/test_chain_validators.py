@@ -43,7 +43,10 @@ class SetChain(Chain):
         self.state.update(applied.changes)
         self.tip = applied.block
         self.mempool.reset(
-            self.state, [t.id for t in applied.block.txs], tip_height=self.tip.height
+            self.state,
+            [t.id for t in applied.block.txs],
+            tip_height=self.tip.height,
+            tip_hash=self.tip.hash,
         )
         self.blocks.append(applied.block)
         assert supply_holds(self.state.items())

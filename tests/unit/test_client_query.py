@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dn.chain import tasks
+from dn.chain import books, tasks
 from dn.chain.genesis import Genesis
 from dn.chain.types import Tx
 from dn.client.http import NodeClient
@@ -23,7 +23,12 @@ CONSUMER = Keypair.from_seed(bytes(range(32)))
 VALIDATOR = Keypair.from_seed(bytes(range(1, 33)))
 GENERATOR = Keypair.from_seed(bytes(range(2, 34)))
 CHECKER = Keypair.from_seed(bytes(range(3, 35)))
-MODEL = {"id": "cd" * 32, "name": "tiny", "price": 2_000}
+MODEL = {
+    "id": "cd" * 32,
+    "name": "tiny",
+    "price": 2_000,
+    "miners": [{"address": GENERATOR.address}, {"address": CHECKER.address}],
+}
 TASK = "ef" * 32
 HEIGHT = 40
 NEXT_NONCE = 3
@@ -50,6 +55,7 @@ class ScriptedNode:
         self.log: list[Any] = []
         self.query_body: dict[str, Any] = {}
         self.settled: list[Tx] = []
+        self.booked: list[Tx] = []
 
     def attestation(self, keypair: Keypair, role: str, verdict: str) -> dict[str, Any]:
         return tasks.sign_attestation(
@@ -98,8 +104,10 @@ class ScriptedNode:
             body = "".join(json.dumps(e) + "\n" for e in events)
             return httpx.Response(200, content=body.encode())
         if path == "/txs" and request.method == "POST":
-            self.settled.append(Tx.from_json(json.loads(request.content)))
-            self.log.append("settle")
+            tx = Tx.from_json(json.loads(request.content))
+            booking = tx.kind == "task.book"
+            (self.booked if booking else self.settled).append(tx)
+            self.log.append("book" if booking else "settle")
             return httpx.Response(200, json={"accepted": True})
         if path.startswith("/txs/"):
             return httpx.Response(200, json={"status": "included", "height": HEIGHT + 1})
@@ -124,6 +132,7 @@ def test_the_answer_streams_before_the_settlement_and_is_reported_whole() -> Non
     node = ScriptedNode(genesis(min_fee=4_321), ["Blue", ",", " green"])
     result = ask(node, max_price=12_345)
     assert node.log == [
+        "book",  # the ticket's slot: its block (HEIGHT + 1 here) draws the miners
         "query",
         ("token", "Blue"),
         ("token", ","),
@@ -131,6 +140,14 @@ def test_the_answer_streams_before_the_settlement_and_is_reported_whole() -> Non
         ("answered", TASK),
         "settle",
     ]
+    (book,) = node.booked
+    assert (book.kind, book.sender, book.nonce, book.fee) == (
+        "task.book",
+        CONSUMER.address,
+        3,
+        4_321,
+    )
+    assert book.payload == {"model": MODEL["id"], "slots": 1}  # one slot: min_fee
     (tx,) = node.settled
     assert (tx.kind, tx.sender, tx.nonce, tx.fee) == ("task.settle", CONSUMER.address, 3, 4_321)
     assert tx.chain_id == node.genesis.chain_id and tx.signature_valid
@@ -158,7 +175,12 @@ def test_the_ticket_names_the_input_and_expires_within_the_genesis_window() -> N
     ticket = node.query_body["ticket"]
     assert node.query_body["input"] == {"messages": [{"role": "user", "content": "Name a colour."}]}
     assert ticket["prompt_hash"] == input_hash(chat_input("Name a colour."))
-    assert (ticket["model"], ticket["max_tokens"], ticket["ref_height"]) == (MODEL["id"], 16, 40)
+    # the slot: slot 0 of the book made with nonce NEXT_NONCE, in block HEIGHT + 1
+    assert (ticket["model"], ticket["max_tokens"]) == (MODEL["id"], 16)
+    assert (ticket["ref_height"], ticket["nonce"]) == (
+        HEIGHT + 1,
+        books.ticket_nonce(NEXT_NONCE, 0),
+    )
     assert ticket["expiry"] == HEIGHT + 9  # a window of 10 blocks: at most 9 ahead
     # Without --max-price: what 16 tokens can cost at the model's price.
     assert ticket["max_price"] == tasks.price_of(MODEL["price"], 16)
@@ -180,3 +202,14 @@ def test_a_failed_query_settles_nothing() -> None:
 
 def test_a_raw_prompt_is_sent_as_it_is() -> None:
     assert chat_input("2+2=", raw=True) == {"prompt": "2+2="}
+
+
+def test_a_model_with_fewer_than_two_miners_is_refused_before_booking() -> None:
+    node = ScriptedNode(genesis(), ["ok"])
+    MODEL["miners"], miners = MODEL["miners"][:1], MODEL["miners"]
+    try:
+        with pytest.raises(TaskError) as refused:
+            ask(node)
+    finally:
+        MODEL["miners"] = miners
+    assert refused.value.reason == "one-miner" and node.booked == [] and node.log == []

@@ -4,6 +4,7 @@ read from the genesis, submitting and waiting, against a real node's API in this
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,3 +79,29 @@ def test_transfer_reports_who_paid_whom(tmp_path: Path) -> None:
     assert list(result) == ["id", "status", "height", "from", "to", "amount", "fee", "nonce"]
     assert (result["from"], result["to"], result["amount"]) == (ALICE.address, BOB.address, 3 * DN)
     assert result["fee"] == 1_000  # the parameter table's default min_fee
+
+
+def test_concurrent_senders_of_one_wallet_each_get_their_own_nonce(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers of one wallet read the same next nonce (two `dn query` at once, each booking
+    its slot): the later one's transaction is refused, `duplicate` when the bytes are the very
+    same (identical bookings) or `nonce-too-low`, and it signs again with the next nonce."""
+    with served_node(tmp_path, {ALICE.address: 10 * DN}) as (node, client):
+        real = client.account
+        payload = {"to": BOB.address, "amount": DN}
+        for other_payload in (payload, {"to": BOB.address, "amount": 2 * DN}):
+            stale = real(ALICE.address)["next_nonce"]
+            reads: list[int] = []
+
+            def racing(address: str, stale: int = stale, reads: list[int] = reads) -> Any:
+                reads.append(stale)  # the first read happens before the other writer's submit
+                return {"next_nonce": stale} if len(reads) == 1 else real(address)
+
+            early = sign_next(client, ALICE, "transfer", other_payload)
+            client.submit(early.to_json())  # the other writer got there first
+            monkeypatch.setattr(client, "account", racing)
+            sent = send(client, ALICE, "transfer", payload, wait=False)
+            monkeypatch.setattr(client, "account", real)
+            assert len(reads) == 2 and sent["nonce"] == stale + 1 and sent["id"] != early.id
+        assert node.mempool.pending_nonce(ALICE.address) == 4

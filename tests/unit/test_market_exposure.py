@@ -4,6 +4,7 @@ miner accepted and the chain has not settled (THREATS.md, "Prepaid escrow for qu
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -27,8 +28,21 @@ def state(**escrows: tuple[int, int]) -> DictState:
     )
 
 
-def ticket(consumer: str, max_price: int, ref: int = 1, expiry: int = 8) -> dict[str, Any]:
-    return {"consumer": consumer, "max_price": max_price, "ref_height": ref, "expiry": expiry}
+SLOTS = itertools.count()
+
+
+def ticket(
+    consumer: str, max_price: int, ref: int = 1, expiry: int = 8, slot: int | None = None
+) -> dict[str, Any]:
+    """A ticket of a slot of `consumer`'s book at `ref` (a fresh slot unless `slot` says)."""
+    nonce = next(SLOTS) if slot is None else slot
+    return {
+        "consumer": consumer,
+        "max_price": max_price,
+        "ref_height": ref,
+        "nonce": nonce,
+        "expiry": expiry,
+    }
 
 
 def refused(exposure: Exposure, st: DictState, height: int, task: str, t: dict[str, Any]) -> str:
@@ -73,3 +87,22 @@ def test_settled_and_expired_tickets_stop_counting() -> None:
     # past t2's last valid height (its expiry, 5) no block can settle it: it no longer counts
     exposure.admit(st, 5, "t3", ticket(ALICE, 100, ref=5, expiry=9))
     assert exposure.open_for(ALICE) == 100 and exposure.open_for(BOB) == 0
+
+
+def test_one_slot_one_open_task() -> None:
+    """Attack: a consumer signs two tickets (two prompts) on one slot of its book. The slot
+    draws the same two miners for both, and only one of them can settle (`slot-used`), so the
+    other's miners would work for nothing; a miner takes the second only once the first is
+    settled or can no longer settle."""
+    exposure = Exposure(WINDOW)
+    st = state(alice=(100, 0), bob=(100, 0))
+    exposure.admit(st, 1, "t1", ticket(ALICE, 10, slot=3))
+    exposure.admit(st, 1, "t1", ticket(ALICE, 10, slot=3))  # the same task again: fine
+    with pytest.raises(TaskError) as caught:
+        exposure.admit(st, 1, "t2", ticket(ALICE, 10, slot=3))
+    assert caught.value.reason == "slot-taken"
+    exposure.admit(st, 1, "t3", ticket(ALICE, 10, slot=4))  # another slot
+    exposure.admit(st, 1, "t4", ticket(BOB, 10, slot=3))  # another consumer's book
+    exposure.admit(st, 1, "t5", ticket(ALICE, 10, ref=2, slot=3))  # another book
+    st.update({TASK + "t1": {"status": "confirmed"}})  # the chain settled t1 (slot used there)
+    exposure.admit(st, 2, "t2", ticket(ALICE, 10, slot=3))

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from dn.chain import disputes, tasks
+from dn.chain import books, disputes, tasks
 from dn.chain.ledger import MINER, TASK
 from dn.errors import TaskError
 from dn.node.market.miner import Miner
@@ -31,7 +31,7 @@ from dn.node.taskio import input_hash, normalize_input
 from dn.node.validator.referee import Referee
 from dn.runner.check import Thresholds, TokenValue, Verdict, judge, quantized_commitment
 from dn.wallet.keys import Keypair
-from tests.unit.test_backstop import MINERS, WINDOW, Lan
+from tests.unit.test_backstop import BOOKED, MINERS, WINDOW, Lan
 from tests.unit.test_chain_models import BOND, CONSUMER, CREATOR, DN, SMOL
 from tests.unit.test_chain_state import V
 from tests.unit.test_powr_validator import FakeStore
@@ -129,10 +129,12 @@ class ScriptedRunner:
 
 
 def spot_checked_task(lan: Lan) -> tuple[dict[str, Any], str, str, str]:
-    """A ticket of CONSUMER for INPUT whose confirmed answer validators re-check (every one, at
-    this `lan`'s spot_check_bps), and (ticket, task, generator, checker)."""
-    chain_id, ref = lan.genesis.chain_id, lan.miner.tip.height
-    for nonce in range(1):
+    """A ticket of CONSUMER for INPUT, in slot 0 of its book in block BOOKED (the `lan`'s tip),
+    whose confirmed answer validators re-check (every one, at this `lan`'s spot_check_bps),
+    and (ticket, task, generator, checker): the pair the slot draws."""
+    chain_id, ref = lan.genesis.chain_id, BOOKED
+    assert lan.miner.tip.height == ref
+    for nonce in range(1):  # the book's one slot
         ticket = tasks.sign_ticket(
             chain_id,
             CONSUMER,
@@ -147,8 +149,8 @@ def spot_checked_task(lan: Lan) -> tuple[dict[str, Any], str, str, str]:
         )
         task = tasks.task_id(chain_id, ticket)
         if disputes.spot_checked(task, "00" * 32, lan.genesis):  # any block: every task
-            eligible = tasks.eligible_miners(lan.miner.state, SMOL, ref)
-            generator, checker = tasks.select_miners(eligible, task)
+            state, block_hash = lan.miner.state, lan.miner.store.canonical_hash
+            generator, checker = books.chosen(state, ticket, block_hash)
             return ticket, task, generator, checker
     raise AssertionError("no spot-checked ticket")
 

@@ -90,10 +90,10 @@ def make_tx(spec: tuple[int, str, int, int, int, int], nonce: int) -> Tx:
     )
 
 
-def rebuilt(proposer: str, state: DictState, height: int, pending: list[Tx], drop: set[str]):
+def rebuilt(proposer: str, state: DictState, tip: Block, pending: list[Tx], drop: set[str]):
     """The reference: a fresh mempool on the new state taking every pending transaction that is
     not dropped, in order (the old `reset`, line for line)."""
-    fresh = Mempool(GENESIS, proposer, state, tip_height=height)
+    fresh = Mempool(GENESIS, proposer, state, tip_height=tip.height, tip_hash=tip.hash)
     dropped = []
     for tx in pending:
         if tx.id in drop:
@@ -144,7 +144,7 @@ class RebaseMachine(RuleBasedStateMachine):
         self.state = DictState(genesis_state(GENESIS))
         self.tip: Block = genesis_block(GENESIS)
         self.pools = {
-            (who, how): Mempool(GENESIS, who, self.state, tip_height=0)
+            (who, how): Mempool(GENESIS, who, self.state, tip_height=0, tip_hash=self.tip.hash)
             for who in (V.address, N.address)
             for how in ("incremental", "full")
         }
@@ -215,13 +215,14 @@ class RebaseMachine(RuleBasedStateMachine):
             drop += [tx.id for tx, _ in rejected]
         for who in (V.address, N.address):
             old = self.pools[(who, "full")].pending()
-            want, want_dropped = rebuilt(who, self.state, block.height, old, set(drop))
+            want, want_dropped = rebuilt(who, self.state, block, old, set(drop))
             for how in ("incremental", "full"):
                 pool = self.pools[(who, how)]
                 dropped = pool.reset(
                     self.state,
                     drop,
                     tip_height=block.height,
+                    tip_hash=block.hash,
                     before=before if how == "incremental" else None,
                 )
                 assert [tx.id for tx in dropped] == [tx.id for tx in want_dropped]
@@ -295,8 +296,8 @@ def test_behind_the_nodes_own_block_no_transfer_is_checked_again(take: int) -> N
     seen: list[str] = []
     state = DictState(genesis_state(GENESIS))
     tip = genesis_block(GENESIS)
-    pool = Mempool(GENESIS, V.address, state, tip_height=0)
-    full = Mempool(GENESIS, V.address, state, tip_height=0)
+    pool = Mempool(GENESIS, V.address, state, tip_height=0, tip_hash=tip.hash)
+    full = Mempool(GENESIS, V.address, state, tip_height=0, tip_hash=tip.hash)
     for tx in _transfers(40):
         pool.add(tx)
         full.add(tx)
@@ -315,11 +316,13 @@ def test_behind_the_nodes_own_block_no_transfer_is_checked_again(take: int) -> N
     drop = [tx.id for tx in applied.block.txs]
     mempool_module.apply_tx = counting
     try:
-        assert pool.reset(state, drop, tip_height=1, before=before) == []
+        assert (
+            pool.reset(state, drop, tip_height=1, tip_hash=applied.block.hash, before=before) == []
+        )
     finally:
         mempool_module.apply_tx = real
     assert seen == []
-    assert full.reset(state, drop, tip_height=1) == []
+    assert full.reset(state, drop, tip_height=1, tip_hash=applied.block.hash) == []
     assert_same_pool(pool, full)
 
 
@@ -329,7 +332,7 @@ def test_a_block_that_double_spends_a_nonce_drops_that_transaction_only(counted:
     everyone else's."""
     state = DictState(genesis_state(GENESIS))
     tip = genesis_block(GENESIS)
-    pool = Mempool(GENESIS, N.address, state, tip_height=0)
+    pool = Mempool(GENESIS, N.address, state, tip_height=0, tip_hash=tip.hash)
     txs = _transfers(40)
     for tx in txs:
         pool.add(tx)
@@ -341,9 +344,11 @@ def test_a_block_that_double_spends_a_nonce_drops_that_transaction_only(counted:
     before = {key: state.get(key) for key in applied.changes}
     state.update(applied.changes)
     counted.clear()
-    dropped = pool.reset(state, [rival.id], tip_height=1, before=before)
+    dropped = pool.reset(
+        state, [rival.id], tip_height=1, tip_hash=applied.block.hash, before=before
+    )
     assert [tx.id for tx in dropped] == [txs[0].id]
     assert len(pool) == len(txs) - 1
-    want, _ = rebuilt(N.address, state, 1, txs, set())
+    want, _ = rebuilt(N.address, state, applied.block, txs, set())
     assert_same_pool(pool, want)
     assert counted  # the supply and the fees differ from the old view: they are checked again

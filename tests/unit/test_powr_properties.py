@@ -165,7 +165,7 @@ def close(case: EpochCase) -> tuple[DictState, Overlay, dict[str, Any]]:
     """The state before, the changes of the epoch boundary's `begin_block`, and the result."""
     genesis, state = chain_state(case)
     overlay = Overlay(state)
-    begin_block(overlay, (case.epoch + 1) * EPOCH_BLOCKS + 1, genesis)
+    begin_block(overlay, (case.epoch + 1) * EPOCH_BLOCKS + 1, genesis, "0" * 64)
     return state, overlay, overlay.get(powr_rules.result_key(case.epoch))
 
 

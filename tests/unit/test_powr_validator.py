@@ -370,9 +370,9 @@ def test_a_validator_that_cannot_pay_the_fee_skips_and_says_so_once(
         params=checked_params({"epoch_blocks": E}),
     )
     state = DictState(genesis_state(genesis))
-    chain = PowrChain(
-        genesis, state, Mempool(genesis, V0.address, state, tip_height=0), genesis_block(genesis)
-    )
+    tip = genesis_block(genesis)
+    pool = Mempool(genesis, V0.address, state, tip_height=0, tip_hash=tip.hash)
+    chain = PowrChain(genesis, state, pool, tip)
     registered(chain)
     fake = FakeEvaluate()
     val = validator(chain, tmp_path, kp=V2, evaluate=fake)

@@ -1,34 +1,41 @@
 """Wash tasks (issue 11, attack 3), played on the pure state machine with the three-validator
 chain of test_chain_powr.py (epochs of 4 blocks).
 
-The consumer picks the ticket nonce, and the task id picks the generator and checker, so an
-attacker who runs two miners grinds nonces offline until both roles are its own, signs both
-attestations for 65,536 tokens it never generated, and settles the task from its own consumer
-wallet. Before: the miners' share of a model's emission went by confirmed tokens, so the washed
-tokens took nearly all of SMOL's (the attacker's net over the epoch, every fee counted: +15.08
-DN, for 262,144 units of prices of which it got half back as generator and checker). Now the
-usage-tied emission is bounded by what was burned (`powr_usage_cap_bps` of the burned share of
-task prices, each miner weighted by what its own tasks burned): the attacker's net, every fee,
-bond, escrow and credit counted over the epoch, is below zero (-133,704 units), and the honest
-miners earn what they earned without it. The chain ends verified from genesis (`dn chain
-verify`) with the supply invariant holding. A property then checks the bound behind it on
-arbitrary epochs: washing never earns more than twice the capped burn.
+An attacker who runs two miners wants tasks where both roles are its own, so that it signs both
+attestations for 65,536 tokens it never generated and settles the task from its own consumer
+wallet. It used to grind ticket nonces offline until the task id picked its two miners. Now
+the miners are drawn from ticket books (dn/chain/books.py): the attacker books slots on chain,
+paying `min_fee` for each before the hash that draws them exists, and uses only the slots whose
+draw lands on its own two miners (one in C(5, 2) = 10 with five miners serving the model); it
+pays for every slot it bought. Before the usage cap, the miners' share of a model's emission
+went by confirmed tokens, so the washed tokens took nearly all of SMOL's (the attacker's net
+over the epoch, every fee counted: +15.08 DN, for 262,144 units of prices of which it got half
+back as generator and checker). Now the usage-tied emission is bounded by what was burned
+(`powr_usage_cap_bps` of the burned share of task prices, each miner weighted by what its own
+tasks burned): the attacker's net, every fee (the slot fees included), bond, escrow and credit
+counted over the epoch, is below zero, and was already below zero before the slot fees
+(-133,704 units when it ground nonces for free; here it bought 120 slots at 1,000 units, and
+its net is -253,703: the same loss less the 120,000 units of slot fees, to a unit of the
+emission's rounding). The honest miners earn what they earned without it. The chain ends verified
+from genesis (`dn chain verify`) with the supply invariant holding. A property then checks the
+bound behind it on arbitrary epochs: washing never earns more than twice the capped burn.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dn.chain import escrow
+from dn.chain import books, escrow
 from dn.chain.ledger import MINER, DictState, account
 from dn.chain.state import apply_block, genesis_block, genesis_state, supply_holds
 from dn.chain.store import Store
-from dn.chain.tasks import eligible_miners, output_hash, select_miners, sign_attestation, task_id
+from dn.chain.tasks import eligible_miners, output_hash, sign_attestation, task_id
 from dn.chain.types import Tx
 from dn.chain.verify import verify_store
 from dn.encoding import BPS
@@ -49,7 +56,7 @@ from tests.unit.test_chain_models import (
     SMOL,
 )
 from tests.unit.test_chain_powr import V0, V1, V2, E, PowrChain, market
-from tests.unit.test_chain_tasks import attest, settle, ticket
+from tests.unit.test_chain_tasks import attest, book_at, book_tx, pair, settle, ticket
 
 HONEST = {
     V0: {SMOL: 800_000, GEMMA: 400_000},
@@ -62,7 +69,11 @@ A2 = Keypair.from_seed(b"wash-miner-2".ljust(32, b"."))
 ATTACKER = (WASHER, A1, A2)
 OURS = {kp.address for kp in ATTACKER}
 WASHED_TOKENS = 65_536  # the most a ticket may ask for
+WASH_FIELDS = {"max_tokens": WASHED_TOKENS, "max_price": DN}
+WASHES = 4  # the tasks the attacker washes
 HONEST_TOKENS = 500
+HONEST_SLOTS = 32  # the honest consumer's book: enough for its four tasks among the draws
+HONEST_BOOK = 6  # the block that holds the honest consumer's book (and the attacker's first)
 
 
 def holdings(chain: PowrChain, kp: Keypair) -> int:
@@ -72,16 +83,17 @@ def holdings(chain: PowrChain, kp: Keypair) -> int:
     return int(account(chain.state, kp.address)["balance"]) + int(bond) + int(escrowed)
 
 
-def ground_ticket(chain: PowrChain, first_nonce: int) -> tuple[dict[str, Any], int]:
-    """The attacker's ticket for SMOL whose task selects A1 and A2 (in either role), found by
-    trying nonces from `first_nonce`: (the ticket, how many it tried)."""
-    ours = {A1.address, A2.address}
-    eligible = eligible_miners(chain.state, SMOL, chain.tip.height)
-    for tries, nonce in enumerate(range(first_nonce, first_nonce + 10_000), start=1):
-        t = ticket(chain, WASHER, nonce=nonce, max_tokens=WASHED_TOKENS, max_price=DN)
-        if set(select_miners(eligible, task_id(chain.genesis.chain_id, t))) == ours:
-            return t, tries
-    raise AssertionError("no nonce gave both roles to the attacker")
+def lucky_slots(chain: PowrChain, height: int) -> list[dict[str, Any]]:
+    """The attacker's tickets for the slots of its book at `height` whose draw lands on A1 and
+    A2 (in either role): the only ones it uses. Every slot was paid for before the hash of
+    block `height`, and so the draw, existed."""
+    found = book_at(chain, WASHER, height)
+    assert found is not None
+    tickets = [
+        ticket(chain, WASHER, nonce=slot, ref_height=height, **WASH_FIELDS)
+        for slot in range(found["slots"])
+    ]
+    return [t for t in tickets if set(pair(chain, t)) == {A1.address, A2.address}]
 
 
 def washed(chain: PowrChain, t: dict[str, Any], nonce: int) -> Tx:
@@ -89,7 +101,7 @@ def washed(chain: PowrChain, t: dict[str, Any], nonce: int) -> Tx:
     WASHED_TOKENS tokens nobody generated."""
     chain_id = chain.genesis.chain_id
     tid = task_id(chain_id, t)
-    gen_addr, _ = select_miners(eligible_miners(chain.state, SMOL, t["ref_height"]), tid)
+    gen_addr, _ = pair(chain, t)
     gen, chk = (A1, A2) if gen_addr == A1.address else (A2, A1)
     common = {"task": tid, "output_hash": output_hash([0] * WASHED_TOKENS)}
     common["tokens"] = WASHED_TOKENS
@@ -102,13 +114,12 @@ def washed(chain: PowrChain, t: dict[str, Any], nonce: int) -> Tx:
     return settle(chain, t, (g, c), sender=WASHER, nonce=nonce)
 
 
-def honest_settle(chain: PowrChain, nonce: int, sender_nonce: int) -> Tx | None:
-    """A real consumer's task, served by whichever two miners the chain picks; None when the
-    pick falls on the attacker's miners (they would not serve it honestly in this story)."""
-    t = ticket(chain, CONSUMER, nonce=nonce, max_tokens=HONEST_TOKENS)
-    picked = select_miners(
-        eligible_miners(chain.state, SMOL, t["ref_height"]), task_id(chain.genesis.chain_id, t)
-    )
+def honest_settle(chain: PowrChain, slot: int, sender_nonce: int) -> Tx | None:
+    """A real consumer's task in `slot` of its book at HONEST_BOOK, served by whichever two
+    miners the slot draws; None when the draw falls on an attacker's miner (they would not serve
+    it honestly in this story)."""
+    t = ticket(chain, CONSUMER, nonce=slot, ref_height=HONEST_BOOK, max_tokens=HONEST_TOKENS)
+    picked = pair(chain, t)
     keys = {kp.address: kp for kp in (M1, M2, M3)}
     if not set(picked) <= keys.keys():
         return None
@@ -118,8 +129,13 @@ def honest_settle(chain: PowrChain, nonce: int, sender_nonce: int) -> Tx | None:
 
 def play(attack: bool) -> tuple[PowrChain, int, int]:
     """Epoch 1 (heights 5-8) of a `market`, closed at 9: the validators score SMOL and GEMMA,
-    honest consumers pay for a few SMOL tasks, and with `attack` the attacker washes four
-    tickets through its two miners. (the chain, the attacker's net in units, nonces tried)."""
+    honest consumers pay for a few SMOL tasks (slots booked at 6), and with `attack` the
+    attacker washes WASHES tickets through its two miners, up to two in block 7 and the rest in
+    block 8, each in a slot of its books that drew them. It books at 6 the slots that give
+    WASHES lucky draws on average (one in `pairs`: C(5, 2) with five miners); when those drew
+    too few, it books more at 7, four times the average of what it still needs, so the story
+    does not hang on one block's hash. (the chain, the attacker's net in units, the slots it
+    bought)."""
     chain = market()  # tip: height 4
     chain.commit(
         [
@@ -130,36 +146,50 @@ def play(attack: bool) -> tuple[PowrChain, int, int]:
         + [chain.commit_scores(kp, 1, s) for kp, s in HONEST.items()]
     )  # block 5
     before = sum(holdings(chain, kp) for kp in ATTACKER)
-    txs: list[Tx] = []
+    pairs = math.comb(5, 2)  # M1, M2, M3, A1 and A2: one pair of the ten is the attacker's
+    bought = WASHES * pairs if attack else 0
+    txs = [book_tx(chain, CONSUMER, slots=HONEST_SLOTS)]
     if attack:
-        txs = [chain.register_miner(kp, models=[SMOL]) for kp in (A1, A2)]
+        txs += [chain.register_miner(kp, models=[SMOL]) for kp in (A1, A2)]
         txs.append(chain.send(WASHER, "escrow.deposit", {"amount": 10 * DN}))
+        txs.append(book_tx(chain, WASHER, slots=bought, nonce=chain.nonce(WASHER) + 1))
     chain.commit(txs)  # block 6: the attacker's miners serve SMOL from here
-    tried = 0
+    assert chain.tip.height == HONEST_BOOK
+    if attack:
+        assert len(eligible_miners(chain.state, SMOL, HONEST_BOOK)) == 5
+    lucky = lucky_slots(chain, HONEST_BOOK) if attack else []
     wash: list[Tx] = []
     honest: list[Tx] = []
-    nonce = 0
-    for _ in range(2):  # blocks 7 and 8
+    slots = iter(range(HONEST_SLOTS))
+    for height in (7, 8):
         block_txs = []
         for i in range(2):
             found = None
             while found is None:
-                found = honest_settle(chain, 1_000 + nonce, chain.nonce(GATEWAY) + i)
-                nonce += 1
+                found = honest_settle(chain, next(slots), chain.nonce(GATEWAY) + i)
             block_txs.append(found)
         honest += block_txs
+        top_up = 0
         if attack:
-            for i in range(2):
-                t, n = ground_ticket(chain, 10_000 * (len(wash) + 1))
-                tried += n
-                wash.append(washed(chain, t, chain.nonce(WASHER) + i))
-            block_txs += wash[-2:]
+            take = lucky[: 2 if height == 7 else WASHES - len(wash)]
+            lucky = lucky[len(take) :]
+            nonce = chain.nonce(WASHER)
+            for n, t in enumerate(take, start=nonce):
+                block_txs.append(washed(chain, t, n))
+            wash += block_txs[len(block_txs) - len(take) :]
+            need = WASHES - len(wash) - len(lucky)
+            if height == 7 and need > 0:  # too few lucky slots: buy more for block 8
+                top_up = min(books.MAX_SLOTS, 4 * need * pairs)
+                block_txs.append(book_tx(chain, WASHER, slots=top_up, nonce=nonce + len(take)))
+                bought += top_up
         if chain.tip.height + 1 == E + 3:  # the first reveal height of epoch 1
             block_txs += [chain.reveal(kp, 1, s) for kp, s in HONEST.items()]
         chain.commit(block_txs)
+        if top_up:
+            lucky += lucky_slots(chain, chain.tip.height)
     chain.advance_to(2 * E + 1)  # epoch 1 closes at the start of block 9
     after = sum(holdings(chain, kp) for kp in ATTACKER)
-    return chain, after - before, tried
+    return chain, after - before, bought
 
 
 def honest_emission(chain: PowrChain) -> int:
@@ -187,17 +217,28 @@ def verified(chain: PowrChain, tmp_path: Path) -> None:
 
 def test_wash_tasks_through_the_attackers_own_miners_lose_money(tmp_path: Path) -> None:
     clean, _, _ = play(attack=False)
-    chain, net, tried = play(attack=True)
+    chain, net, bought = play(attack=True)
     verified(chain, tmp_path)
     washed_tasks = [
         t
         for t in chain.state.items()
         if t[0].startswith("task:") and t[1]["consumer"] == WASHER.address
     ]
-    assert len(washed_tasks) == 4 and all(t[1]["tokens"] == WASHED_TOKENS for t in washed_tasks)
-    assert tried >= 4
-    print(f"attacker's net over the epoch: {net} units ({net / DN:+.6f} DN), {tried} nonces")
+    assert len(washed_tasks) == WASHES and all(
+        t[1]["tokens"] == WASHED_TOKENS for t in washed_tasks
+    )
+    assert bought >= WASHES
+    paid = sum(
+        t.fee
+        for b in chain.blocks
+        for t in b.txs
+        if t.kind == "task.book" and t.sender == WASHER.address
+    )
+    assert paid == bought * chain.min_fee  # each slot paid for, drawn on its miners or not
+    print(f"attacker's net over the epoch: {net} units ({net / DN:+.6f} DN), {bought} slots")
     assert net <= 0, f"wash trading earned the attacker {net / DN:.4f} DN"
+    # and it loses even before the slot fees: the usage cap alone takes the profit away
+    assert net + paid <= 0
     # What the emission gave its miners is at most a third of what its tasks burned.
     burned = sum(t[1]["burned"] for t in washed_tasks)
     taken = sum(c["amount"] for c in chain.result(1)["credits"] if c["address"] in OURS)

@@ -54,7 +54,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import secrets
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -83,6 +82,7 @@ from dn.node.http.openai_requests import (
 from dn.node.http.task_routes import all_model_keys, find_model
 from dn.node.market.apikeys import ApiKey, KeyStore
 from dn.node.market.gateway import Gateway
+from dn.node.market.slots import SlotPool
 from dn.node.node import Node
 from dn.node.taskio import input_hash
 from dn.wallet.keys import Keypair
@@ -124,6 +124,7 @@ class OpenAIGateway:
         self.gateway = gateway
         self.wallet = wallet
         self.max_price = max_price
+        self.slots = SlotPool(node, wallet)
 
     def cap(self, ask: Ask, name: str, model: dict[str, Any]) -> None:
         """Refuse a model dearer than the cap (the node's, or the request's if lower)."""
@@ -143,7 +144,9 @@ class OpenAIGateway:
                 reason="over-price-cap",
             )
 
-    def ticket(self, sha: str, model: dict[str, Any], ask: Ask) -> dict[str, Any]:
+    async def ticket(self, sha: str, model: dict[str, Any], ask: Ask) -> dict[str, Any]:
+        """A ticket for the next unused slot this wallet booked for the model (slots.py)."""
+        booked, nonce = await self.slots.take(sha)
         genesis = self.node.genesis
         height = self.node.tip.height
         window = genesis.param("ticket_window_blocks")
@@ -155,22 +158,12 @@ class OpenAIGateway:
             max_tokens=ask.max_tokens,
             seed=0,
             max_price=tasks.price_of(model["price"], ask.max_tokens),
-            ref_height=self._ref_height(sha, height, window),
-            nonce=secrets.randbits(62),
+            ref_height=booked,
+            nonce=nonce,
             expiry=height + min(EXPIRY_BLOCKS, window - 1),
         )
 
-    def _ref_height(self, sha: str, height: int, window: int) -> int:
-        """The block before the tip, where it names the same miners: a miner refuses a ticket
-        that refers to a block it has not received yet, and the tip may be milliseconds old
-        here, while `dn query` pays a round trip or two before a miner sees its ticket."""
-        if height == 0 or window < 2:
-            return height
-        state = self.node.state
-        before = tasks.eligible_miners(state, sha, height - 1)
-        return height - 1 if before == tasks.eligible_miners(state, sha, height) else height
-
-    def start(
+    async def start(
         self, ask: Ask, key: ApiKey | None = None, keys: KeyStore | None = None
     ) -> tuple[str, dict[str, Any], AsyncIterator[dict[str, Any]], Charge | None]:
         """Sign and plan the query (errors here come before any work): the task id, the model,
@@ -179,11 +172,15 @@ class OpenAIGateway:
         self.cap(ask, ask.model, model)
         charge = None
         if key is not None and keys is not None:
-            most = tasks.price_of(model["price"], ask.max_tokens) + self.fee
+            most = tasks.price_of(model["price"], ask.max_tokens) + 2 * self.fee
             keys.reserve(key.id, most)
             charge = Charge(keys, key.id, most)
         try:
-            ticket = self.ticket(sha, model, ask)
+            # no-miner, one-miner: refused before a slot is booked for a model nobody can serve
+            tasks.select_miners(
+                tasks.eligible_miners(self.node.state, sha, self.node.tip.height), ""
+            )
+            ticket = await self.ticket(sha, model, ask)
             events = self.gateway.run(ticket, ask.task_input)
         except BaseException:
             if charge is not None:
@@ -193,17 +190,19 @@ class OpenAIGateway:
 
     @property
     def fee(self) -> int:
-        return int(self.node.genesis.param("min_fee"))  # what `own_tx` pays for task.settle
+        """What `own_tx` pays for task.settle, and what one booked slot costs (slots.py)."""
+        return int(self.node.genesis.param("min_fee"))
 
     def settle(self, done: dict[str, Any], charge: Charge | None = None) -> dict[str, Any]:
         """Sign and submit `task.settle` for a finished query; the `dn` field of the answer.
         A keyed query's charge is what the wallet pays: the price (owed to the miners, who
-        settle it themselves if we do not), and the fee if our settlement was taken."""
+        settle it themselves if we do not), the slot the ticket used, and the fee if our
+        settlement was taken."""
         payload = {k: done[k] for k in ("ticket", "generator", "checker")}
         tx = self.node.own_tx(self.wallet, "task.settle", payload)
         result = self.node.submit([tx.to_json()])[0]
         if charge is not None:
-            charge.paid = done["price_units"] + (tx.fee if result["accepted"] else 0)
+            charge.paid = done["price_units"] + self.fee + (tx.fee if result["accepted"] else 0)
         dn: dict[str, Any] = {
             "task": done["task"],
             "status": done["status"],
@@ -405,7 +404,7 @@ def add_openai_routes(
                     reason="key-wallet",
                 )
             ask = parse_ask(await json_object(request), shape)
-            task, model, events, charge = payer.start(ask, key, keys)
+            task, model, events, charge = await payer.start(ask, key, keys)
         except DNError as exc:
             return error_response(exc)
         if ask.stream:

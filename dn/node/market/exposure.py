@@ -50,6 +50,11 @@ CREATE TABLE IF NOT EXISTS open_tickets (
 );
 CREATE INDEX IF NOT EXISTS open_tickets_consumer ON open_tickets (consumer);
 CREATE INDEX IF NOT EXISTS open_tickets_last_valid ON open_tickets (last_valid);
+CREATE TABLE IF NOT EXISTS open_slots (
+    slot TEXT PRIMARY KEY,
+    task TEXT NOT NULL,
+    last_valid INTEGER NOT NULL
+);
 """
 
 
@@ -102,12 +107,24 @@ class Exposure:
 
     def admit(self, state: StateReader, height: int, task: str, ticket: dict[str, Any]) -> None:
         """Count `ticket` (task id `task`) against its consumer's escrow, or raise TaskError
-        `escrow-short` when the escrow available at `height` cannot back it too."""
+        `escrow-short` when the escrow available at `height` cannot back it too, `slot-taken`
+        when another open ticket here uses the same slot of the consumer's book (only one of
+        them could settle: dn/chain/books.py)."""
         consumer, price = str(ticket["consumer"]), int(ticket["max_price"])
+        slot = f"{consumer}:{ticket['ref_height']}:{ticket['nonce']}"
+        last_valid = last_valid_height(ticket, self.window)
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 self._prune(state, height)
+                row = self.db.execute("SELECT task FROM open_slots WHERE slot = ?", (slot,))
+                taken = row.fetchone()
+                if taken is not None and taken[0] != task:
+                    raise TaskError(
+                        f"slot {ticket['nonce']} of this consumer's book in block "
+                        f"{ticket['ref_height']} is in use by another task here",
+                        reason="slot-taken",
+                    )
                 why = escrow.short_of(
                     escrow.available(state, consumer), price, self._open_for(consumer, task)
                 )
@@ -116,7 +133,11 @@ class Exposure:
                 self.db.execute(
                     "INSERT OR REPLACE INTO open_tickets (task, consumer, max_price, last_valid) "
                     "VALUES (?, ?, ?, ?)",
-                    (task, consumer, price, last_valid_height(ticket, self.window)),
+                    (task, consumer, price, last_valid),
+                )
+                self.db.execute(
+                    "INSERT OR REPLACE INTO open_slots (slot, task, last_valid) VALUES (?, ?, ?)",
+                    (slot, task, last_valid),
                 )
             except BaseException:
                 self.db.execute("ROLLBACK")
@@ -133,7 +154,9 @@ class Exposure:
         return sum(int(row[0]) for row in rows)  # in Python: amounts reach 2^63, SQLite's limit
 
     def _prune(self, state: StateReader, height: int) -> None:
-        self.db.execute("DELETE FROM open_tickets WHERE last_valid < ?", (height + 1,))
+        for table in ("open_tickets", "open_slots"):
+            self.db.execute(f"DELETE FROM {table} WHERE last_valid < ?", (height + 1,))  # noqa: S608
         tasks = [row[0] for row in self.db.execute("SELECT task FROM open_tickets")]
         settled = [(task,) for task in tasks if state.get(TASK + task) is not None]
         self.db.executemany("DELETE FROM open_tickets WHERE task = ?", settled)
+        self.db.executemany("DELETE FROM open_slots WHERE task = ?", settled)

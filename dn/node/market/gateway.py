@@ -38,7 +38,7 @@ from typing import Any
 
 import httpx
 
-from dn.chain import escrow, tasks
+from dn.chain import books, escrow, tasks
 from dn.chain.ledger import MINER, MODEL, TASK
 from dn.errors import Busy, DNError, InvalidTx, TaskError
 from dn.node.node import Node
@@ -187,9 +187,7 @@ class Gateway:
         why = escrow.short_of(escrow.available(self.node.state, consumer), max_price, running)
         if why is not None:
             raise _fail(why, "escrow-short")
-        generator, checker = tasks.select_miners(
-            tasks.eligible_miners(self.node.state, sha, ticket["ref_height"]), task
-        )
+        generator, checker = books.chosen(self.node.state, ticket, self.node.store.canonical_hash)
         urls = []
         for miner in (generator, checker):
             record = self.node.state.get(MINER + miner)

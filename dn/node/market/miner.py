@@ -3,8 +3,10 @@ attestation (DESIGN.md section 7).
 
 Both roles first accept the task the same way: the ticket is signed by its consumer on this
 chain, names the input it is shown, has not expired or been settled, names a model this miner
-holds, the selection rule at the ticket's reference height picks this miner for the role, and the
-consumer's escrow covers it besides its other unsettled tickets here (`exposure`: `escrow-short`).
+holds, uses an unused slot of the consumer's book whose draw picks this miner for the role
+(dn/chain/books.py), no other open ticket here uses that slot (`slot-taken`: a slot pays for one
+task), and the consumer's escrow covers it besides its other unsettled tickets here (`exposure`:
+`escrow-short`).
 A miner never works unchosen or unbacked, so nobody can make it work for free or for nothing.
 
 llama.cpp work runs in each model's engine (`dn.runner.engine`), which batches every stream and
@@ -37,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dn.chain import tasks
+from dn.chain import books, tasks
 from dn.chain.ledger import MINER, MODEL, TASK
 from dn.chain.types import Tx
 from dn.errors import InvalidTx, TaskError
@@ -57,6 +59,7 @@ from dn.wallet.keys import Keypair
 T = TypeVar("T")
 log = logging.getLogger("dn.miner")
 RECORDS_FILE = "miner_tasks.db"
+CATCH_UP_S = 3.0  # how long a task waits for the block its ticket refers to
 
 
 @dataclass
@@ -228,9 +231,8 @@ class Miner:
         if self.node.state.get(TASK + task) is not None:
             raise TaskError(f"task {task[:12]}… is settled already", reason="ticket-used")
         model = ticket["model"]
-        chosen = tasks.select_miners(
-            tasks.eligible_miners(self.node.state, model, ticket["ref_height"]), task
-        )
+        # no-book, bad-slot, slot-used: a slot draws one pair, and pays for one task
+        chosen = books.chosen(self.node.state, ticket, self.node.store.canonical_hash)
         if chosen[0 if role == tasks.GENERATOR else 1] != self.address:
             raise TaskError(f"this miner is not the task's {role}", reason="not-selected")
         if not self.store.has(model):
@@ -238,6 +240,16 @@ class Miner:
         self.records.room(ticket, task_input)  # records-full: no work it cannot answer for
         self.exposure.admit(self.node.state, height, task, ticket)  # escrow-short: nobody pays
         return _Job(task, ticket, task_input, self.store.path(model), chosen[0])
+
+    async def _caught_up(self, ticket: Any) -> None:
+        """Wait a moment (at most `CATCH_UP_S`) for the block a ticket refers to, its book's:
+        the gateway may have had it a few milliseconds before this node."""
+        ref = ticket.get("ref_height") if isinstance(ticket, dict) else None
+        limit = time.monotonic() + CATCH_UP_S
+        while isinstance(ref, int) and self.node.tip.height < ref < 2**63:
+            if time.monotonic() > limit:
+                return
+            await asyncio.sleep(0.05)
 
     def _attest(self, job: _Job, role: str, tokens: list[int], verdict: str, com: str) -> Any:
         return tasks.sign_attestation(
@@ -257,6 +269,7 @@ class Miner:
         """Accept the task and take a slot of its model now (errors, `Busy` among them, before
         any byte is streamed), then stream `{"tokens": [ids], "text"}` events (whatever was
         decoded since the last one was sent) and `{"done": true, "attestation"}` at the end."""
+        await self._caught_up(ticket)
         job = self.accept(ticket, raw_input, tasks.GENERATOR)
         path = self.behaviour.generating_path(self, job)
         model = await asyncio.to_thread(self.runner.model, path, "generate")
@@ -268,6 +281,7 @@ class Miner:
     # --- checking -------------------------------------------------------------------------
 
     async def check_open(self, ticket: Any, raw_input: Any) -> dict[str, Any]:
+        await self._caught_up(ticket)
         job = self.accept(ticket, raw_input, tasks.CHECKER)
         if job.task in self._sessions:
             raise TaskError("a check of this task is open already", reason="busy")
