@@ -11,6 +11,8 @@ the default where the file leaves it out), never restated here.
 
 from __future__ import annotations
 
+import random
+import time
 from typing import TYPE_CHECKING, Any
 
 from dn.chain.types import Tx
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
     from dn.client.http import NodeClient
     from dn.wallet.keys import Keypair
 
-NONCE_TRIES = 8
+NONCE_TRIES = 50  # each round of colliding writers lets at least one through
 Fee = int | str | None  # units, DN as text (as `--fee` takes it), or None: the chain's min_fee
 
 
@@ -69,7 +71,8 @@ def submit_next(
     wait: bool = True,
 ) -> tuple[Tx, dict[str, Any]]:
     """`sign_next` and `submit`; when another transaction of the same wallet (a concurrent
-    query, say) took that nonce between the two, sign again with the next one (a few times).
+    query, say) took that nonce between the two, sign again with the next one (up to
+    `NONCE_TRIES` times, a random moment of at most 50 ms apart).
     Returns the transaction sent and `submit`'s result."""
     for attempt in range(NONCE_TRIES):
         tx = sign_next(client, keypair, kind, payload, fee=fee)
@@ -80,6 +83,7 @@ def submit_next(
             # bytes, a concurrent identical booking, which is not ours to use)
             if exc.reason not in ("nonce-too-low", "duplicate") or attempt == NONCE_TRIES - 1:
                 raise
+            time.sleep(random.uniform(0, 0.05))  # noqa: S311 - spreads the writers that collided
             continue
         if not wait:
             return tx, {"id": tx.id, "status": "pending"}
