@@ -116,7 +116,7 @@ def wallets(doc):
     rows = doc if isinstance(doc, list) else doc.get("wallets", doc)
     return {w["name"]: int(w["balance"]) for w in rows if w.get("balance") is not None}
 before, after = wallets(load("before")), wallets(load("after"))
-roles = {"devnet-alice": "creator of smollm2", "devnet-bob": "consumer (its settlements' fees)",
+roles = {"devnet-alice": "creator of smollm2", "devnet-bob": "consumer (fees: its slots and settlements)",
          "devnet-miner1": "miner", "devnet-miner2": "miner", "devnet-carol": "creator of gemma3"}
 table = Table("wallet", "role", "change (DN)")
 for name in sorted(after):
