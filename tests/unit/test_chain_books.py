@@ -11,6 +11,7 @@ one fair draw, and a slot pays for one task.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,8 +32,8 @@ from tests.unit.test_chain_models import (
     SMOL,
     WINDOW,
     Chain,
-    new_chain,
 )
+from tests.unit.test_chain_powr import PowrChain, new_chain
 from tests.unit.test_chain_state import assert_rejected
 from tests.unit.test_chain_tasks import (
     PRICE,
@@ -44,6 +45,7 @@ from tests.unit.test_chain_tasks import (
     settle,
     ticket,
 )
+from tests.unit.test_powr_wash import verified
 
 A1 = Keypair.from_seed(b"grind-miner-1".ljust(32, b"."))
 A2 = Keypair.from_seed(b"grind-miner-2".ljust(32, b"."))
@@ -52,9 +54,10 @@ KEYS = {kp.address: kp for kp in (M1, M2, M3, A1, A2)}
 
 
 @pytest.fixture
-def five() -> Chain:
+def five() -> PowrChain:
     """SMOL served by M1, M2, M3 and the attacker's A1, A2 (funded by OTHER) from height 3;
-    CONSUMER, the attacker's consumer wallet here, has its genesis escrow."""
+    CONSUMER, the attacker's consumer wallet here, has its genesis escrow. The chain keeps its
+    blocks (`verified` replays them into a store and runs `dn chain verify`)."""
     chain = new_chain()
     chain.commit(
         [
@@ -93,7 +96,7 @@ def drawn(chain: Chain, t: dict[str, Any]) -> tuple[dict[str, Any], dict[str, An
     return attest(chain, t, miners=(KEYS[gen], KEYS[chk]))
 
 
-def test_grinding_nonces_no_longer_picks_the_miners(five: Chain) -> None:
+def test_grinding_nonces_no_longer_picks_the_miners(five: PowrChain, tmp_path: Path) -> None:
     ref = five.tip.height
     t = ground(five, ref)
     assert_rejected(five, settle(five, t, own_attestations(five, t)), "no-book")
@@ -102,9 +105,10 @@ def test_grinding_nonces_no_longer_picks_the_miners(five: Chain) -> None:
     t = ground(five, booked, start=1)
     assert t["nonce"] >= 1
     assert_rejected(five, settle(five, t, own_attestations(five, t)), "bad-slot")
+    verified(five, tmp_path)  # dn chain verify from genesis, the supply invariant included
 
 
-def test_each_slot_is_one_fair_draw_and_pays_for_one_task(five: Chain) -> None:
+def test_each_slot_is_one_fair_draw_and_pays_for_one_task(five: PowrChain, tmp_path: Path) -> None:
     """200 slots bought in one book: about one in C(5, 2) = 10 draws both of the attacker's
     miners (binomial: mean 20, sd 4.2), never more because it looked; the book cost 200 ×
     min_fee, paid before any draw was known; a slot that settled once is refused again."""
@@ -136,6 +140,7 @@ def test_each_slot_is_one_fair_draw_and_pays_for_one_task(five: Chain) -> None:
     # ... once: the same slot under another prompt is refused.
     again = ticket(five, ref_height=booked, nonce=hits[0], prompt_hash="ab" * 32)
     assert_rejected(five, settle(five, again, attest(five, again, miners=(A1, A2))), "slot-used")
+    verified(five, tmp_path)
 
 
 def test_the_draw_depends_on_the_block_not_on_the_consumer(five: Chain) -> None:
