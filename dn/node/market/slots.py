@@ -28,6 +28,8 @@ POLL_S = 0.05
 
 
 class SlotPool:
+    """The unused booked slots of one wallet, per model (see the module docstring)."""
+
     def __init__(self, node: Node, wallet: Keypair, size: int | None = None) -> None:
         self.node = node
         self.wallet = wallet
