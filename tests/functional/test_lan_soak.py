@@ -678,10 +678,10 @@ class _Agent:
             time.sleep(rng.uniform(0.2, 1.5))
 
     def queries(self, _: Any, rng: random.Random) -> None:
+        from dn.chain.books import MAX_SLOTS
         from dn.client.query import chat_input, make_ticket, stream_query
         from dn.errors import DNError
 
-        nonce = 0
         number = 0
         while time.monotonic() < self.traffic_until:
             number += 1
@@ -694,6 +694,9 @@ class _Agent:
                 ticket, _ = make_ticket(
                     client, self.consumer, self.config["model"], task_input, max_tokens=MAX_TOKENS
                 )
+                # make_ticket booked the ticket's slot with the wallet's next nonce and waited
+                # for its block: the settlement takes the nonce after it
+                nonce = ticket["nonce"] // MAX_SLOTS + 1
                 for event in stream_query(client, ticket, task_input, timeout=QUERY_S):
                     if event.get("event") == "done":
                         done = event
@@ -733,9 +736,7 @@ class _Agent:
             if pushed is None:
                 self.log(ev="stuck", id=tx.id, task=task)
                 return
-            if pushed == "included":
-                nonce += 1
-            else:  # the checker settled it first: our settlement can never apply; nonce unused
+            if pushed != "included":  # the checker settled it first: it can never apply
                 with self.lock:
                     self.tracked.pop(tx.id, None)
                     self.tracked["task:" + task] = {"kind": "task", "task": task, "final": False}
