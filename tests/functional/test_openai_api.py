@@ -43,9 +43,17 @@ def client(market: Market) -> Iterator[openai.OpenAI]:
 
 
 def balance(market: Market, name: str = "consumer") -> int:
-    """The wallet's balance plus its query escrow, which pays the price (dn/chain/escrow.py)."""
+    """The wallet's balance plus its query escrow, which pays the price (dn/chain/escrow.py),
+    once none of its transactions is pending (an earlier test's settlements, slot bookings)."""
+    address = market.wallets[name].address
     with market.client() as node:
-        found = node.account(market.wallets[name].address)
+
+        def settled_down() -> bool:
+            found = node.account(address)
+            return bool(found["nonce"] == found["next_nonce"])
+
+        wait_until(settled_down, 30, what="no pending transaction of the wallet")
+        found = node.account(address)
         return int(found["balance"]) + int(found["escrow"]["amount"])
 
 
