@@ -47,13 +47,13 @@ from typing import Any
 from dn.chain.genesis import Genesis
 from dn.chain.ledger import MODEL, Overlay, StateReader
 from dn.chain.tasks import eligible_miners, select_miners
-from dn.chain.types import Tx
+from dn.chain.types import MAX_BOOK_SLOTS, Tx
 from dn.encoding import canonical
 from dn.errors import InvalidTx, TaskError
 
 BOOK = "book:"
 BOOKS_AT = "books-at:"
-MAX_SLOTS = 256
+MAX_SLOTS = MAX_BOOK_SLOTS
 DRAW_DOMAIN = b"dn-draw-v1"
 
 
@@ -133,9 +133,8 @@ def slot_of(state: StateReader, ticket: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
-def use(state: Overlay, ticket: dict[str, Any]) -> None:
-    """Mark the ticket's slot used (after `slot_of` passed)."""
-    found = slot_of(state, ticket)
+def use(state: Overlay, ticket: dict[str, Any], found: dict[str, Any]) -> None:
+    """Mark the ticket's slot used in `found`, the book `slot_of` gave for it."""
     book, slot = divmod(ticket["nonce"], MAX_SLOTS)
     state.set(key(ticket["consumer"], book), {**found, "used": sorted([*found["used"], slot])})
 

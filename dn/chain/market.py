@@ -89,7 +89,7 @@ def task_settle(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
             "the generator and checker are not the miners this ticket selects",
             reason="wrong-miners",
         )
-    books.use(state, ticket)
+    books.use(state, ticket, slot)
     tokens, confirmed = gen["tokens"], chk["verdict"] == CONFIRMED
     paid = price_of(model["price"], tokens) if confirmed else 0
     if paid > ticket["max_price"]:

@@ -154,12 +154,14 @@ class EscrowAmount(Payload):
     amount: Amount
 
 
+MAX_BOOK_SLOTS = 256  # a ticket's nonce is book nonce × this + slot (dn/chain/books.py)
+
+
 class TaskBook(Payload):
-    """`task.book`: slots for tickets whose miners a later block hash draws (dn/chain/books.py).
-    The upper bound is `books.MAX_SLOTS`."""
+    """`task.book`: slots for tickets whose miners a later block hash draws (dn/chain/books.py)."""
 
     model: Hash
-    slots: Annotated[int, Field(ge=1, le=256)]
+    slots: Annotated[int, Field(ge=1, le=MAX_BOOK_SLOTS)]
 
 
 class Ticket(Payload):
