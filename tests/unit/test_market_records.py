@@ -12,8 +12,10 @@ that nobody is at fault.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,6 +27,7 @@ import pytest
 from dn.chain import books, disputes, tasks
 from dn.chain.ledger import MINER, TASK
 from dn.errors import TaskError
+from dn.node.market import miner as miner_module
 from dn.node.market.miner import Miner
 from dn.node.market.records import TaskRecords, request_ok
 from dn.node.taskio import input_hash, normalize_input
@@ -302,3 +305,34 @@ def test_a_store_from_before_the_window_rule_is_migrated(tmp_path: Path) -> None
     assert records.forget(records.keep_until(junk_ticket(0))) == 0
     assert records.forget(records.keep_until(junk_ticket(0)) + 1) == 1
     records.close()
+
+
+def test_a_miner_waits_a_moment_for_the_block_a_ticket_refers_to(
+    lan: Lan, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ticket's reference is its book's block, which the gateway may have a moment before a
+    miner: the miner waits for it (up to CATCH_UP_S) instead of refusing `ahead` at once, and
+    gives up after that."""
+    miner = Miner(
+        lan.miner,
+        MINERS[sorted(MINERS)[0]],
+        FakeStore({SMOL}),  # type: ignore[arg-type]
+        ScriptedRunner(),  # type: ignore[arg-type]
+        records=records_at(lan.tmp_path / "miner.db"),
+    )
+    tip = lan.miner.tip.height
+
+    async def next_block_arrives() -> None:
+        waiting = asyncio.create_task(miner._caught_up({"ref_height": tip + 1}))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # still waiting for block tip + 1
+        lan.block()
+        await asyncio.wait_for(waiting, 1.0)
+
+    asyncio.run(next_block_arrives())
+    assert lan.miner.tip.height == tip + 1
+    monkeypatch.setattr(miner_module, "CATCH_UP_S", 0.3)
+    started = time.monotonic()
+    asyncio.run(miner._caught_up({"ref_height": tip + 5}))  # never comes: it gives up
+    assert 0.3 <= time.monotonic() - started < 2.0
+    miner.records.close()
