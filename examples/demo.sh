@@ -85,7 +85,7 @@ FIRST_EPOCH="$(dn --json powr status | python3 -c 'import json,sys; print(json.l
 dn --json wallet list --balances > "$WORK/before.json"
 dn --json node status > "$WORK/status-before.json"
 
-step "bob's query escrow (funded at genesis on a devnet): miners serve a ticket only if it covers it, and answers are paid out of it"
+step "bob's query escrow (funded at genesis on a devnet): each booked slot reserves what its answer may cost there, and answers are paid out of it"
 dn escrow show --wallet devnet-bob
 dn --json escrow show --wallet devnet-bob > "$WORK/escrow-before.json"
 

@@ -6,24 +6,29 @@ committed to the ticket: a consumer first books slots on chain, and each slot's 
 hash of the block that holds the booking, which nobody but that block's proposer knows before
 the block exists.
 
-    book:<consumer>:<n>   {"model", "slots", "height", "beacon": block hash | null,
+    book:<consumer>:<n>   {"model", "slots", "max_price", "height", "beacon": block hash | null,
                            "used": [slot, …]}: booked by the consumer's transaction of nonce n
     books-at:<height>     ["<consumer>:<n>", …] sorted: the books made in that block
 
-- `task.book {model, slots}`: the model is registered and not retired (`unknown-model`,
-  `model-retired`); `1 ≤ slots ≤ MAX_SLOTS` (schema); the fee pays `min_fee` per slot
-  (`fee-too-low`), so every draw costs what a transaction costs. The book is named by the
-  booking transaction's own nonce, so one consumer may book any number of times in one block
-  (each of its concurrent queries knows its own), and is written with `beacon` null.
+- `task.book {model, slots, max_price}`: the model is registered and not retired
+  (`unknown-model`, `model-retired`); `1 ≤ slots ≤ MAX_SLOTS` (schema); the fee pays `min_fee`
+  per slot (`fee-too-low`), so every draw costs what a transaction costs; `slots × max_price`
+  fits in the available part of the consumer's escrow (`escrow-short`) and is reserved there
+  (`escrow.reserve`): `max_price` is the most any one slot may pay, so a consumer cannot promise
+  miner pairs more than its escrow holds. The book is named by the booking transaction's own
+  nonce, so one consumer may book any number of times in one block (each of its concurrent
+  queries knows its own), and is written with `beacon` null.
 - At the start of block H + 1 (`begin`), the books made in block H get `beacon` = the hash of
   block H (the new block's parent). At the start of block H + `ticket_window_blocks` + 1, when
-  no ticket referring to H can settle any more, they are deleted.
+  no ticket referring to H can settle any more, they are deleted and the reservation of their
+  unused slots, `max_price × (slots − len(used))`, comes back to the escrow's available part.
 - A ticket uses a slot: its `ref_height` is the book's height H and its `nonce` is
   `n × MAX_SLOTS + s` for slot s of the book booked with nonce n (`ticket_nonce`). It draws
   `draw(beacon, consumer, H, nonce)`, and the task's two miners are
   `select_miners(eligible_miners(model, H), draw)`. `task.settle` checks the book (`no-book`
-  when there is none at that height, `wrong-book` for another model, `bad-slot`, `slot-used`)
-  and marks the slot used, so each slot pays for at most one task.
+  when there is none at that height, `wrong-book` for another model, `bad-slot`, `slot-used`),
+  that the ticket's `max_price` is within the book's (`over-reserve`: market.py), and marks the
+  slot used, so each slot pays for at most one task, out of its own reservation.
 
 What it buys: the consumer can no longer try nonces offline until both roles are its own. Each
 slot is one fair draw, paid before its outcome is known; a consumer who keeps only the slots
@@ -44,6 +49,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
+from dn.chain import escrow
 from dn.chain.genesis import Genesis
 from dn.chain.ledger import MODEL, Overlay, StateReader
 from dn.chain.tasks import eligible_miners, select_miners
@@ -93,7 +99,9 @@ def book(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
             f"a book of {slots} slots pays a fee of at least {least} units (min_fee per slot)",
             reason="fee-too-low",
         )
-    record = {"model": sha, "slots": slots, "height": height, "beacon": None, "used": []}
+    escrow.reserve(state, tx.sender, slots * tx.payload["max_price"])
+    record = {"model": sha, "slots": slots, "max_price": tx.payload["max_price"]}
+    record |= {"height": height, "beacon": None, "used": []}
     state.set(key(tx.sender, tx.nonce), record)
     made = state.get(BOOKS_AT + str(height)) or []
     state.set(BOOKS_AT + str(height), sorted([*made, f"{tx.sender}:{tx.nonce}"]))
@@ -101,15 +109,25 @@ def book(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
 
 def begin(state: Overlay, height: int, parent_hash: str, genesis: Genesis) -> None:
     """At the start of block `height`: the books of block `height - 1` get its hash as their
-    beacon; those of the block that left the ticket window are deleted."""
+    beacon; those of the block that left the ticket window are deleted (`expire`)."""
     for name in state.get(BOOKS_AT + str(height - 1)) or []:
         made = state.get(BOOK + name)
         state.set(BOOK + name, {**made, "beacon": parent_hash})
     gone = height - genesis.param("ticket_window_blocks") - 1
     if gone >= 0:
         for name in state.get(BOOKS_AT + str(gone)) or []:
-            state.set(BOOK + name, None)
+            expire(state, name)
         state.set(BOOKS_AT + str(gone), None)
+
+
+def expire(state: Overlay, name: str) -> None:
+    """Delete the book `<consumer>:<n>` and give the reservation of its unused slots back to
+    its consumer's escrow."""
+    found = state.get(BOOK + name)
+    consumer = name.rsplit(":", 1)[0]
+    unused = found["slots"] - len(found["used"])
+    escrow.unreserve(state, consumer, found["max_price"] * unused)
+    state.set(BOOK + name, None)
 
 
 def slot_of(state: StateReader, ticket: dict[str, Any]) -> dict[str, Any]:
@@ -139,15 +157,34 @@ def use(state: Overlay, ticket: dict[str, Any], found: dict[str, Any]) -> None:
     state.set(key(ticket["consumer"], book), {**found, "used": sorted([*found["used"], slot])})
 
 
+def covers(found: dict[str, Any], ticket: dict[str, Any]) -> None:
+    """InvalidTx `over-reserve` when the ticket may pay more than its slot reserved of the
+    escrow (`found`, its book: the book's `max_price`)."""
+    if ticket["max_price"] > found["max_price"]:
+        raise InvalidTx(
+            f"the ticket's max_price {ticket['max_price']} is above its book's "
+            f"{found['max_price']}, what the slot reserved",
+            reason="over-reserve",
+        )
+
+
+def waiting(state: StateReader, final: int, tip: int, window: int) -> bool:
+    """Whether a block above the final height `final` (and within the ticket window of `tip`)
+    holds a book, whose consumer waits for it to be final before using it."""
+    low = max(final, tip - window) + 1
+    return any(state.get(BOOKS_AT + str(height)) for height in range(low, tip + 1))
+
+
 def chosen(
     state: StateReader, ticket: dict[str, Any], block_hash: Callable[[int], str | None]
 ) -> tuple[str, str]:
     """The (generator, checker) a ticket's slot draws, for a gateway or miner whose `state` may
     be the state after the book's own block (the beacon not written yet: `block_hash(height)`,
-    the hash of the canonical block there, gives it). TaskError with the reasons of `slot_of`,
-    `ahead` when the book's block is not here yet, `no-miner` / `one-miner`."""
+    the hash of the canonical block there, gives it). TaskError with the reasons of `slot_of`
+    and `covers`, `ahead` when the book's block is not here yet, `no-miner` / `one-miner`."""
     try:
         found = slot_of(state, ticket)
+        covers(found, ticket)
     except InvalidTx as exc:
         raise TaskError(exc.message, reason=exc.reason) from None
     ref = ticket["ref_height"]

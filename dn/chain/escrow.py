@@ -1,34 +1,42 @@
 """Prepaid escrow for queries (THREATS.md, "Prepaid escrow for queries"; Livepeer's TicketBroker
-deposit, simplified): what a consumer sets aside so that the miners who serve its tickets are paid
-even if it empties its wallet a moment later.
+deposit and reserve, simplified): what a consumer sets aside so that the miners who serve its
+tickets are paid even if it empties its wallet a moment later.
 
-    escrow:<address>       {"amount": units held (unlocking included), "unlocking": units,
-                            "unlock_at": height | null}
+    escrow:<address>       {"amount": units held (unlocking and reserved included), "unlocking":
+                            units, "unlock_at": height | null, "reserved": units its books hold
+                            (absent: 0)}
     escrow-due:<height>    [address, …] sorted: escrows whose unlock may complete at that block
+
+Always `reserved + unlocking ≤ amount`; the part that is neither, `available`, is what a new book
+or a withdraw may take. A record is deleted only when its amount is 0 (then reserved is 0 too).
 
 - `escrow.deposit {amount}`: the balance after the fee covers it (`insufficient-funds`); the
   amount moves from the balance into the escrow.
 - `escrow.withdraw {amount}`: the sender has an escrow (`no-escrow`) whose available part
-  (`amount - unlocking`) covers it (`escrow-short`). The amount starts to unlock: it stops
-  backing new tickets at once (miners and gateways count only `available`), and comes back to the
-  balance automatically at the start of block `H + unlock_blocks` (`escrow_unlock_blocks`, at
-  least `ticket_window_blocks + 1`). One unlock at a time:
-  a second withdraw adds to the amount unlocking and moves the whole unlock to its own later
-  height (Livepeer's unlock works the same way), so an unlock never completes early.
+  covers it (`escrow-short`). The amount starts to unlock and comes back to the balance
+  automatically at the start of block `H + unlock_blocks` (`escrow_unlock_blocks`, at least
+  `ticket_window_blocks + 1`). One unlock at a time: a second withdraw adds to the amount
+  unlocking and moves the whole unlock to its own later height (Livepeer's unlock works the same
+  way), so an unlock never completes early.
+- `task.book {model, slots, max_price}` (books.py) reserves `slots × max_price` of the available
+  part (`reserve`; `escrow-short` when it does not fit): each slot's most is set aside before
+  any ticket is signed, so tickets can never promise more than the escrow holds, however many
+  miner pairs they are spread over.
+- `task.settle` (market.py) takes the task's price out of the amount and gives the slot's whole
+  reservation (the book's `max_price`) back to `available` (`charge`); a rejected answer gives it
+  back and pays nothing (`charge` of 0). The price is at most the book's `max_price`, so the
+  charge is always covered, never out of the balance: a wallet emptied after the ticket changes
+  nothing, and neither does a withdraw (it cannot take reserved units).
+- When a book leaves the ticket window (`books.begin`), the reservation of its unused slots
+  comes back to `available` (`unreserve`).
 - At the start of each block (`release_due`), the escrows due there get their unlocking amount
-  back in the balance (what is left of it after settlements); an escrow left with nothing is
-  deleted.
-- `task.settle` takes the price out of the escrow (`charge`), never out of the balance, so a
-  wallet emptied after the ticket changes nothing. Unlocking units are still in the escrow and
-  pay too. If the escrow holds less than the price, the settlement takes all it holds and pays it
-  to the two miners (market.py); an escrow that holds nothing refuses the settlement
-  (`consumer-cannot-pay`).
+  back in the balance; an escrow left with nothing is deleted.
 
-`escrow_unlock_blocks` (genesis) outlasts any ticket signed before the withdraw: a ticket
-settles at most `ticket_window_blocks` after its reference height, and its reference height is at
-most the tip when a miner accepts it, so an amount that was available when a miner said yes is
-still in the escrow for as long as that ticket can settle. Escrowed units are part of the supply
-(`state.supply_report` counts them under "escrows").
+Each step keeps the invariant: a reservation or a withdraw takes only from `available`; a
+charge removes at most the reservation it releases from the amount; the end of an unlock removes
+exactly `unlocking`. So the begin-of-block hooks (the unlocks, then the books that leave the
+window) may run in either order. Escrowed units are part of the supply (`state.supply_report`
+counts the whole amount, reserved included, under "escrows").
 """
 
 from __future__ import annotations
@@ -45,25 +53,30 @@ ESCROW_DUE = "escrow-due:"
 
 
 def held(state: StateReader, address: str) -> dict[str, Any]:
-    """The escrow of `address` (all zero when it has none)."""
+    """The escrow of `address` (all zero when it has none; `reserved` 0 when absent)."""
     found = state.get(ESCROW + address)
-    return found if found is not None else {"amount": 0, "unlocking": 0, "unlock_at": None}
+    empty = {"amount": 0, "unlocking": 0, "unlock_at": None, "reserved": 0}
+    return {**empty, **found} if found is not None else empty
 
 
 def available(state: StateReader, address: str) -> int:
-    """The part of the escrow that backs new tickets: what it holds less what is unlocking."""
+    """The part of the escrow that a new book or a withdraw may take: what it holds less what is
+    unlocking and what its books reserve."""
     found = held(state, address)
-    return int(found["amount"]) - int(found["unlocking"])
+    return int(found["amount"]) - int(found["unlocking"]) - int(found["reserved"])
 
 
 def summary(state: StateReader, address: str) -> dict[str, Any]:
-    """`{"amount", "available", "unlocking", "unlock_at"}` for APIs and the CLI."""
-    found = held(state, address)
-    return {**found, "available": found["amount"] - found["unlocking"]}
+    """`{"amount", "available", "unlocking", "unlock_at", "reserved"}` for APIs and the CLI."""
+    return {**held(state, address), "available": available(state, address)}
 
 
-def _write(state: Overlay, address: str, amount: int, unlocking: int, at: int | None) -> None:
-    record = {"amount": amount, "unlocking": unlocking, "unlock_at": at if unlocking else None}
+def _write(state: Overlay, address: str, found: dict[str, Any]) -> None:
+    """Store the escrow `found` (deleted when its amount is 0). The rules keep
+    `reserved + unlocking ≤ amount` (module docstring), so an amount of 0 has nothing reserved."""
+    amount, unlocking, reserved = found["amount"], found["unlocking"], found["reserved"]
+    at = found["unlock_at"] if unlocking else None
+    record = {"amount": amount, "unlocking": unlocking, "unlock_at": at, "reserved": reserved}
     state.set(ESCROW + address, record if amount else None)
 
 
@@ -72,7 +85,7 @@ def deposit(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
     amount = tx.payload["amount"]
     debit(state, tx.sender, amount, f"escrow deposit {amount} after fee {tx.fee}")
     found = held(state, tx.sender)
-    _write(state, tx.sender, found["amount"] + amount, found["unlocking"], found["unlock_at"])
+    _write(state, tx.sender, {**found, "amount": found["amount"] + amount})
 
 
 def unlock_blocks(genesis: Genesis) -> int:
@@ -84,18 +97,17 @@ def unlock_blocks(genesis: Genesis) -> int:
 def withdraw(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
     """The `escrow.withdraw` rule (see the module docstring)."""
     amount = tx.payload["amount"]
-    found = state.get(ESCROW + tx.sender)
-    if found is None:
+    if state.get(ESCROW + tx.sender) is None:
         raise InvalidTx("the sender has no escrow", reason="no-escrow")
-    free = found["amount"] - found["unlocking"]
+    found, free = held(state, tx.sender), available(state, tx.sender)
     if amount > free:
         raise InvalidTx(
             f"cannot withdraw {amount} units: {free} of the escrow's {found['amount']} are "
-            "available (the rest is unlocking already)",
+            "available (the rest is unlocking already or reserved by books)",
             reason="escrow-short",
         )
     at = height + unlock_blocks(genesis)
-    _write(state, tx.sender, found["amount"], found["unlocking"] + amount, at)
+    _write(state, tx.sender, {**found, "unlocking": found["unlocking"] + amount, "unlock_at": at})
     due = state.get(ESCROW_DUE + str(at)) or []
     if tx.sender not in due:
         state.set(ESCROW_DUE + str(at), sorted([*due, tx.sender]))
@@ -114,40 +126,41 @@ def releases(state: StateReader, height: int) -> dict[str, int]:
 
 def release_due(state: Overlay, height: int) -> None:
     """Complete the unlocks due at the start of block `height`: the unlocking amount goes back
-    to the balance."""
+    to the balance (the reserved part stays)."""
     for address, amount in releases(state, height).items():
         found = held(state, address)
         credit(state, address, amount)
-        _write(state, address, found["amount"] - amount, 0, None)
+        _write(state, address, {**found, "amount": found["amount"] - amount, "unlocking": 0})
     if state.get(ESCROW_DUE + str(height)) is not None:
         state.set(ESCROW_DUE + str(height), None)
 
 
-def chargeable(state: StateReader, consumer: str, price: int) -> int:
-    """How much of `price` the consumer's escrow pays: all of it, or all the escrow holds."""
-    return min(price, int(held(state, consumer)["amount"]))
+def reserve(state: Overlay, consumer: str, units: int) -> None:
+    """Set `units` of the consumer's available escrow aside for a book, or InvalidTx
+    `escrow-short` when they do not fit."""
+    free = available(state, consumer)
+    if units > free:
+        raise InvalidTx(
+            f"the escrow has {free} units available and the book needs {units} "
+            "(slots × max_price); deposit more with `dn escrow deposit`",
+            reason="escrow-short",
+        )
+    if units:
+        found = held(state, consumer)
+        _write(state, consumer, {**found, "reserved": found["reserved"] + units})
 
 
-def charge(state: Overlay, consumer: str, price: int) -> int:
-    """Take `price` (or all the escrow holds, if less) out of the consumer's escrow: first from
-    the available part, then from what is unlocking. Returns the units taken."""
-    found = held(state, consumer)
-    taken = chargeable(state, consumer, price)
-    if not taken:
-        return 0
-    left = found["amount"] - taken
-    _write(state, consumer, left, min(found["unlocking"], left), found["unlock_at"])
-    return taken
+def unreserve(state: Overlay, consumer: str, units: int) -> None:
+    """Give `units` of the consumer's reservation back to its available part."""
+    if units:
+        found = held(state, consumer)
+        _write(state, consumer, {**found, "reserved": found["reserved"] - units})
 
 
-def short_of(free: int, max_price: int, open_prices: int) -> str | None:
-    """Why an escrow with `free` units available cannot back a ticket of `max_price` on top of
-    `open_prices` of the consumer's other open tickets, or None when it can (miners and gateways
-    refuse with reason `escrow-short`)."""
-    if free >= max_price + open_prices:
-        return None
-    also = f" plus {open_prices} units of its other open tickets" if open_prices else ""
-    return (
-        f"the consumer's escrow has {free} units available, less than this ticket's max_price "
-        f"{max_price}{also}; deposit more with `dn escrow deposit`"
-    )
+def charge(state: Overlay, consumer: str, price: int, reserved: int) -> None:
+    """Take `price` out of the consumer's escrow for a slot that reserved `reserved` units
+    (`price ≤ reserved`: the rest of the reservation comes back to the available part)."""
+    if reserved:
+        found = held(state, consumer)
+        left = {"amount": found["amount"] - price, "reserved": found["reserved"] - reserved}
+        _write(state, consumer, {**found, **left})

@@ -286,10 +286,9 @@ class _Tracer:
         what = f"task {task[:12]}… on {_name(state, sha)}"
         out: list[tuple[str, str, int, dict[str, Any]]] = []
         if ticket["consumer"] == self.address and paid:  # from the escrow: the balance stays
-            taken = format_dn(escrow.chargeable(state, self.address, paid))
-            cause = f"paid for {what} out of the query escrow ({taken} DN)"
+            cause = f"paid for {what} out of the query escrow ({format_dn(paid)} DN)"
             out.append(("query-paid", cause, 0, about))
-        shares = payout(state, self.genesis, ticket["consumer"], paid, sha)
+        shares = payout(state, self.genesis, paid, sha)
         for role, payee in (
             ("creator", model["creator"]),
             ("generator", gen["miner"]),

@@ -8,23 +8,23 @@ is registered (`unknown-model`) and, if retired, the ticket was made before it
 (`model-retired`); the ticket's reference height is inside the ticket window (`stale-ticket`)
 and it has not expired (`expired-ticket`); the task is not settled yet (`task-settled`); the
 ticket's slot is in the consumer's book at its reference height and unused (`no-book`,
-`wrong-book`, `bad-slot`, `slot-used`: books.py); both attestations (`check_attestations`); the
-generator and checker are the two miners the slot's draw selects from those serving the model
-at the reference height (`wrong-miners`); the price is
-within the ticket's `max_price` (`over-max-price`); the consumer's escrow holds something to pay
-it with (`consumer-cannot-pay`).
+`wrong-book`, `bad-slot`, `slot-used`: books.py); the ticket's `max_price` is within the book's
+`max_price`, what the slot reserved (`over-reserve`); both attestations
+(`check_attestations`); the generator and checker are the two miners the slot's draw selects
+from those serving the model at the reference height (`wrong-miners`); the price is within the
+ticket's `max_price` (`over-max-price`).
 
-A confirmed answer is paid out of the consumer's prepaid escrow (`escrow.charge`; never the
-balance, so a wallet emptied after the ticket stops nothing) and split by `split_fee` (creator,
-generator, checker, validator pool, the model's backers by stake, burn). An escrow that holds
-less than the price (the consumer signed tickets beyond it, which no honest miner accepts) pays
-all it holds, to the two miners only, in proportion to their shares (`miners_first`): they did
-the work; the task records what was paid and, under `owed`, what was not. A rejected answer pays
-nothing. The transaction's fee is its sender's, from its balance, as for any transaction: anyone
-may send a settlement (the checker does if the consumer does not: backstop.py), so an empty
-wallet cannot hold it up. Either way the task is
-recorded under `task:<id>` and counted in the epoch's PoWR statistics
-(`powr_rules.record_task`). Models and miners have their own rules (`models.py`, `miners.py`).
+The slot is marked used and its reservation (the book's `max_price`) leaves the escrow's
+`reserved` (`escrow.charge`). A confirmed answer is paid out of the consumer's prepaid escrow
+(never the balance, so a wallet emptied after the ticket stops nothing) and split by
+`split_fee` (creator, generator, checker, validator pool, the model's backers by stake, burn):
+the price is at most the ticket's `max_price`, which is at most the book's, which the escrow has
+held reserved since the booking, so the escrow always covers it. A rejected answer pays nothing
+and frees the slot's reservation all the same. The transaction's fee is its sender's, from its
+balance, as for any transaction: anyone may send a settlement (the checker does if the consumer
+does not: backstop.py), so an empty wallet cannot hold it up. Either way the task is recorded
+under `task:<id>` and counted in the epoch's PoWR statistics (`powr_rules.record_task`). Models
+and miners have their own rules (`models.py`, `miners.py`).
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def task_settle(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
     if state.get(TASK + task) is not None:
         raise InvalidTx(f"task {task[:12]}… is settled already", reason="task-settled")
     slot = books.slot_of(state, ticket)
+    books.covers(slot, ticket)  # over-reserve
     check_attestations(chain_id, task, gen, chk, ticket["max_tokens"])
     draw = books.draw(slot["beacon"], ticket["consumer"], ref, ticket["nonce"])
     try:
@@ -98,16 +99,10 @@ def task_settle(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
             f"{ticket['max_price']}",
             reason="over-max-price",
         )
-    owed = burned = 0
+    escrow.charge(state, ticket["consumer"], paid, slot["max_price"])
+    burned = 0
     if confirmed:
-        if paid and not escrow.chargeable(state, ticket["consumer"], paid):
-            raise InvalidTx(
-                f"the consumer's escrow holds nothing to pay {paid} units with",
-                reason="consumer-cannot-pay",
-            )
-        shares = payout(state, genesis, ticket["consumer"], paid, sha)
-        taken = escrow.charge(state, ticket["consumer"], paid)
-        owed, paid = paid - taken, taken
+        shares = payout(state, genesis, paid, sha)
         _pay(state, model["creator"], gen["miner"], chk["miner"], shares)
         burned = shares["burn"]  # bounds the usage-tied emission (powr_rules.record_task)
         model.update(tasks=model["tasks"] + 1, tokens=model["tokens"] + tokens)
@@ -131,29 +126,14 @@ def task_settle(state: Overlay, tx: Tx, genesis: Genesis, height: int) -> None:
             "output_hash": chk["output_hash"],
             "commitment": chk["commitment"],
             "burned": burned,
-            **({"owed": owed} if owed else {}),
         },
     )
 
 
-def payout(
-    state: StateReader, genesis: Genesis, consumer: str, price: int, model: str
-) -> dict[str, Any]:
-    """How a confirmed task's `price` is paid out, read before the escrow is charged: the whole
-    `split_fee` when the escrow covers it, else `miners_first` of what it holds."""
-    taken = escrow.chargeable(state, consumer, price)
-    if taken == price:
-        return split_fee(price, genesis, backers_of(state, model))
-    return miners_first(taken, genesis)
-
-
-def miners_first(amount: int, genesis: Genesis) -> dict[str, Any]:
-    """A short settlement's split: all of `amount` to the generator and the checker, in the
-    ratio of their fee shares (the checker gets the unit rounding leaves)."""
-    gen, chk = genesis.param("fee_split_generator"), genesis.param("fee_split_checker")
-    to_gen = amount * gen // (gen + chk) if gen + chk else amount // 2
-    shares: dict[str, Any] = dict.fromkeys(("creator", "validators", "burn"), 0)
-    return {**shares, "generator": to_gen, "checker": amount - to_gen, "backers": {}}
+def payout(state: StateReader, genesis: Genesis, price: int, model: str) -> dict[str, Any]:
+    """How a confirmed task's `price` is paid out: `split_fee` among the model's backers as they
+    stand before the settlement."""
+    return split_fee(price, genesis, backers_of(state, model))
 
 
 def _pay(

@@ -30,8 +30,10 @@ None deletes a key):
                             a validator (address); written by `stake` / `unstake` (staking.py)
     backers:<target>        [address, …] sorted: who holds a stake on the target; a model's
                             backers share its query fees pro rata to their stakes
-    escrow:<address>        {"amount", "unlocking", "unlock_at"}: a consumer's prepaid query
-                            escrow; escrow-due:<height> lists the unlocks due then (escrow.py)
+    escrow:<address>        {"amount", "unlocking", "unlock_at", "reserved"}: a consumer's
+                            prepaid query escrow, `reserved` what its ticket books hold of it
+                            (absent: 0); escrow-due:<height> lists the unlocks due then
+                            (escrow.py)
     powr:<epoch>:…          commitments, reveals, per-model task statistics and the result of
                             each PoWR epoch (powr_rules.py)
 
@@ -204,7 +206,9 @@ def begin_block(state: Overlay, height: int, genesis: Genesis, parent_hash: str)
     (`powr_rules.close`), the members over the downtime limit are jailed (`jailing.judge`), and
     the validator set changes scheduled for the new epoch are made (`validators.begin_epoch`).
     The ticket books of the parent block get its hash `parent_hash` as their beacon, and those
-    past the ticket window go (`books.begin`)."""
+    past the ticket window go, their unused slots' reservations back in their consumers'
+    escrows (`books.begin`; after the unlocks, though each step keeps `reserved + unlocking ≤
+    amount` in either order: escrow.py)."""
     due = state.get(UNLOCK + str(height))
     if due is not None:
         for entry in due:

@@ -158,10 +158,13 @@ MAX_BOOK_SLOTS = 256  # a ticket's nonce is book nonce × this + slot (dn/chain/
 
 
 class TaskBook(Payload):
-    """`task.book`: slots for tickets whose miners a later block hash draws (dn/chain/books.py)."""
+    """`task.book`: slots for tickets whose miners a later block hash draws, each reserving
+    `max_price` (the most one of its tickets may pay) of the consumer's escrow
+    (dn/chain/books.py)."""
 
     model: Hash
     slots: Annotated[int, Field(ge=1, le=MAX_BOOK_SLOTS)]
+    max_price: Units
 
 
 class Ticket(Payload):

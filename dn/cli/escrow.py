@@ -30,6 +30,8 @@ def _describe(data: dict[str, Any]) -> str:
     from dn.encoding import format_dn
 
     text = f"{format_dn(data['amount'])} DN in escrow, {format_dn(data['available'])} DN available"
+    if data.get("reserved"):
+        text += f", {format_dn(data['reserved'])} DN reserved by booked slots"
     if data["unlocking"]:
         text += f", {format_dn(data['unlocking'])} DN unlocking until block {data['unlock_at']}"
     return text
@@ -103,8 +105,9 @@ def show(
     address: str | None = typer.Argument(None, help="A dn1… address or a wallet name."),
     wallet: str | None = typer.Option(None, "--wallet", help="Show this wallet's escrow."),
 ) -> None:
-    """Show an escrow: what it holds, what backs new queries (available) and what is unlocking,
-    with the block it comes back at."""
+    """Show an escrow: what it holds, what backs new queries (available), what booked slots
+    reserve until they settle or expire, and what is unlocking, with the block it comes back
+    at."""
     from dn.cli.wallet import resolve_address
     from dn.client.escrow import show as read
     from dn.encoding import format_dn
@@ -122,6 +125,7 @@ def show(
         rows = [
             ["in escrow", format_dn(data["amount"])],
             ["available for new queries", format_dn(data["available"])],
+            ["reserved by booked slots", format_dn(data.get("reserved", 0))],
             ["unlocking" + due, format_dn(data["unlocking"])],
             ["wallet balance", format_dn(data["balance"])],
         ]

@@ -156,13 +156,17 @@ class NodeClient:
         """A settled task's record (status, miners, tokens, paid); NotFound before settling."""
         return dict(self._request("GET", f"/tasks/{task_id}"))
 
-    def wait_for_tx(self, tx_id: str, timeout: float = 60.0) -> dict[str, Any]:
-        """Poll until the transaction is in a block; NodeError if it is not within `timeout`."""
+    def wait_for_tx(
+        self, tx_id: str, timeout: float = 60.0, *, final: bool = False
+    ) -> dict[str, Any]:
+        """Poll until the transaction is in a block (with `final`, in a final block: one no
+        reorganisation can replace); NodeError if it is not within `timeout`."""
         deadline = time.monotonic() + timeout
         while True:
             found = self.tx(tx_id)
-            if found["status"] == "included":
+            if found["status"] == "included" and (found.get("final") or not final):
                 return found
             if time.monotonic() > deadline:
-                raise NodeError(f"transaction {tx_id} was not included within {timeout:.0f} s")
+                what = "in a final block" if final else "included"
+                raise NodeError(f"transaction {tx_id} was not {what} within {timeout:.0f} s")
             time.sleep(0.1)

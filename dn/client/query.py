@@ -5,7 +5,7 @@
 or step by step:
 
     ticket, model = make_ticket(client, keypair, "smollm2", {"messages": [...]}, max_tokens=128)
-                                              # books one slot first (task.book), waits for it
+                                              # books one slot first (task.book), waits till final
     for event in stream_query(client, ticket, task_input): ...      # start, token…, done
     tx = settle_tx(client, keypair, done_event)                      # task.settle, signed
     client.submit(tx.to_json())
@@ -47,22 +47,22 @@ def make_ticket(
     slot: tuple[int, int] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Sign a ticket for `model_ref` (a name, id or id prefix); `max_price` defaults to what
-    `max_tokens` can cost at the model's price; chat messages to a base model are InputError
+    `max_tokens` can cost at the model's price (and is what the slot reserves of the escrow);
+    chat messages to a base model are InputError
     `base-model` before anything is signed. The ticket uses `slot` (its book's height, its
     number: `book`), or a slot booked here for it (one transaction, waited for: the block that
     holds it draws the miners). Returns (ticket, model)."""
     model = client.model(model_ref)
     require_kind(model, normalize_input(task_input))
+    price = tasks.price_of(model["price"], max_tokens) if max_price is None else max_price
     if slot is None:  # no-miner, one-miner: refused before a slot is booked in vain
         tasks.select_miners([m["address"] for m in model.get("miners", [])], "")
-    if slot is None:
-        booked, book_nonce = book(client, keypair, model["id"])
+        booked, book_nonce = book(client, keypair, model["id"], max_price=price)
         slot = (booked, books.ticket_nonce(book_nonce, 0))
     booked, number = slot
     status = client.status()
     window = client.param("ticket_window_blocks")
     height = status["height"]
-    price = tasks.price_of(model["price"], max_tokens) if max_price is None else max_price
     ticket = tasks.sign_ticket(
         status["chain_id"],
         keypair,
@@ -78,14 +78,20 @@ def make_ticket(
     return ticket, model
 
 
-def book(client: NodeClient, keypair: Keypair, model: str, slots: int = 1) -> tuple[int, int]:
-    """Book `slots` slots of `model` (its id) for `keypair`'s tickets (`task.book`, fee
-    `min_fee` per slot: dn/chain/books.py) and wait for the block that holds them: (its height,
-    the booking's nonce n). Slot i is the ticket with that `ref_height` and `nonce`
-    `books.ticket_nonce(n, i)`."""
-    payload = {"model": model, "slots": slots}
-    sent = send(client, keypair, "task.book", payload, fee=slots * client.param("min_fee"))
-    return int(sent["height"]), int(sent["nonce"])
+def book(
+    client: NodeClient, keypair: Keypair, model: str, slots: int = 1, *, max_price: int
+) -> tuple[int, int]:
+    """Book `slots` slots of `model` (its id) for `keypair`'s tickets, each paying at most
+    `max_price` (`task.book`, fee `min_fee` per slot; `slots × max_price` of the escrow is
+    reserved for them: dn/chain/books.py, InvalidTx `escrow-short` when it is not there), and
+    wait until the block that holds them is final (miners serve only final books: a
+    reorganisation would change the draw): (its height, the booking's nonce n). Slot i is the
+    ticket with that `ref_height` and `nonce` `books.ticket_nonce(n, i)`."""
+    payload = {"model": model, "slots": slots, "max_price": max_price}
+    fee = slots * client.param("min_fee")
+    sent = send(client, keypair, "task.book", payload, fee=fee, wait=False)
+    found = client.wait_for_tx(sent["id"], final=True)
+    return int(found["height"]), int(sent["nonce"])
 
 
 def stream_query(

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dn import PROTOCOL_VERSION, __version__
-from dn.chain import consensus, escrow, validators
+from dn.chain import books, consensus, escrow, validators
 from dn.chain.genesis import Genesis
 from dn.chain.ledger import ACCT, DictState, Overlay, account
 from dn.chain.mempool import Mempool
@@ -268,8 +268,8 @@ class Node:
         return self._plan[1], self._plan[2]
 
     def due(self, at_ms: int) -> bool:
-        """Whether this validator should propose now: it may sign the next block, and work is
-        waiting (or the chain has been idle), and, out of turn, its random delay has passed."""
+        """Whether to propose now: it may sign the next block, work waits (transactions, a book
+        not final yet: books.py) or the chain has been idle, and, out of turn, its delay passed."""
         if not self.is_validator:
             return False
         recent = self.state.get(SIGNERS) or []
@@ -280,7 +280,8 @@ class Node:
         if signed:
             return False
         elapsed = at_ms - self.last_block_ms
-        busy = len(self.mempool) > 0
+        window = self.genesis.param("ticket_window_blocks")
+        busy = len(self.mempool) or books.waiting(self.state, self.final, self.tip.height, window)
         wait = self.genesis.param("block_time_ms" if busy else "max_block_interval_ms")
         return elapsed >= wait + delay
 

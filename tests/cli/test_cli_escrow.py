@@ -74,7 +74,8 @@ def test_deposit_show_and_withdraw(devnet: Devnet) -> None:
     assert escrow(devnet, "show", devnet.alice) == shown  # an address works too
     assert escrow(devnet, "show", "alice") == shown  # and a wallet name
     table = said(escrow(devnet, "show", "--wallet", "alice", json=False))
-    for cell in ("in escrow", "available for new queries", "unlocking", "wallet balance"):
+    cells = ("in escrow", "available for new queries", "reserved by booked slots", "unlocking")
+    for cell in (*cells, "wallet balance"):
         assert cell in table
     nothing = escrow(devnet, "show", "bob")
     assert (nothing["amount"], nothing["available"], nothing["unlocking"]) == (0, 0, 0)
@@ -90,6 +91,7 @@ def test_deposit_show_and_withdraw(devnet: Devnet) -> None:
         "available": 2 * DN,
         "unlocking": DN,
         "unlock_at": due,
+        "reserved": 0,  # no slots booked
     }
     human = said(escrow(devnet, "show", "--wallet", "alice", json=False))
     assert f"unlocking (back at block {due})" in human

@@ -28,6 +28,7 @@ DN = 10**9
 WALLETS = ("creator", "consumer", "poor", "m1", "m2", "m3")
 ESCROW = 100 * DN  # the consumer's query escrow at genesis
 FIND_SLOTS = 64  # find_ticket books this many (min_fee each): a wanted pair of 3 is 1 in 6
+SLOT_PRICE = DN // 100  # what find_ticket's tickets pay at most (and each slot reserves)
 
 
 @dataclass
@@ -51,22 +52,26 @@ def find_ticket(
     model: str | None = None,
     slots: int = FIND_SLOTS,
     wallet: str = "consumer",
+    book_price: int | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
     """A consumer ticket for `task_input` whose (generator, checker), chosen among `eligible`
     by the public selection rule, is `wanted`: the consumer books `slots` slots and the test
     looks for one whose draw is wanted (each slot a fair draw: dn/chain/books.py). `wallet`
-    signs it; `fields` override the ticket's (max_tokens 24, max_price 1 DN, expiry +50)."""
+    signs it; `fields` override the ticket's (max_tokens 24, max_price SLOT_PRICE, expiry +50).
+    Each slot reserves the ticket's max_price of the escrow, or `book_price` where given."""
     sha = model or market.model
     consumer = market.wallets[wallet]
+    max_price = int(fields.get("max_price", SLOT_PRICE))
     with market.client() as client:
-        booked, book_nonce = book(client, consumer, sha, slots)
+        reserve = max_price if book_price is None else book_price
+        booked, book_nonce = book(client, consumer, sha, slots, max_price=reserve)
         beacon = client.block(booked)["hash"]
     chain_id = market.genesis.chain_id
     for nonce in (books.ticket_nonce(book_nonce, slot) for slot in range(slots)):
         draw = books.draw(beacon, consumer.address, booked, nonce)
         if wanted(tasks.select_miners(eligible, draw)):
-            values = {"max_tokens": 24, "max_price": 10**9, "expiry": booked + 50, **fields}
+            values = {"max_tokens": 24, "max_price": max_price, "expiry": booked + 50, **fields}
             return tasks.sign_ticket(
                 chain_id,
                 consumer,

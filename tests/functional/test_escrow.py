@@ -5,8 +5,9 @@ real SmolLM2 model (tests/functional/market.py), and the prepaid query escrow
 Written attacker first. Before the escrow, a miner's own route served any signed ticket (only the
 gateway looked at the consumer's balance), and a consumer that emptied its wallet while its
 answer streamed left a settlement that failed with `consumer-cannot-pay`: the miners worked for
-nothing. Now every miner checks the consumer's escrow before it works, and the price is paid out
-of the escrow, which a wallet's transfers cannot touch.
+nothing. Now the price is paid out of the escrow, which a wallet's transfers cannot touch, and
+each booked slot reserves what its ticket may pay there (protocol 5); every miner refuses a
+ticket beyond its slot's reservation (`over-reserve`) before it works.
 """
 
 from __future__ import annotations
@@ -37,8 +38,11 @@ def market(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iter
         yield running
 
 
-def ticket_for(market: Market, wallet: str, role: str, miner: str) -> dict[str, Any]:
-    """A ticket signed by `wallet` whose `role` the selection rule gives to miner `miner`."""
+def ticket_for(
+    market: Market, wallet: str, role: str, miner: str, book_price: int | None = None
+) -> dict[str, Any]:
+    """A ticket signed by `wallet` whose `role` the selection rule gives to miner `miner`, its
+    slot reserving `book_price` of the escrow (the ticket's max_price unless given)."""
     eligible = sorted(market.wallets[m].address for m in ("m1", "m2"))
     index = 0 if role == tasks.GENERATOR else 1
     address = market.wallets[miner].address
@@ -49,6 +53,7 @@ def ticket_for(market: Market, wallet: str, role: str, miner: str) -> dict[str, 
         lambda chosen: chosen[index] == address,
         slots=16,
         wallet=wallet,
+        book_price=book_price,
         max_tokens=16,
         max_price=10**6,
     )
@@ -58,18 +63,23 @@ def ticket_for(market: Market, wallet: str, role: str, miner: str) -> dict[str, 
 def test_a_miner_refuses_a_consumer_without_escrow_on_its_own_route(
     market: Market, role: str
 ) -> None:
-    """The creator holds 1,000 DN but nothing in escrow; calling the miner directly, past the
-    gateway, gets the miner's own refusal before any work."""
+    """The creator holds 1,000 DN but nothing in escrow: a book whose slots would reserve
+    anything is refused on chain (`escrow-short`), so it books free slots (max_price 0) and
+    signs a ticket that promises to pay; calling the miner directly, past the gateway, gets the
+    miner's own refusal before any work."""
     with market.client() as client:
         creator = client.account(market.wallets["creator"].address)
     assert creator["balance"] > 0 and creator.get("escrow", {}).get("available", 0) == 0
-    ticket = ticket_for(market, "creator", role, "m1")
+    with pytest.raises(InvalidTx) as short:
+        ticket_for(market, "creator", role, "m1")
+    assert short.value.reason == "escrow-short"
+    ticket = ticket_for(market, "creator", role, "m1", book_price=0)
     route = "/dn/v1/tasks/generate" if role == tasks.GENERATOR else "/dn/v1/tasks/check"
     body = {"ticket": ticket, "input": normalize_input(QUESTION)}
     response = httpx.post(market.miners[0].url + route, json=body, timeout=30)
     assert response.status_code == 409, response.text
-    assert response.json()["reason"] == "escrow-short", response.text
-    assert "escrow" in response.json()["message"]
+    assert response.json()["reason"] == "over-reserve", response.text
+    assert "reserved" in response.json()["message"]
     with market.miners[0].client() as client:
         assert client.status()["miner"]["sessions"] == 0  # nothing opened
 
@@ -121,7 +131,7 @@ def test_emptying_the_wallet_mid_stream_still_pays_the_miners_in_full(market: Ma
         # ... so the checker, which holds the settlement, sends it (dn/node/market/backstop.py).
         record = wait_until(lambda: _settled(client, done["task"]), 60, what="the settlement")
         after = {n: client.account(w.address) for n, w in market.wallets.items()}
-    assert record["status"] == "confirmed" and record["paid"] == price and "owed" not in record
+    assert record["status"] == "confirmed" and record["paid"] == price
     gen, chk = by_address[done["generator"]["miner"]], by_address[done["checker"]["miner"]]
     fee = market.genesis.param("min_fee")
     assert after[gen]["balance"] - balances[gen] == 700 * done["tokens"]  # 35%, in full

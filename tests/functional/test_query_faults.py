@@ -121,7 +121,7 @@ def test_models_served_by_nobody_or_by_one_miner_are_refused(market: Market) -> 
         client.wait_for_tx(one_miner.id, timeout=30)
         wait_until(lambda: client.status()["height"] > client.tx(one_miner.id)["height"], 10)
         for sha, reason in ((empty, "no-miner"), (lonely, "one-miner")):
-            height, book_nonce = book(client, market.wallets["consumer"], sha)
+            height, book_nonce = book(client, market.wallets["consumer"], sha, max_price=10**9)
             ticket = tasks.sign_ticket(
                 chain_id,
                 market.wallets["consumer"],

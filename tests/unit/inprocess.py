@@ -2,8 +2,9 @@
 
 A dev chain on a temporary SQLite store, served by the node's own FastAPI app (with its model
 routes, over an empty model store) through an httpx transport. The node proposes a block as
-soon as it accepts a transaction (it is the chain's one validator), so a client that waits for
-inclusion does not wait on a clock.
+soon as it accepts a transaction (it is the chain's one validator), and another when a client
+looks at a booking that is in a block not final yet (as a validator does while a book waits),
+so a client that waits for inclusion or a book's finality does not wait on a clock.
 
     with served_node(tmp_path, {alice.address: 100 * DN}, min_fee=2_500) as (node, client):
         send(client, alice, "transfer", {...})
@@ -47,6 +48,11 @@ class AppTransport(httpx.BaseTransport):
         if request.method == "POST" and request.url.path == "/dn/v1/txs" and answer.is_success:
             self.submitted += 1
             self.node.produce()
+        elif request.method == "GET" and request.url.path.startswith("/dn/v1/txs/"):
+            found = answer.json() if answer.is_success else {}
+            booking = found.get("tx", {}).get("kind") == "task.book"
+            if booking and found["status"] == "included" and not found["final"]:
+                self.node.produce()  # as a validator does while a book waits to be final
         return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
 
 

@@ -84,7 +84,8 @@ class Lan:
             self.tx(CREATOR, "model.register", model),
             self.tx(M1, "miner.register", {**serve, "url": "http://127.0.0.1:8001"}),
             self.tx(M2, "miner.register", {**serve, "url": "http://127.0.0.1:8002"}),
-            self.tx(CONSUMER, "task.book", {"model": SMOL, "slots": 1}),  # fee: 1 x min_fee
+            # fee: 1 x min_fee; the slot reserves DN of CONSUMER's escrow
+            self.tx(CONSUMER, "task.book", {"model": SMOL, "slots": 1, "max_price": DN}),
         )
         booked = books.get(self.miner.state, CONSUMER.address, 0)  # CONSUMER's first tx: nonce 0
         assert booked is not None and booked["height"] == BOOKED

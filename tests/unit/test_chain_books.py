@@ -20,9 +20,11 @@ from dn.chain import books
 from dn.chain.ledger import account
 from dn.chain.tasks import eligible_miners, select_miners, task_id
 from dn.chain.types import Tx
+from dn.errors import TaskError
 from dn.wallet.keys import Keypair
 from tests.unit.test_chain_models import (
     CONSUMER,
+    DN,
     GATEWAY,
     GEMMA,
     M1,
@@ -50,6 +52,7 @@ from tests.unit.test_powr_wash import verified
 A1 = Keypair.from_seed(b"grind-miner-1".ljust(32, b"."))
 A2 = Keypair.from_seed(b"grind-miner-2".ljust(32, b"."))
 OURS = {A1.address, A2.address}
+SLOT_PRICE = DN // 4  # the max_price of the 200-slot book's slots
 KEYS = {kp.address: kp for kp in (M1, M2, M3, A1, A2)}
 
 
@@ -111,9 +114,10 @@ def test_grinding_nonces_no_longer_picks_the_miners(five: PowrChain, tmp_path: P
 def test_each_slot_is_one_fair_draw_and_pays_for_one_task(five: PowrChain, tmp_path: Path) -> None:
     """200 slots bought in one book: about one in C(5, 2) = 10 draws both of the attacker's
     miners (binomial: mean 20, sd 4.2), never more because it looked; the book cost 200 ×
-    min_fee, paid before any draw was known; a slot that settled once is refused again."""
+    min_fee, paid before any draw was known; a slot that settled once is refused again. Each
+    slot reserves a quarter DN of the escrow (200 of them: half of CONSUMER's ESCROWED)."""
     before = account(five.state, CONSUMER.address)["balance"]
-    booked = book(five, CONSUMER, slots=200)
+    booked = book(five, CONSUMER, slots=200, max_price=SLOT_PRICE)
     assert before - account(five.state, CONSUMER.address)["balance"] == 200 * five.min_fee
     beacon = five.tip.hash  # the hash of the block that holds the book
     five.commit([])  # the next block writes it into the book
@@ -132,13 +136,13 @@ def test_each_slot_is_one_fair_draw_and_pays_for_one_task(five: PowrChain, tmp_p
     assert 5 <= len(hits) <= 40
     assert len({chosen for chosen in draws}) >= 15  # every pair comes up (20 ordered pairs)
     # A washed task on one of its lucky slots settles (it paid for the other slots) ...
-    t = ticket(five, ref_height=booked, nonce=hits[0])
+    t = ticket(five, ref_height=booked, nonce=hits[0], max_price=SLOT_PRICE)
     atts = drawn(five, t)
     assert {atts[0]["miner"], atts[1]["miner"]} == OURS
     five.commit([settle(five, t, atts)])
     assert hits[0] in book_at(five, CONSUMER, booked)["used"]
     # ... once: the same slot under another prompt is refused.
-    again = ticket(five, ref_height=booked, nonce=hits[0], prompt_hash="ab" * 32)
+    again = ticket(five, ref_height=booked, nonce=hits[0], prompt_hash="ab" * 32, max_price=0)
     assert_rejected(five, settle(five, again, attest(five, again, miners=(A1, A2))), "slot-used")
     verified(five, tmp_path)
 
@@ -157,7 +161,7 @@ def test_the_draw_depends_on_the_block_not_on_the_consumer(five: Chain) -> None:
 
 def test_book_rules(five: Chain) -> None:
     def booking(slots: int, fee: int | None = None, model: str = SMOL, **kw: Any) -> Tx:
-        payload = {"model": model, "slots": slots}
+        payload = {"model": model, "slots": slots, "max_price": DN}
         fee = slots * five.min_fee if fee is None else fee
         return five.send(CONSUMER, "task.book", payload, fee=fee, **kw)
 
@@ -218,3 +222,22 @@ def test_the_drawn_pair_is_what_the_chain_settles(five: Chain) -> None:
         record = five.state.get("task:" + task_id(five.genesis.chain_id, t))
         assert (record["generator"], record["checker"]) == chosen
     assert book_at(five, CONSUMER, booked)["used"] == list(range(6))
+
+
+def test_gateways_and_miners_refuse_a_ticket_beyond_its_slots_reserve(five: Chain) -> None:
+    """`books.chosen`, which the gateway and every miner ask before any work, refuses a ticket
+    that may pay more than its book reserved (`over-reserve`), as the chain's settlement does:
+    a miner that served it could be paid only out of the consumer's other funds."""
+    booked = book(five, CONSUMER, slots=2, max_price=DN // 10)
+    five.commit([])  # the book's beacon is written
+    within = ticket(five, ref_height=booked, nonce=0, max_price=DN // 10)
+    assert books.chosen(five.state, within, lambda _: None) == pair(five, within)
+    beyond = ticket(five, ref_height=booked, nonce=1, max_price=DN // 10 + 1)
+    with pytest.raises(TaskError) as refused:
+        books.chosen(five.state, beyond, lambda _: None)
+    assert refused.value.reason == "over-reserve"
+    found = books.get(five.state, CONSUMER.address, beyond["nonce"] // books.MAX_SLOTS)
+    draw = books.draw(found["beacon"], CONSUMER.address, booked, beyond["nonce"])
+    gen, chk = select_miners(eligible_miners(five.state, SMOL, booked), draw)
+    atts = attest(five, beyond, miners=(KEYS[gen], KEYS[chk]))
+    assert_rejected(five, settle(five, beyond, atts), "over-reserve")

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from dn.chain import disputes
+from dn.chain import disputes, escrow
 from dn.chain.explain import explain_blocks
 from dn.chain.ledger import POOL_VALIDATORS, DictState
 from dn.chain.state import apply_block, genesis_block, genesis_state, supply_holds
@@ -26,6 +26,7 @@ from dn.chain.tasks import eligible_miners, task_id
 from dn.chain.types import Tx
 from dn.wallet.keys import Keypair
 from tests.unit.test_chain_disputes import new_chain as single_chain
+from tests.unit.test_chain_disputes import with_escrow
 from tests.unit.test_chain_models import BOND, CONSUMER, DN, FUNDED, M1, M2, SMOL, Chain
 from tests.unit.test_chain_powr import V0, V1, V2, VALS, PowrChain
 from tests.unit.test_chain_powr import new_chain as powr_chain
@@ -51,7 +52,10 @@ def new_market(**params: int) -> PowrChain:
 def settled(
     chain: PowrChain, verdict: str, consumer: Keypair = CONSUMER, nonce: int = 0
 ) -> tuple[str, Keypair, Keypair]:
-    """Settle one task with the checker's `verdict`; (task id, generator, checker)."""
+    """Settle one task with the checker's `verdict`; (task id, generator, checker). A consumer
+    without the escrow its ticket's book reserves (DN) deposits it first."""
+    if escrow.available(chain.state, consumer.address) < DN:
+        with_escrow(chain, consumer)
     t = ticket(chain, consumer=consumer, nonce=nonce)
     tid = task_id(chain.genesis.chain_id, t)
     picked = pair(chain, t)

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from dn.chain import disputes
+from dn.chain import disputes, escrow
 from dn.chain.epochs import Epoch
 from dn.chain.explain import UNEXPLAINED, explain_blocks
 from dn.chain.ledger import POOL_VALIDATORS
@@ -20,7 +20,18 @@ from dn.chain.powr_rules import stats_key
 from dn.chain.tasks import eligible_miners, task_id
 from dn.chain.types import Block, Tx
 from dn.wallet.keys import Keypair
-from tests.unit.test_chain_models import BOND, CONSUMER, M1, M2, M3, SMOL, UNBONDING, Chain
+from tests.unit.test_chain_models import (
+    BOND,
+    CONSUMER,
+    DN,
+    GATEWAY,
+    M1,
+    M2,
+    M3,
+    SMOL,
+    UNBONDING,
+    Chain,
+)
 from tests.unit.test_chain_models import new_chain as models_chain
 from tests.unit.test_chain_state import V, assert_rejected
 from tests.unit.test_chain_tasks import MINERS, PRICE, attest, settle, ticket
@@ -62,6 +73,15 @@ def settled(
     gen, chk = attest(chain, t, verdict=verdict)
     chain.commit([settle(chain, t, (gen, chk))])
     return task_id(chain.genesis.chain_id, t), MINERS[gen["miner"]], MINERS[chk["miner"]]
+
+
+def with_escrow(chain: Chain, kp: Keypair, amount: int = DN) -> None:
+    """`kp` deposits `amount` in its query escrow, which a book of one ticket's max_price (DN)
+    reserves; GATEWAY funds it first when its balance is short."""
+    if chain.balance(kp) < amount + chain.min_fee:
+        chain.commit([chain.send(GATEWAY, "transfer", {"to": kp.address, "amount": amount + DN})])
+    chain.commit([chain.send(kp, "escrow.deposit", {"amount": amount})])
+    assert escrow.available(chain.state, kp.address) >= amount
 
 
 def rule(chain: Chain, task: str, faults: dict[str, str], sender: Keypair = V, **kw: Any) -> Tx:
@@ -215,6 +235,8 @@ def test_a_miner_that_exited_is_slashed_from_its_unbonding_bond(chain: Recorded)
 )
 def test_a_vote_is_refused_with_its_reason(chain: Recorded, case: str, reason: str) -> None:
     # The only validator's own query: it may not judge it, even alone.
+    if case == "party":
+        with_escrow(chain, V)
     task, gen, chk = settled(chain, "rejected", consumer=V if case == "party" else CONSUMER)
     faults: dict[str, str] = {gen.address: disputes.INVALID_ANSWER}
     sender = V

@@ -16,7 +16,7 @@ import pytest
 from dn.chain import escrow
 from dn.chain.explain import UNEXPLAINED, explain_blocks
 from dn.chain.genesis import Genesis, default_params
-from dn.chain.ledger import DictState, account
+from dn.chain.ledger import DictState
 from dn.chain.state import apply_block, genesis_block, genesis_state, supply_report
 from dn.chain.tasks import task_id
 from dn.chain.types import Tx
@@ -40,7 +40,6 @@ from tests.unit.test_chain_tasks import (
     PRICE,
     attest,
     book_tx,
-    drawn_ticket,
     settle,
     ticket,
 )
@@ -99,6 +98,7 @@ def test_a_deposit_moves_balance_into_the_escrow(market: Chain) -> None:
         "available": 3 * DN,
         "unlocking": 0,
         "unlock_at": None,
+        "reserved": 0,
     }
     assert supply_report(market.state.items())["escrows"] == ESCROWED + 3 * DN
 
@@ -204,38 +204,32 @@ def test_emptying_the_wallet_after_the_ticket_does_not_stop_the_miners_pay(marke
     assert held(market, CONSUMER)["amount"] == ESCROWED - CHARGE
 
 
-def test_a_withdraw_after_the_ticket_still_pays_from_the_unlocking_amount(market: Chain) -> None:
-    t = ticket(market)
+def test_a_withdraw_after_the_ticket_cannot_take_what_its_book_reserved(market: Chain) -> None:
+    t = ticket(market)  # its book reserves the ticket's max_price, DN
     atts = attest(market, t)
+    assert_rejected(market, withdraw(market, CONSUMER, ESCROWED), "escrow-short")
     nonce = market.nonce(CONSUMER)
-    market.commit([withdraw(market, CONSUMER, ESCROWED), drain(market, CONSUMER, nonce + 1)])
+    rest = ESCROWED - DN
+    market.commit([withdraw(market, CONSUMER, rest), drain(market, CONSUMER, nonce + 1)])
     assert held(market, CONSUMER)["available"] == 0
     market.commit([settle(market, t, atts)])
     record = market.state.get("task:" + task_id(market.genesis.chain_id, t))
     assert record["paid"] == CHARGE
     found = held(market, CONSUMER)
-    assert (found["amount"], found["unlocking"]) == (ESCROWED - CHARGE, ESCROWED - CHARGE)
+    assert (found["amount"], found["unlocking"]) == (ESCROWED - CHARGE, rest)
+    assert (found["reserved"], found["available"]) == (0, DN - CHARGE)
 
 
-def test_an_escrow_short_of_the_price_pays_the_miners_all_it_holds(market: Chain) -> None:
+def test_a_book_beyond_the_escrow_is_refused(market: Chain) -> None:
     market.commit([market.send(GATEWAY, "transfer", {"to": ATTACKER.address, "amount": DN})])
     market.commit([deposit(market, ATTACKER, 1_000)])
-    t = ticket(market, consumer=ATTACKER)
-    atts = attest(market, t)
-    before = shares_of(market, atts)
-    creator = market.state.get("model:" + t["model"])["creator"]
-    creator_before = account(market.state, creator)["balance"]
-    market.commit([settle(market, t, atts)])
-    record = market.state.get("task:" + task_id(market.genesis.chain_id, t))
-    assert (record["paid"], record["owed"]) == (1_000, CHARGE - 1_000)
-    gen, chk = atts[0]["miner"], atts[1]["miner"]
-    assert market.balance(MINERS[gen]) - before[gen] == 700  # 3,500 : 1,500 of 1,000
-    assert market.balance(MINERS[chk]) - before[chk] == 300
-    assert account(market.state, creator)["balance"] == creator_before  # miners first
-    assert market.state.get(escrow.ESCROW + ATTACKER.address) is None
-    # With nothing left there is nothing to pay with: the next confirmed settlement is refused.
-    t2 = drawn_ticket(market, consumer=ATTACKER, nonce=1)
-    assert_rejected(market, settle(market, t2, attest(market, t2)), "consumer-cannot-pay")
+    tx = book_tx(market, ATTACKER, slots=2, max_price=501)
+    with pytest.raises(InvalidTx, match="has 1000 units available and the book needs 1002"):
+        market.mempool.add(tx)
+    assert_rejected(market, tx, "escrow-short")
+    market.commit([book_tx(market, ATTACKER, slots=2, max_price=500)])
+    assert (held(market, ATTACKER)["reserved"], held(market, ATTACKER)["available"]) == (1_000, 0)
+    assert_rejected(market, withdraw(market, ATTACKER, 1), "escrow-short")
 
 
 def test_the_escrow_is_explained_and_replays() -> None:

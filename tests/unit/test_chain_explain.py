@@ -208,7 +208,7 @@ def test_locked_funds_are_listed_apart(story: Story) -> None:
     got = explain_blocks(c.genesis, c.blocks, ME.address)
     smol = {"kind": "stake", "amount": 5 * DN, "target": SMOL, "name": "smollm2"}
     escrow = {"kind": "escrow", "amount": DN - CHARGE, "available": DN - CHARGE}
-    escrow |= {"unlocking": 0, "unlock_at": None}
+    escrow |= {"unlocking": 0, "unlock_at": None, "reserved": 0}
     assert got.locked == (escrow, smol)
     assert got.totals()["locked"] == 5 * DN + DN - CHARGE
     before = explain_blocks(c.genesis, c.blocks[:5], ME.address)  # blocks 1-5: still unbonding

@@ -80,15 +80,24 @@ def book_tx(
     slots: int = 1,
     model: str = SMOL,
     nonce: int | None = None,
+    max_price: int = DN,
 ) -> Tx:
-    """`consumer`'s `task.book` of `slots` slots for `model`, paying min_fee per slot."""
-    payload = {"model": model, "slots": slots}
+    """`consumer`'s `task.book` of `slots` slots for `model`, each reserving `max_price` of its
+    escrow, paying min_fee per slot."""
+    payload = {"model": model, "slots": slots, "max_price": max_price}
     return chain.send(consumer, "task.book", payload, nonce=nonce, fee=slots * chain.min_fee)
 
 
-def book(chain: Chain, consumer: Keypair = CONSUMER, slots: int = 1, model: str = SMOL) -> int:
-    """Commit a block holding `consumer`'s book of `slots` slots for `model`; its height."""
-    chain.commit([book_tx(chain, consumer, slots, model)])
+def book(
+    chain: Chain,
+    consumer: Keypair = CONSUMER,
+    slots: int = 1,
+    model: str = SMOL,
+    max_price: int = DN,
+) -> int:
+    """Commit a block holding `consumer`'s book of `slots` slots for `model`, each reserving
+    `max_price` of its escrow; its height."""
+    chain.commit([book_tx(chain, consumer, slots, model, max_price=max_price)])
     return chain.tip.height
 
 
@@ -116,7 +125,9 @@ def ticket(chain: Chain, consumer: Keypair = CONSUMER, **fields: Any) -> dict[st
     if "ref_height" not in fields:
         found, model = book_at(chain, consumer, chain.tip.height), fields.get("model", SMOL)
         if found is None or found["model"] != model or slot >= found["slots"]:
-            book(chain, consumer, slots=slot + 1, model=model)
+            book(
+                chain, consumer, slots=slot + 1, model=model, max_price=fields.get("max_price", DN)
+            )
     ref = fields.get("ref_height", chain.tip.height)
     number = book_nonce(chain, consumer, ref)
     fields["nonce"] = slot if number is None else books.ticket_nonce(number, slot)
@@ -560,7 +571,7 @@ def _disagree_on_tokens(chain: Chain) -> Tx:
 
 def _for_another_task(chain: Chain) -> Tx:
     t = ticket(chain)
-    other = task_id(chain.genesis.chain_id, ticket(chain, nonce=99))
+    other = task_id(chain.genesis.chain_id, ticket(chain, ref_height=t["ref_height"], nonce=99))
     return settle(chain, t, attest(chain, t, gen={"task": other}, chk={"task": other}))
 
 
@@ -600,13 +611,16 @@ def test_max_price_exactly_and_expiry_at_the_block_are_fine(market: Chain) -> No
 
 
 def test_a_consumer_who_cannot_pay(market: Chain) -> None:
-    # BROKE gets just the fee of a one-slot book: its balance and escrow are empty after it.
+    # BROKE gets just the fee of a one-slot book: no escrow, and an empty balance after it.
     market.commit(
         [market.transfer(OTHER, BROKE.address, market.min_fee, nonce=market.nonce(OTHER))]
     )
-    t = drawn_ticket(market, consumer=BROKE)
+    # A book whose slot may pay DN needs DN of escrow available to reserve: refused.
+    assert_rejected(market, book_tx(market, BROKE), "escrow-short")
+    # A book of max_price 0 reserves nothing and is made; its ticket may pay nothing.
+    t = drawn_ticket(market, consumer=BROKE, max_price=0)
     assert market.balance(BROKE) == 0
-    assert_rejected(market, settle(market, t, attest(market, t)), "consumer-cannot-pay")
+    assert_rejected(market, settle(market, t, attest(market, t)), "over-max-price")
     # A rejected answer costs the consumer nothing, so it settles even for an empty account.
     market.commit([settle(market, t, attest(market, t, verdict="rejected"))])
 

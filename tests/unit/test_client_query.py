@@ -110,7 +110,8 @@ class ScriptedNode:
             self.log.append("book" if booking else "settle")
             return httpx.Response(200, json={"accepted": True})
         if path.startswith("/txs/"):
-            return httpx.Response(200, json={"status": "included", "height": HEIGHT + 1})
+            found = {"status": "included", "height": HEIGHT + 1, "final": True}
+            return httpx.Response(200, json=found)
         return httpx.Response(404, json={"error": "NotFound", "message": f"no {path}"})
 
 
@@ -147,7 +148,8 @@ def test_the_answer_streams_before_the_settlement_and_is_reported_whole() -> Non
         3,
         4_321,
     )
-    assert book.payload == {"model": MODEL["id"], "slots": 1}  # one slot: min_fee
+    # one slot (min_fee), reserving what the ticket may pay
+    assert book.payload == {"model": MODEL["id"], "slots": 1, "max_price": 12_345}
     (tx,) = node.settled
     assert (tx.kind, tx.sender, tx.nonce, tx.fee) == ("task.settle", CONSUMER.address, 3, 4_321)
     assert tx.chain_id == node.genesis.chain_id and tx.signature_valid

@@ -1,6 +1,6 @@
 """The gateway wallet's pool of booked ticket slots (dn/node/market/slots.py), on a stand-in node
-whose transactions land in the next block at once. The real pool runs behind the OpenAI routes in
-tests/functional/test_openai_*.py."""
+whose transactions land in the next block at once (final after `polls` looks). The real pool
+runs behind the OpenAI routes in tests/functional/test_openai_*.py."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ from typing import Any
 import pytest
 
 from dn.chain.books import MAX_SLOTS
+from dn.chain.tasks import price_of
 from dn.errors import TaskError
-from dn.node.market.slots import MARGIN, SlotPool
+from dn.node.market.slots import MARGIN, SlotPool, tier
 from dn.wallet.keys import Keypair
 
 WINDOW = 100
 MIN_FEE = 1_000
+PRICE = 3_000  # units per 1,000 tokens
 
 
 @dataclass
@@ -53,9 +55,12 @@ class FakeNode:
     made: dict[str, Sent] = field(default_factory=dict)
     sent: list[Sent] = field(default_factory=list)
     refuse: bool = False
+    polls: int = 0  # how many looks at a booking find it in a block not final yet
+    looked: int = 0
 
     def own_tx(self, _: Keypair, kind: str, payload: dict[str, Any], fee: int = 0) -> Sent:
         assert kind == "task.book" and fee == payload["slots"] * MIN_FEE
+        assert set(payload) == {"model", "slots", "max_price"}
         tx = Sent(f"tx{len(self.made)}", len(self.made), fee, payload)
         self.made[tx.id] = tx
         return tx
@@ -67,14 +72,19 @@ class FakeNode:
         return [{"accepted": True}]
 
     def tx_status(self, tx_id: str) -> dict[str, Any]:
-        return {"status": "included", "height": self.tip.height + 1 + self.made[tx_id].nonce}
+        self.looked += 1
+        height = self.tip.height + 1 + self.made[tx_id].nonce
+        return {"status": "included", "height": height, "final": self.looked > self.polls}
 
 
-def take(pool: SlotPool, sha: str, n: int) -> list[tuple[int, int]]:
-    async def run() -> list[tuple[int, int]]:
-        return list(await asyncio.gather(*(pool.take(sha) for _ in range(n))))
+def take(pool: SlotPool, sha: str, n: int, max_tokens: int = 256) -> list[tuple[int, int]]:
+    async def run() -> list[tuple[int, int, int]]:
+        asks = (pool.take(sha, PRICE, max_tokens) for _ in range(n))
+        return list(await asyncio.gather(*asks))
 
-    return asyncio.run(run())
+    got = asyncio.run(run())
+    assert all(most == price_of(PRICE, tier(max_tokens)) for _, _, most in got)
+    return [(height, nonce) for height, nonce, _ in got]
 
 
 def test_one_booking_serves_its_slots_once_each() -> None:
@@ -117,3 +127,39 @@ def test_the_pool_size_comes_from_the_environment(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("DN_BOOK_SLOTS", str(MAX_SLOTS + 1))
     with pytest.raises(Exception, match="DN_BOOK_SLOTS"):
         SlotPool(FakeNode(), Keypair.generate())  # type: ignore[arg-type]
+
+
+def test_slots_reserve_by_request_size_and_cover_every_request() -> None:
+    """Each slot reserves its max_price of the escrow, so the pool books by size of request:
+    the next power of two of max_tokens, at least 256 (a request's slot covers what it can
+    cost and reserves at most twice that)."""
+    assert [tier(n) for n in (1, 100, 256, 257, 512, 513, 65536)] == [
+        256,
+        256,
+        256,
+        512,
+        512,
+        1024,
+        65536,
+    ]
+    for n in (1, 255, 256, 257, 1000, 4097, 65536):
+        assert price_of(PRICE, n) <= price_of(PRICE, tier(n))
+        assert n < 256 or tier(n) < 2 * n
+    node = FakeNode()
+    pool = SlotPool(node, Keypair.generate(), size=4)  # type: ignore[arg-type]
+    take(pool, "m" * 64, 2, max_tokens=16)
+    take(pool, "m" * 64, 2, max_tokens=256)
+    assert len(node.sent) == 1  # both sizes fit the 256-token slots
+    take(pool, "m" * 64, 1, max_tokens=300)
+    assert len(node.sent) == 2
+    assert [tx.payload["max_price"] for tx in node.sent] == [
+        PRICE * 256 // 1000,
+        PRICE * 512 // 1000,
+    ]
+
+
+def test_a_booking_is_used_only_once_its_block_is_final() -> None:
+    node = FakeNode(polls=3)
+    pool = SlotPool(node, Keypair.generate(), size=2)  # type: ignore[arg-type]
+    take(pool, "m" * 64, 1)
+    assert node.looked == 4  # three looks found it in a block, not final yet

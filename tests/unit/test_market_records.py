@@ -214,6 +214,7 @@ def test_one_consumers_junk_does_not_push_out_an_honest_checkers_record(
 
 def test_a_miner_refuses_a_consumer_at_its_budget_before_any_work(lan: Lan) -> None:
     ticket, task, generator, _ = spot_checked_task(lan)
+    lan.block()  # one on top: the book's block is final (one validator)
     records = records_at(lan.tmp_path / "miner.db", consumer_bytes=BUDGET)
     miner = Miner(
         lan.miner,
@@ -310,9 +311,9 @@ def test_a_store_from_before_the_window_rule_is_migrated(tmp_path: Path) -> None
 def test_a_miner_waits_a_moment_for_the_block_a_ticket_refers_to(
     lan: Lan, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A ticket's reference is its book's block, which the gateway may have a moment before a
-    miner: the miner waits for it (up to CATCH_UP_S) instead of refusing `ahead` at once, and
-    gives up after that."""
+    """A ticket's reference is its book's block, which the gateway may have seen final a moment
+    before a miner: the miner waits for it to be final here too (up to CATCH_UP_S) instead of
+    refusing `ahead` or `not-final` at once, and gives up after that."""
     miner = Miner(
         lan.miner,
         MINERS[sorted(MINERS)[0]],
@@ -327,10 +328,13 @@ def test_a_miner_waits_a_moment_for_the_block_a_ticket_refers_to(
         await asyncio.sleep(0.3)
         assert not waiting.done()  # still waiting for block tip + 1
         lan.block()
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # it is here, not final yet: one block on top makes it so
+        lan.block()
         await asyncio.wait_for(waiting, 1.0)
 
     asyncio.run(next_block_arrives())
-    assert lan.miner.tip.height == tip + 1
+    assert lan.miner.tip.height == tip + 2 and lan.miner.final == tip + 1
     monkeypatch.setattr(miner_module, "CATCH_UP_S", 0.3)
     started = time.monotonic()
     asyncio.run(miner._caught_up({"ref_height": tip + 5}))  # never comes: it gives up

@@ -69,7 +69,8 @@ A2 = Keypair.from_seed(b"wash-miner-2".ljust(32, b"."))
 ATTACKER = (WASHER, A1, A2)
 OURS = {kp.address for kp in ATTACKER}
 WASHED_TOKENS = 65_536  # the most a ticket may ask for
-WASH_FIELDS = {"max_tokens": WASHED_TOKENS, "max_price": DN}
+WASH_PRICE = DN // 100  # each washed slot reserves this much of the attacker's 10 DN escrow
+WASH_FIELDS = {"max_tokens": WASHED_TOKENS, "max_price": WASH_PRICE}
 WASHES = 4  # the tasks the attacker washes
 HONEST_TOKENS = 500
 HONEST_SLOTS = 32  # the honest consumer's book: enough for its four tasks among the draws
@@ -152,7 +153,11 @@ def play(attack: bool) -> tuple[PowrChain, int, int]:
     if attack:
         txs += [chain.register_miner(kp, models=[SMOL]) for kp in (A1, A2)]
         txs.append(chain.send(WASHER, "escrow.deposit", {"amount": 10 * DN}))
-        txs.append(book_tx(chain, WASHER, slots=bought, nonce=chain.nonce(WASHER) + 1))
+        txs.append(
+            book_tx(
+                chain, WASHER, slots=bought, nonce=chain.nonce(WASHER) + 1, max_price=WASH_PRICE
+            )
+        )
     chain.commit(txs)  # block 6: the attacker's miners serve SMOL from here
     assert chain.tip.height == HONEST_BOOK
     if attack:
@@ -180,7 +185,11 @@ def play(attack: bool) -> tuple[PowrChain, int, int]:
             need = WASHES - len(wash) - len(lucky)
             if height == 7 and need > 0:  # too few lucky slots: buy more for block 8
                 top_up = min(books.MAX_SLOTS, 4 * need * pairs)
-                block_txs.append(book_tx(chain, WASHER, slots=top_up, nonce=nonce + len(take)))
+                block_txs.append(
+                    book_tx(
+                        chain, WASHER, slots=top_up, nonce=nonce + len(take), max_price=WASH_PRICE
+                    )
+                )
                 bought += top_up
         if chain.tip.height + 1 == E + 3:  # the first reveal height of epoch 1
             block_txs += [chain.reveal(kp, 1, s) for kp, s in HONEST.items()]

@@ -146,7 +146,7 @@ class OpenAIGateway:
 
     async def ticket(self, sha: str, model: dict[str, Any], ask: Ask) -> dict[str, Any]:
         """A ticket for the next unused slot this wallet booked for the model (slots.py)."""
-        booked, nonce = await self.slots.take(sha)
+        booked, nonce, _ = await self.slots.take(sha, model["price"], ask.max_tokens)
         genesis = self.node.genesis
         height = self.node.tip.height
         window = genesis.param("ticket_window_blocks")

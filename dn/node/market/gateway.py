@@ -5,10 +5,11 @@ it names, the gateway
 
 1. checks what it can before anyone works: the ticket's signature and input, the model exists
    and is live (and takes a chat input only if it is a chat model: `base-model`), `max_price`
-   covers `max_tokens` at the model's price, the consumer's escrow covers `max_price` besides
-   its queries running here (`escrow-short`, as the miners check), the ticket is fresh and
-   unused, and two miners serve the model (`select_miners` at the ticket's reference height:
-   the same rule the chain re-checks, so the gateway cannot choose);
+   covers `max_tokens` at the model's price, the ticket is fresh and unused, its book's block
+   is final (`not-final`) and its slot's reservation of the consumer's escrow covers
+   `max_price` (`over-reserve`: dn/chain/books.py), and the slot draws two miners
+   (`select_miners` at the ticket's reference height: the same rule the chain re-checks, so the
+   gateway cannot choose);
 2. opens a check session on the checker (it prefills the prompt while the generator starts);
 3. streams the generator's tokens to the caller as they come and forwards them to the checker in
    chunks (`chunk_size`), from a separate task, so the caller never waits on the checker;
@@ -38,7 +39,7 @@ from typing import Any
 
 import httpx
 
-from dn.chain import books, escrow, tasks
+from dn.chain import books, tasks
 from dn.chain.ledger import MINER, MODEL, TASK
 from dn.errors import Busy, DNError, InvalidTx, TaskError
 from dn.node.node import Node
@@ -171,6 +172,10 @@ class Gateway:
                 f"the ticket refers to height {ticket['ref_height']}, the tip is {height}",
                 "stale-ticket",
             )
+        if ticket["ref_height"] > self.node.final:  # the miners refuse it too: it could move
+            raise _fail(
+                f"the ticket's book, in block {ticket['ref_height']}, is not final yet", "not-final"
+            )
         task = tasks.task_id(self.chain_id, ticket)
         if self.node.state.get(TASK + task) is not None or task in self._running:
             raise _fail(f"this ticket was used already (task {task[:12]}…)", "ticket-used")
@@ -182,11 +187,6 @@ class Gateway:
                 f"{ticket['max_tokens']} tokens of {model['name']!r} can cost",
                 "price-too-low",
             )
-        consumer = ticket["consumer"]  # the miners check the same (exposure.py): fail early
-        running = sum(t["max_price"] for t in self._running.values() if t["consumer"] == consumer)
-        why = escrow.short_of(escrow.available(self.node.state, consumer), max_price, running)
-        if why is not None:
-            raise _fail(why, "escrow-short")
         generator, checker = books.chosen(self.node.state, ticket, self.node.store.canonical_hash)
         urls = []
         for miner in (generator, checker):

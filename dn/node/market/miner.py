@@ -3,10 +3,11 @@ attestation (DESIGN.md section 7).
 
 Both roles first accept the task the same way: the ticket is signed by its consumer on this
 chain, names the input it is shown, has not expired or been settled, names a model this miner
-holds, uses an unused slot of the consumer's book whose draw picks this miner for the role
-(dn/chain/books.py), no other open ticket here uses that slot (`slot-taken`: a slot pays for one
-task), and the consumer's escrow covers it besides its other unsettled tickets here (`exposure`:
-`escrow-short`).
+holds, uses an unused slot of the consumer's book, in a block final here (`not-final`: a
+reorganisation could change the draw), whose draw picks this miner for the role and whose
+reservation of the consumer's escrow covers the ticket's `max_price` (`over-reserve`:
+dn/chain/books.py, the escrow pays that slot whatever the consumer does elsewhere), and no
+other open ticket here uses that slot (`slot-taken`: a slot pays for one task; `exposure`).
 A miner never works unchosen or unbacked, so nobody can make it work for free or for nothing.
 
 llama.cpp work runs in each model's engine (`dn.runner.engine`), which batches every stream and
@@ -59,7 +60,7 @@ from dn.wallet.keys import Keypair
 T = TypeVar("T")
 log = logging.getLogger("dn.miner")
 RECORDS_FILE = "miner_tasks.db"
-CATCH_UP_S = 3.0  # how long a task waits for the block its ticket refers to
+CATCH_UP_S = 5.0  # how long a task waits for the block its ticket refers to to be final
 
 
 @dataclass
@@ -227,6 +228,12 @@ class Miner:
                 f"the ticket refers to height {ticket['ref_height']}; this miner is at {height}",
                 reason="ahead",
             )
+        if ticket["ref_height"] > self.node.final:  # a reorganisation could change its draw
+            raise TaskError(
+                f"the ticket's book, in block {ticket['ref_height']}, is not final here yet "
+                f"(final: {self.node.final})",
+                reason="not-final",
+            )
         task = tasks.task_id(self.chain_id, ticket)
         if self.node.state.get(TASK + task) is not None:
             raise TaskError(f"task {task[:12]}… is settled already", reason="ticket-used")
@@ -238,15 +245,15 @@ class Miner:
         if not self.store.has(model):
             raise TaskError(f"this miner does not hold model {model[:12]}…", reason="no-model")
         self.records.room(ticket, task_input)  # records-full: no work it cannot answer for
-        self.exposure.admit(self.node.state, height, task, ticket)  # escrow-short: nobody pays
+        self.exposure.admit(self.node.state, height, task, ticket)  # slot-taken: one task a slot
         return _Job(task, ticket, task_input, self.store.path(model), chosen[0])
 
     async def _caught_up(self, ticket: Any) -> None:
-        """Wait a moment (at most `CATCH_UP_S`) for the block a ticket refers to, its book's:
-        the gateway may have had it a few milliseconds before this node."""
+        """Wait a moment (at most `CATCH_UP_S`) for the block a ticket refers to, its book's,
+        to be final here: the gateway may have seen it final a few milliseconds before."""
         ref = ticket.get("ref_height") if isinstance(ticket, dict) else None
         limit = time.monotonic() + CATCH_UP_S
-        while isinstance(ref, int) and self.node.tip.height < ref < 2**63:
+        while isinstance(ref, int) and self.node.final < ref < 2**63:
             if time.monotonic() > limit:
                 return
             await asyncio.sleep(0.05)
