@@ -187,8 +187,9 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         runs = [PROMPTS[0], *PROMPTS * args.rounds, *SHORT_PROMPTS * args.rounds]
         for i, text in enumerate(runs):
             task_input = {"messages": [{"role": "user", "content": text}]}
-            # make_ticket books the ticket's slot and waits for the block that holds it (about a
-            # block time; a long-lived consumer books many at once): the timer starts after it.
+            # make_ticket books the ticket's slot and waits until the block that holds it is
+            # final (a few block times; a long-lived consumer books many at once): the timer
+            # starts after it.
             ticket, _ = make_ticket(client, bob, "smollm2", task_input, max_tokens=args.tokens)
             start = time.perf_counter()
             first = None
