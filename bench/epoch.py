@@ -87,7 +87,6 @@ def build_inputs(validators: int, models: int, seed: int) -> EpochInputs:
             creator=rnd.choice(people),
             tasks=tasks,
             confirmed=rnd.randrange(tasks + 1),
-            paid_tokens=rnd.randrange(0, 1_000_000),
             miners={p: rnd.randrange(1, 100_000) for p in rnd.sample(people, MINERS_PER_MODEL)},
             backers={
                 p: rnd.randrange(1, 1000) * UNITS_PER_DN
@@ -126,8 +125,9 @@ def chain_state(inputs: EpochInputs, epoch_blocks: int) -> tuple[Genesis, DictSt
         changes[powr_rules.stats_key(e, sha)] = {
             "tasks": info.tasks,
             "confirmed": info.confirmed,
-            "tokens": info.paid_tokens,
+            "tokens": sum(info.miners.values()),  # not read by the close
             "miners": dict(info.miners),
+            "burned": dict(info.miners),  # what the close weighs each generator by
         }
         changes[BACKERS + sha] = sorted(info.backers)
         for backer, amount in info.backers.items():
