@@ -176,18 +176,29 @@ def waiting(state: StateReader, final: int, tip: int, window: int) -> bool:
 
 
 def chosen(
-    state: StateReader, ticket: dict[str, Any], block_hash: Callable[[int], str | None]
+    state: StateReader,
+    ticket: dict[str, Any],
+    block_hash: Callable[[int], str | None],
+    *,
+    final: int,
 ) -> tuple[str, str]:
     """The (generator, checker) a ticket's slot draws, for a gateway or miner whose `state` may
     be the state after the book's own block (the beacon not written yet: `block_hash(height)`,
-    the hash of the canonical block there, gives it). TaskError with the reasons of `slot_of`
-    and `covers`, `ahead` when the book's block is not here yet, `no-miner` / `one-miner`."""
+    the hash of the canonical block there, gives it) and whose chain is final up to `final`.
+    TaskError with the reasons of `slot_of` and `covers`, `not-final` when the book's block is
+    above `final` (a reorganisation could still replace it and change the draw, leaving the task
+    unsettleable), `ahead` when it is not here yet, `no-miner` / `one-miner`."""
     try:
         found = slot_of(state, ticket)
         covers(found, ticket)
     except InvalidTx as exc:
         raise TaskError(exc.message, reason=exc.reason) from None
     ref = ticket["ref_height"]
+    if ref > final:
+        raise TaskError(
+            f"the ticket's book, in block {ref}, is not final on this node yet (final: {final})",
+            reason="not-final",
+        )
     beacon = found["beacon"] or block_hash(ref)
     if beacon is None:
         raise TaskError(f"block {ref} is not on this node's chain yet", reason="ahead")

@@ -154,7 +154,8 @@ def held_task(lan: Lan, *, life: int = LIFE, swap_miners: bool = False) -> Held:
         expiry=ref + life,
     )
     task = tasks.task_id(chain_id, ticket)
-    generator, checker = books.chosen(lan.miner.state, ticket, lan.miner.store.canonical_hash)
+    state, block_hash = lan.miner.state, lan.miner.store.canonical_hash
+    generator, checker = books.chosen(state, ticket, block_hash, final=ref)
     if swap_miners:
         generator, checker = checker, generator
     common = {"task": task, "output_hash": tasks.output_hash(list(range(TOKENS))), "tokens": TOKENS}

@@ -134,7 +134,7 @@ def ticket_for(net: Net, ref: int, book_nonce: int) -> dict[str, Any]:
 def serve(node: Node, ticket: dict[str, Any], tmp_path: Path) -> tuple[str, str] | None:
     """What the drawn generator's miner on `node` does with `ticket`: the pair it serves with,
     or None when it refuses with `not-final` (any other refusal fails the test)."""
-    pair = books.chosen(node.state, ticket, node.store.canonical_hash)
+    pair = books.chosen(node.state, ticket, node.store.canonical_hash, final=node.tip.height)
     path = tmp_path / f"records-{ticket['ref_height']}.db"
     miner = Miner(
         node,

@@ -231,10 +231,10 @@ def test_gateways_and_miners_refuse_a_ticket_beyond_its_slots_reserve(five: Chai
     booked = book(five, CONSUMER, slots=2, max_price=DN // 10)
     five.commit([])  # the book's beacon is written
     within = ticket(five, ref_height=booked, nonce=0, max_price=DN // 10)
-    assert books.chosen(five.state, within, lambda _: None) == pair(five, within)
+    assert books.chosen(five.state, within, lambda _: None, final=booked) == pair(five, within)
     beyond = ticket(five, ref_height=booked, nonce=1, max_price=DN // 10 + 1)
     with pytest.raises(TaskError) as refused:
-        books.chosen(five.state, beyond, lambda _: None)
+        books.chosen(five.state, beyond, lambda _: None, final=booked)
     assert refused.value.reason == "over-reserve"
     found = books.get(five.state, CONSUMER.address, beyond["nonce"] // books.MAX_SLOTS)
     draw = books.draw(found["beacon"], CONSUMER.address, booked, beyond["nonce"])

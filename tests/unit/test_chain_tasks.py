@@ -152,7 +152,7 @@ def beacon(chain: Chain, height: int) -> str | None:
 
 def pair(chain: Chain, t: dict[str, Any]) -> tuple[str, str]:
     """The (generator, checker) the ticket's slot draws."""
-    return books.chosen(chain.state, t, lambda h: beacon(chain, h))
+    return books.chosen(chain.state, t, lambda h: beacon(chain, h), final=chain.tip.height)
 
 
 def attest(

@@ -153,7 +153,7 @@ def spot_checked_task(lan: Lan) -> tuple[dict[str, Any], str, str, str]:
         task = tasks.task_id(chain_id, ticket)
         if disputes.spot_checked(task, "00" * 32, lan.genesis):  # any block: every task
             state, block_hash = lan.miner.state, lan.miner.store.canonical_hash
-            generator, checker = books.chosen(state, ticket, block_hash)
+            generator, checker = books.chosen(state, ticket, block_hash, final=ref)
             return ticket, task, generator, checker
     raise AssertionError("no spot-checked ticket")
 

@@ -172,10 +172,6 @@ class Gateway:
                 f"the ticket refers to height {ticket['ref_height']}, the tip is {height}",
                 "stale-ticket",
             )
-        if ticket["ref_height"] > self.node.final:  # the miners refuse it too: it could move
-            raise _fail(
-                f"the ticket's book, in block {ticket['ref_height']}, is not final yet", "not-final"
-            )
         task = tasks.task_id(self.chain_id, ticket)
         if self.node.state.get(TASK + task) is not None or task in self._running:
             raise _fail(f"this ticket was used already (task {task[:12]}…)", "ticket-used")
@@ -187,7 +183,9 @@ class Gateway:
                 f"{ticket['max_tokens']} tokens of {model['name']!r} can cost",
                 "price-too-low",
             )
-        generator, checker = books.chosen(self.node.state, ticket, self.node.store.canonical_hash)
+        generator, checker = books.chosen(  # not-final, over-reserve, no-book, …
+            self.node.state, ticket, self.node.store.canonical_hash, final=self.node.final
+        )
         urls = []
         for miner in (generator, checker):
             record = self.node.state.get(MINER + miner)

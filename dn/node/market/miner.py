@@ -228,18 +228,15 @@ class Miner:
                 f"the ticket refers to height {ticket['ref_height']}; this miner is at {height}",
                 reason="ahead",
             )
-        if ticket["ref_height"] > self.node.final:  # a reorganisation could change its draw
-            raise TaskError(
-                f"the ticket's book, in block {ticket['ref_height']}, is not final here yet "
-                f"(final: {self.node.final})",
-                reason="not-final",
-            )
         task = tasks.task_id(self.chain_id, ticket)
         if self.node.state.get(TASK + task) is not None:
             raise TaskError(f"task {task[:12]}… is settled already", reason="ticket-used")
         model = ticket["model"]
-        # no-book, bad-slot, slot-used: a slot draws one pair, and pays for one task
-        chosen = books.chosen(self.node.state, ticket, self.node.store.canonical_hash)
+        # not-final, over-reserve, no-book, bad-slot, slot-used: a slot draws one pair, and pays
+        # for one task
+        chosen = books.chosen(
+            self.node.state, ticket, self.node.store.canonical_hash, final=self.node.final
+        )
         if chosen[0 if role == tasks.GENERATOR else 1] != self.address:
             raise TaskError(f"this miner is not the task's {role}", reason="not-selected")
         if not self.store.has(model):
