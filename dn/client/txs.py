@@ -55,6 +55,11 @@ def submit(client: NodeClient, tx: Tx, *, wait: bool = True) -> dict[str, Any]:
     """Submit `tx`; with `wait`, poll until it is in a block. Returns `{"id", "status"}`, plus
     `"height"` once included (status "pending" without `wait`)."""
     client.submit(tx.to_json())
+    return _waited(client, tx, wait)
+
+
+def _waited(client: NodeClient, tx: Tx, wait: bool) -> dict[str, Any]:
+    """`{"id", "status"}` of a submitted `tx`: pending, or with `wait` its block's `height`."""
     if not wait:
         return {"id": tx.id, "status": "pending"}
     found = client.wait_for_tx(tx.id)
@@ -85,10 +90,7 @@ def submit_next(
                 raise
             time.sleep(random.uniform(0, 0.05))  # noqa: S311 - spreads the writers that collided
             continue
-        if not wait:
-            return tx, {"id": tx.id, "status": "pending"}
-        found = client.wait_for_tx(tx.id)
-        return tx, {"id": tx.id, "status": found["status"], "height": found["height"]}
+        return tx, _waited(client, tx, wait)
     raise AssertionError("unreachable")
 
 

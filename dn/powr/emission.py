@@ -16,10 +16,9 @@ agreement):
    where burned is what the fee split of the model's confirmed tasks of the epoch burned (the
    burn share of the prices consumers paid, and its rounding), and it is shared by the units
    each generator's tasks burned, not by the tokens claimed: a task weighs what its consumer
-   paid to destroy, and one that burned nothing (unpaid, or settled short of its price, which
-   pays only the two miners) weighs nothing. A miner's part is at most `usage_bound` of what
-   its own tasks burned (a largest remainder that would lift it a unit above is not paid). The
-   rest of the miners' part (all of it when nothing was burned) is
+   paid to destroy, and one that burned nothing (unpaid) weighs nothing. A miner's part is at
+   most `usage_bound` of what its own tasks burned (a largest remainder that would lift it a
+   unit above is not paid). The rest of the miners' part (all of it when nothing was burned) is
    `unpaid`, never minted. Wash trading pays the burn and gets back at most
    `powr_usage_cap_bps` (<= 5,000, 3,333 by default) of it here, and as much again through
    the demand it earns the model (`dn.powr.consensus`), so it loses money.
